@@ -25,8 +25,12 @@ GDT_ADDR = 0x1000
 IDT_ADDR = 0x2000
 """Interrupt descriptor table: 32 exception gates that report to the host."""
 TSS_ADDR = 0x3000
-"""64-bit task-state segment: RSP0 for exceptions raised at ring 3."""
-PARAMS_ADDR = 0x4000
+"""64-bit task-state segment: RSP0 for exceptions raised at ring 3, then the I/O
+permission bitmap (this host's KVM clears IOPL at ring 3, so the bitmap grants ports)."""
+TSS_IO_BITMAP_OFFSET = 0x68
+TSS_SIZE = TSS_IO_BITMAP_OFFSET + 65536 // 8 + 1
+"""Header, one bit per port, and the terminating 0xff byte the CPU requires."""
+PARAMS_ADDR = 0x6000
 """Host-to-guest parameter block: u64 slots the host fills before the first run."""
 PARAMS_SLOTS = PAGE_SIZE // 8
 PML4_ADDR = 0x8000
@@ -82,6 +86,7 @@ TEST_MMIO_BASE = 0xD0000000
 FIRMWARE_TOP = 1 << 32
 """A flat firmware image ends here; the reset vector is its last 16 bytes."""
 
+assert TSS_ADDR + TSS_SIZE <= PARAMS_ADDR, "TSS overlaps the parameter block"
 assert PD_END <= CODE_ADDR, "page tables overlap guest code"
 assert CODE_ADDR + CODE_MAX <= KERNEL_STACK_TOP - 0x10000, "code overlaps the ring-0 stack"
 assert ECAM_BASE % ECAM_MAX_SIZE == 0

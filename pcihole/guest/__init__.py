@@ -1,0 +1,1 @@
+"""Guest programs: assembly sources, their build and cache, long-mode entry, reports."""

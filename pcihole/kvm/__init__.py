@@ -1,0 +1,8 @@
+"""The kernel, and nothing else: KVM fds as objects, typed exits, one error type."""
+
+from pcihole.kvm import abi, exits
+from pcihole.kvm.abi import Cap
+from pcihole.kvm.errors import KvmError
+from pcihole.kvm.system import CoalescedWrite, Kvm, Memslot, Vcpu, Vm
+
+__all__ = ["Cap", "CoalescedWrite", "Kvm", "KvmError", "Memslot", "Vcpu", "Vm", "abi", "exits"]

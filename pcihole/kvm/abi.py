@@ -1,0 +1,291 @@
+"""The KVM kernel ABI for x86_64: raw structs, ioctl numbers, constants.
+
+Nothing here talks to the kernel; ``pcihole.kvm.system`` does. Struct sizes are checked
+at import against the sizes the kernel's uapi headers give, and every ioctl number is
+computed from the ``_IO/_IOR/_IOW/_IOWR`` encoding and the size of its argument.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+
+# --- ioctl number encoding (include/uapi/asm-generic/ioctl.h) --------------------------
+_IOC_NRBITS = 8
+_IOC_TYPEBITS = 8
+_IOC_SIZEBITS = 14
+_IOC_NRSHIFT = 0
+_IOC_TYPESHIFT = _IOC_NRSHIFT + _IOC_NRBITS
+_IOC_SIZESHIFT = _IOC_TYPESHIFT + _IOC_TYPEBITS
+_IOC_DIRSHIFT = _IOC_SIZESHIFT + _IOC_SIZEBITS
+_IOC_NONE = 0
+_IOC_WRITE = 1
+_IOC_READ = 2
+
+
+def _ioc(direction: int, kind: int, number: int, size: int) -> int:
+    assert size < (1 << _IOC_SIZEBITS)
+    return (
+        (direction << _IOC_DIRSHIFT)
+        | (kind << _IOC_TYPESHIFT)
+        | (number << _IOC_NRSHIFT)
+        | (size << _IOC_SIZESHIFT)
+    )
+
+
+def _io(kind: int, number: int) -> int:
+    return _ioc(_IOC_NONE, kind, number, 0)
+
+
+def _ior(kind: int, number: int, argtype: type) -> int:
+    return _ioc(_IOC_READ, kind, number, ctypes.sizeof(argtype))
+
+
+def _iow(kind: int, number: int, argtype: type) -> int:
+    return _ioc(_IOC_WRITE, kind, number, ctypes.sizeof(argtype))
+
+
+def _iowr(kind: int, number: int, argtype: type) -> int:
+    return _ioc(_IOC_READ | _IOC_WRITE, kind, number, ctypes.sizeof(argtype))
+
+
+# --- structs (include/uapi/linux/kvm.h, arch/x86/include/uapi/asm/kvm.h) ---------------
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+
+class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801 - kernel name
+    _fields_ = [
+        ("slot", u32),
+        ("flags", u32),
+        ("guest_phys_addr", u64),
+        ("memory_size", u64),
+        ("userspace_addr", u64),
+    ]
+
+
+class kvm_userspace_memory_region2(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("slot", u32),
+        ("flags", u32),
+        ("guest_phys_addr", u64),
+        ("memory_size", u64),
+        ("userspace_addr", u64),
+        ("guest_memfd_offset", u64),
+        ("guest_memfd", u32),
+        ("pad1", u32),
+        ("pad2", u64 * 14),
+    ]
+
+
+class kvm_regs(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        (name, u64)
+        for name in (
+            "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags".split()
+        )
+    ]
+
+
+class kvm_segment(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("base", u64),
+        ("limit", u32),
+        ("selector", u16),
+        ("type", u8),
+        ("present", u8),
+        ("dpl", u8),
+        ("db", u8),
+        ("s", u8),
+        ("l", u8),
+        ("g", u8),
+        ("avl", u8),
+        ("unusable", u8),
+        ("padding", u8),
+    ]
+
+
+class kvm_dtable(ctypes.Structure):  # noqa: N801
+    _fields_ = [("base", u64), ("limit", u16), ("padding", u16 * 3)]
+
+
+class kvm_sregs(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("cs", kvm_segment),
+        ("ds", kvm_segment),
+        ("es", kvm_segment),
+        ("fs", kvm_segment),
+        ("gs", kvm_segment),
+        ("ss", kvm_segment),
+        ("tr", kvm_segment),
+        ("ldt", kvm_segment),
+        ("gdt", kvm_dtable),
+        ("idt", kvm_dtable),
+        ("cr0", u64),
+        ("cr2", u64),
+        ("cr3", u64),
+        ("cr4", u64),
+        ("cr8", u64),
+        ("efer", u64),
+        ("apic_base", u64),
+        ("interrupt_bitmap", u64 * 4),
+    ]
+
+
+class kvm_coalesced_mmio_zone(ctypes.Structure):  # noqa: N801
+    _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
+
+
+class kvm_coalesced_mmio(ctypes.Structure):  # noqa: N801
+    _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
+
+
+class kvm_coalesced_mmio_ring_header(ctypes.Structure):  # noqa: N801
+    """The ring's head; ``kvm_coalesced_mmio`` entries follow it to the end of the page."""
+
+    _fields_ = [("first", u32), ("last", u32)]
+
+
+class kvm_run_header(ctypes.Structure):  # noqa: N801
+    """The fixed head of ``struct kvm_run``; the exit union starts at ``RUN_EXIT_OFFSET``."""
+
+    _fields_ = [
+        ("request_interrupt_window", u8),
+        ("immediate_exit", u8),
+        ("padding1", u8 * 6),
+        ("exit_reason", u32),
+        ("ready_for_interrupt_injection", u8),
+        ("if_flag", u8),
+        ("flags", u16),
+        ("cr8", u64),
+        ("apic_base", u64),
+    ]
+
+
+class kvm_run_io(ctypes.Structure):  # noqa: N801
+    _fields_ = [
+        ("direction", u8),
+        ("size", u8),
+        ("port", u16),
+        ("count", u32),
+        ("data_offset", u64),
+    ]
+
+
+class kvm_run_mmio(ctypes.Structure):  # noqa: N801
+    _fields_ = [("phys_addr", u64), ("data", u8 * 8), ("len", u32), ("is_write", u8)]
+
+
+class kvm_run_internal(ctypes.Structure):  # noqa: N801
+    _fields_ = [("suberror", u32), ("ndata", u32), ("data", u64 * 16)]
+
+
+class kvm_run_fail_entry(ctypes.Structure):  # noqa: N801
+    _fields_ = [("hardware_entry_failure_reason", u64), ("cpu", u32)]
+
+
+# Sizes from the kernel's uapi headers (x86_64): a mismatch means a typo above.
+_EXPECTED_SIZES: dict[type, int] = {
+    kvm_userspace_memory_region: 32,
+    kvm_userspace_memory_region2: 160,
+    kvm_regs: 144,
+    kvm_segment: 24,
+    kvm_dtable: 16,
+    kvm_sregs: 312,
+    kvm_coalesced_mmio_zone: 16,
+    kvm_coalesced_mmio: 24,
+    kvm_coalesced_mmio_ring_header: 8,
+    kvm_run_header: 32,
+    kvm_run_io: 16,
+    kvm_run_mmio: 24,
+}
+for _struct, _size in _EXPECTED_SIZES.items():
+    if ctypes.sizeof(_struct) != _size:
+        raise ImportError(
+            f"{_struct.__name__} is {ctypes.sizeof(_struct)} bytes, the kernel ABI says {_size}"
+        )
+
+RUN_EXIT_OFFSET = ctypes.sizeof(kvm_run_header)
+"""Offset of the exit union inside ``struct kvm_run``."""
+RUN_EXIT_REASON_OFFSET = kvm_run_header.exit_reason.offset
+RUN_IMMEDIATE_EXIT_OFFSET = kvm_run_header.immediate_exit.offset
+MMIO_DATA_OFFSET = RUN_EXIT_OFFSET + kvm_run_mmio.data.offset
+COALESCED_RING_ENTRY_OFFSET = ctypes.sizeof(kvm_coalesced_mmio_ring_header)
+
+# --- ioctl numbers ---------------------------------------------------------------------
+KVMIO = 0xAE
+
+KVM_GET_API_VERSION = _io(KVMIO, 0x00)
+KVM_CREATE_VM = _io(KVMIO, 0x01)
+KVM_CHECK_EXTENSION = _io(KVMIO, 0x03)
+KVM_GET_VCPU_MMAP_SIZE = _io(KVMIO, 0x04)
+KVM_CREATE_VCPU = _io(KVMIO, 0x41)
+KVM_SET_USER_MEMORY_REGION = _iow(KVMIO, 0x46, kvm_userspace_memory_region)
+KVM_SET_TSS_ADDR = _io(KVMIO, 0x47)
+KVM_SET_IDENTITY_MAP_ADDR = _iow(KVMIO, 0x48, u64)
+KVM_SET_USER_MEMORY_REGION2 = _iow(KVMIO, 0x49, kvm_userspace_memory_region2)
+KVM_REGISTER_COALESCED_MMIO = _iow(KVMIO, 0x67, kvm_coalesced_mmio_zone)
+KVM_UNREGISTER_COALESCED_MMIO = _iow(KVMIO, 0x68, kvm_coalesced_mmio_zone)
+KVM_RUN = _io(KVMIO, 0x80)
+KVM_GET_REGS = _ior(KVMIO, 0x81, kvm_regs)
+KVM_SET_REGS = _iow(KVMIO, 0x82, kvm_regs)
+KVM_GET_SREGS = _ior(KVMIO, 0x83, kvm_sregs)
+KVM_SET_SREGS = _iow(KVMIO, 0x84, kvm_sregs)
+
+KVM_API_VERSION = 12
+"""The only API version there has ever been; anything else is refused."""
+
+# Memslot flags. Bit 2 is KVM_MEM_GUEST_MEMFD today (the 2020 proposal's bit): never
+# set it for holes.
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+
+KVM_EXIT_IO_IN = 0
+KVM_EXIT_IO_OUT = 1
+
+# Offset (in pages) of the coalesced MMIO ring inside the vCPU mmap (KVM_COALESCED_MMIO_PAGE_OFFSET
+# on x86).
+COALESCED_MMIO_PAGE_OFFSET = 2
+
+
+class Cap(enum.IntEnum):
+    """KVM capabilities pcihole asks about (KVM_CHECK_EXTENSION numbers, uapi kvm.h)."""
+
+    USER_MEMORY = 3
+    """KVM_SET_USER_MEMORY_REGION exists."""
+    SET_TSS_ADDR = 4
+    NR_VCPUS = 9
+    """Recommended vCPUs per VM."""
+    NR_MEMSLOTS = 10
+    """Memslots per address space: the hole planner's budget."""
+    COALESCED_MMIO = 15
+    """Page offset of the coalesced MMIO ring in the vCPU mmap (0 = absent)."""
+    IOEVENTFD = 36
+    MAX_VCPUS = 66
+    SYNC_REGS = 74
+    READONLY_MEM = 81
+    """Read-only memslots: reads stay in the guest, writes exit as MMIO."""
+    IMMEDIATE_EXIT = 136
+    """kvm_run.immediate_exit, so another thread can stop a vCPU."""
+    COALESCED_PIO = 162
+    USER_MEMORY2 = 231
+    """KVM_SET_USER_MEMORY_REGION2."""
+    GUEST_MEMFD = 234
+    PRE_FAULT_MEMORY = 236
+
+
+class ExitReason(enum.IntEnum):
+    """kvm_run.exit_reason values pcihole decodes (others become ``Unsupported``)."""
+
+    UNKNOWN = 0
+    EXCEPTION = 1
+    IO = 2
+    HYPERCALL = 3
+    DEBUG = 4
+    HLT = 5
+    MMIO = 6
+    IRQ_WINDOW_OPEN = 7
+    SHUTDOWN = 8
+    FAIL_ENTRY = 9
+    INTR = 10
+    INTERNAL_ERROR = 17
+    SYSTEM_EVENT = 24

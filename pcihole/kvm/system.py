@@ -1,0 +1,379 @@
+"""One object per KVM file descriptor: ``Kvm`` (/dev/kvm) -> ``Vm`` -> ``Vcpu``.
+
+A parent creates its children and closes them when it is closed. Every fd is opened with
+O_CLOEXEC, released by ``close()``, by ``with``, and by a finalizer as a backstop. Every
+failed ioctl raises ``KvmError`` naming the operation.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno as errno_codes
+import fcntl
+import mmap
+import os
+import signal
+import struct
+import threading
+import weakref
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Self
+
+from pcihole.kvm import abi, exits
+from pcihole.kvm.errors import KvmError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+_libc.ioctl.restype = ctypes.c_int
+
+# The signal used to kick a vCPU thread out of KVM_RUN. Its handler does nothing: the
+# point is only that the blocked ioctl returns EINTR (see ``Vcpu.request_stop``).
+KICK_SIGNAL = signal.SIGUSR1
+
+
+def _ioctl(fd: int, request: int, arg: int | bytearray | ctypes.Structure, what: str) -> int:
+    """ioctl that raises ``KvmError`` naming ``what``; returns the ioctl's result."""
+    try:
+        if isinstance(arg, ctypes.Structure):
+            return fcntl.ioctl(fd, request, memoryview(arg).cast("B"), True)  # type: ignore[call-overload, no-any-return]
+        return fcntl.ioctl(fd, request, arg)  # type: ignore[call-overload, no-any-return]
+    except OSError as error:
+        raise KvmError(what, error.errno) from None
+
+
+class _FdObject:
+    """Owns one fd; subclasses add what the fd can do."""
+
+    _kind = "fd"
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._finalizer = weakref.finalize(self, os.close, fd)
+
+    @property
+    def fd(self) -> int:
+        if self._fd < 0:
+            raise KvmError(f"use of closed {self._kind}")
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._fd < 0
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            self._fd = -1
+            self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Kvm(_FdObject):
+    """The KVM subsystem: ``/dev/kvm``."""
+
+    _kind = "/dev/kvm"
+
+    def __init__(self, path: str = "/dev/kvm") -> None:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        except OSError as error:
+            raise KvmError(f"open {path}", error.errno) from None
+        super().__init__(fd)
+        self.path = path
+        version = _ioctl(fd, abi.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION")
+        if version != abi.KVM_API_VERSION:
+            self.close()
+            raise KvmError("KVM_GET_API_VERSION", detail=f"API {version}, need 12")
+        self.api_version = version
+        self.vcpu_mmap_size = _ioctl(fd, abi.KVM_GET_VCPU_MMAP_SIZE, 0, "KVM_GET_VCPU_MMAP_SIZE")
+        self._vms: weakref.WeakSet[Vm] = weakref.WeakSet()
+
+    def check_extension(self, cap: abi.Cap | int) -> int:
+        """KVM_CHECK_EXTENSION: 0 when absent, else a capability-specific value."""
+        name = cap.name if isinstance(cap, abi.Cap) else str(int(cap))
+        return _ioctl(self.fd, abi.KVM_CHECK_EXTENSION, int(cap), f"KVM_CHECK_EXTENSION({name})")
+
+    def capabilities(self) -> dict[str, int]:
+        """Every capability pcihole knows, by name, with the value this kernel gives."""
+        return {cap.name: self.check_extension(cap) for cap in abi.Cap}
+
+    def create_vm(self) -> Vm:
+        fd = _ioctl(self.fd, abi.KVM_CREATE_VM, 0, "KVM_CREATE_VM")
+        # KVM fds are created with O_CLOEXEC by the kernel; make sure of it anyway.
+        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        vm = Vm(self, fd)
+        self._vms.add(vm)
+        return vm
+
+    def close(self) -> None:
+        for vm in list(getattr(self, "_vms", ())):
+            vm.close()
+        super().close()
+
+
+@dataclass(frozen=True, slots=True)
+class Memslot:
+    """One memslot as the kernel knows it."""
+
+    slot: int
+    guest_address: int
+    size: int
+    host_address: int
+    flags: int
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.flags & abi.KVM_MEM_READONLY)
+
+
+@dataclass(frozen=True, slots=True)
+class CoalescedWrite:
+    """One write absorbed by a coalesced MMIO zone."""
+
+    address: int
+    size: int
+    data: bytes
+
+
+class Vm(_FdObject):
+    """One virtual machine: memslots, coalesced zones, vCPUs."""
+
+    _kind = "VM"
+
+    def __init__(self, kvm: Kvm, fd: int) -> None:
+        super().__init__(fd)
+        self.kvm = kvm
+        self.max_memslots = kvm.check_extension(abi.Cap.NR_MEMSLOTS)
+        self.has_readonly_memory = kvm.check_extension(abi.Cap.READONLY_MEM) > 0
+        self.coalesced_mmio_page = kvm.check_extension(abi.Cap.COALESCED_MMIO)
+        self.has_memory_region2 = kvm.check_extension(abi.Cap.USER_MEMORY2) > 0
+        self.memslots: dict[int, Memslot] = {}
+        self.coalesced_zones: set[tuple[int, int]] = set()
+        self.vcpus: list[Vcpu] = []
+
+    # --- memory ------------------------------------------------------------------------
+    def set_memory_region(
+        self, slot: int, guest_address: int, size: int, host_address: int, flags: int = 0
+    ) -> Memslot:
+        """Create or move a memslot (KVM_SET_USER_MEMORY_REGION[2]); size 0 deletes it."""
+        if not 0 <= slot < self.max_memslots:
+            raise KvmError(
+                "KVM_SET_USER_MEMORY_REGION",
+                detail=f"slot {slot} is outside 0..{self.max_memslots - 1} (KVM_CAP_NR_MEMSLOTS)",
+            )
+        if flags & abi.KVM_MEM_READONLY and not self.has_readonly_memory:
+            raise KvmError("KVM_SET_USER_MEMORY_REGION", detail="no KVM_CAP_READONLY_MEM here")
+        what = f"set memslot {slot} at {guest_address:#x}+{size:#x}"
+        if self.has_memory_region2:
+            region2 = abi.kvm_userspace_memory_region2(
+                slot=slot,
+                flags=flags,
+                guest_phys_addr=guest_address,
+                memory_size=size,
+                userspace_addr=host_address,
+            )
+            _ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION2, region2, what)
+        else:
+            region = abi.kvm_userspace_memory_region(
+                slot=slot,
+                flags=flags,
+                guest_phys_addr=guest_address,
+                memory_size=size,
+                userspace_addr=host_address,
+            )
+            _ioctl(self.fd, abi.KVM_SET_USER_MEMORY_REGION, region, what)
+        memslot = Memslot(slot, guest_address, size, host_address, flags)
+        if size:
+            self.memslots[slot] = memslot
+        else:
+            self.memslots.pop(slot, None)
+        return memslot
+
+    def delete_memory_region(self, slot: int) -> None:
+        old = self.memslots.get(slot)
+        if old is None:
+            raise KvmError("delete memslot", detail=f"slot {slot} is not in use")
+        self.set_memory_region(slot, old.guest_address, 0, 0, old.flags)
+
+    # --- coalesced MMIO -------------------------------------------------------------------
+    def register_coalesced_mmio(self, address: int, size: int) -> None:
+        """Writes in [address, address+size) are queued in the ring instead of exiting."""
+        if not self.coalesced_mmio_page:
+            raise KvmError("KVM_REGISTER_COALESCED_MMIO", detail="no KVM_CAP_COALESCED_MMIO here")
+        zone = abi.kvm_coalesced_mmio_zone(addr=address, size=size, pio=0)
+        _ioctl(
+            self.fd,
+            abi.KVM_REGISTER_COALESCED_MMIO,
+            zone,
+            f"KVM_REGISTER_COALESCED_MMIO {address:#x}+{size:#x}",
+        )
+        self.coalesced_zones.add((address, size))
+
+    def unregister_coalesced_mmio(self, address: int, size: int) -> None:
+        zone = abi.kvm_coalesced_mmio_zone(addr=address, size=size, pio=0)
+        _ioctl(
+            self.fd,
+            abi.KVM_UNREGISTER_COALESCED_MMIO,
+            zone,
+            f"KVM_UNREGISTER_COALESCED_MMIO {address:#x}+{size:#x}",
+        )
+        self.coalesced_zones.discard((address, size))
+
+    # --- vCPUs --------------------------------------------------------------------------
+    def create_vcpu(self, index: int | None = None) -> Vcpu:
+        index = len(self.vcpus) if index is None else index
+        fd = _ioctl(self.fd, abi.KVM_CREATE_VCPU, index, f"KVM_CREATE_VCPU {index}")
+        fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.FD_CLOEXEC)
+        vcpu = Vcpu(self, fd, index)
+        self.vcpus.append(vcpu)
+        return vcpu
+
+    def drain_coalesced(self) -> list[CoalescedWrite]:
+        """Writes queued in the VM's coalesced ring, oldest first; the ring is emptied."""
+        if not self.vcpus or not self.coalesced_zones:
+            return []
+        return self.vcpus[0].drain_coalesced()
+
+    def close(self) -> None:
+        for vcpu in getattr(self, "vcpus", ()):
+            vcpu.close()
+        super().close()
+
+
+_RING_HEAD = struct.Struct("<II")
+_RING_ENTRY = struct.Struct("<QII8s")
+
+
+class Vcpu(_FdObject):
+    """One virtual CPU: registers, KVM_RUN and its shared ``kvm_run`` page."""
+
+    _kind = "vCPU"
+
+    def __init__(self, vm: Vm, fd: int, index: int) -> None:
+        super().__init__(fd)
+        self.vm = vm
+        self.index = index
+        try:
+            self._run_map = mmap.mmap(fd, vm.kvm.vcpu_mmap_size, mmap.MAP_SHARED)
+        except OSError as error:
+            self.close()
+            raise KvmError("mmap kvm_run", error.errno) from None
+        self.run_page = memoryview(self._run_map)
+        self._ring_offset = vm.coalesced_mmio_page * mmap.PAGESIZE
+        self._ring_entries = (mmap.PAGESIZE - _RING_HEAD.size) // _RING_ENTRY.size
+        self._last_io_data_offset = 0
+        self._thread_id: int | None = None
+        self._run_request = abi.KVM_RUN
+
+    # --- registers ------------------------------------------------------------------------
+    def get_regs(self) -> abi.kvm_regs:
+        regs = abi.kvm_regs()
+        _ioctl(self.fd, abi.KVM_GET_REGS, regs, "KVM_GET_REGS")
+        return regs
+
+    def set_regs(self, regs: abi.kvm_regs) -> None:
+        _ioctl(self.fd, abi.KVM_SET_REGS, regs, "KVM_SET_REGS")
+
+    def get_sregs(self) -> abi.kvm_sregs:
+        sregs = abi.kvm_sregs()
+        _ioctl(self.fd, abi.KVM_GET_SREGS, sregs, "KVM_GET_SREGS")
+        return sregs
+
+    def set_sregs(self, sregs: abi.kvm_sregs) -> None:
+        _ioctl(self.fd, abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    # --- running --------------------------------------------------------------------------
+    def run(self) -> exits.Exit:
+        """Enter the guest until it exits; return the exit, decoded."""
+        fd = self.fd
+        self._thread_id = threading.get_ident()
+        # ctypes, not fcntl.ioctl: a signal must make KVM_RUN return EINTR to us rather
+        # than be retried, or another thread could never stop a looping guest.
+        if _libc.ioctl(fd, self._run_request, 0) < 0:
+            err = ctypes.get_errno()
+            if err in (errno_codes.EINTR, errno_codes.EAGAIN):
+                self.run_page[abi.RUN_IMMEDIATE_EXIT_OFFSET] = 0
+                return exits.Interrupted()
+            raise KvmError("KVM_RUN", err)
+        return exits.decode(self.run_page)
+
+    def complete_read(self, exit: exits.IoIn | exits.MmioRead, data: bytes) -> None:
+        """Give the guest the bytes its port or MMIO read returns (before the next run)."""
+        if isinstance(exit, exits.MmioRead):
+            self.run_page[abi.MMIO_DATA_OFFSET : abi.MMIO_DATA_OFFSET + exit.size] = data
+        else:
+            offset = struct.unpack_from("<Q", self.run_page, abi.RUN_EXIT_OFFSET + 8)[0]
+            self.run_page[offset : offset + len(data)] = data
+
+    def request_stop(self) -> None:
+        """Make the running (or next) KVM_RUN return ``Interrupted``; callable from any thread."""
+        if self.closed:
+            return
+        self.run_page[abi.RUN_IMMEDIATE_EXIT_OFFSET] = 1
+        thread_id = self._thread_id
+        if thread_id is not None and thread_id != threading.get_ident():
+            try:
+                signal.pthread_kill(thread_id, KICK_SIGNAL)
+            except ProcessLookupError:
+                pass  # the thread has ended: nothing is running
+
+    # --- coalesced MMIO ring ----------------------------------------------------------------
+    def drain_coalesced(self) -> list[CoalescedWrite]:
+        """Empty the VM's coalesced ring (mapped through this vCPU), oldest write first."""
+        if not self._ring_offset:
+            return []
+        page = self.run_page
+        base = self._ring_offset
+        first, last = _RING_HEAD.unpack_from(page, base)
+        writes: list[CoalescedWrite] = []
+        entries = self._ring_entries
+        while first != last:
+            address, size, _pio, data = _RING_ENTRY.unpack_from(
+                page, base + _RING_HEAD.size + first * _RING_ENTRY.size
+            )
+            writes.append(CoalescedWrite(address, size, data[:size]))
+            first = (first + 1) % entries
+        struct.pack_into("<I", page, base, first)
+        return writes
+
+    def ring_pending(self) -> int:
+        """How many writes wait in the coalesced ring."""
+        if not self._ring_offset:
+            return 0
+        first, last = _RING_HEAD.unpack_from(self.run_page, self._ring_offset)
+        return (last - first) % self._ring_entries
+
+    @property
+    def ring_capacity(self) -> int:
+        """Writes the ring holds before the next one exits (one entry always stays free)."""
+        return self._ring_entries - 1
+
+    def close(self) -> None:
+        run_page = getattr(self, "run_page", None)
+        if run_page is not None:
+            run_page.release()
+            self._run_map.close()
+            del self.run_page
+        super().close()
+
+
+def _install_kick_handler() -> None:
+    """A do-nothing handler for KICK_SIGNAL, so it interrupts KVM_RUN without killing us."""
+    if threading.current_thread() is threading.main_thread():
+        current = signal.getsignal(KICK_SIGNAL)
+        if current in (signal.SIG_DFL, None):
+            signal.signal(KICK_SIGNAL, lambda _signum, _frame: None)
+
+
+_install_kick_handler()
+
+
+def iter_open_fds() -> Iterator[int]:
+    """This process's open fds (for leak checks)."""
+    for name in os.listdir("/proc/self/fd"):
+        yield int(name)
