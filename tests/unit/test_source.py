@@ -1,4 +1,8 @@
-"""The all-ones source: backings, seals, refusal of host writes, verification of bad memfds."""
+"""The all-ones source and the windows built from it.
+
+Source: backings, seals, refusal of host writes, verification of bad memfds.
+Window: repeated read-only mappings, alignment, the mapping budget.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,10 @@ from pcihole.holes.source import (
     add_seals,
     seal_text,
 )
+from pcihole.holes.window import HoleWindow, HoleWindowError
 from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE, HostMemError
+
+MiB = 1 << 20
 
 
 @pytest.fixture
@@ -302,3 +309,101 @@ def test_finalizer_releases_a_forgotten_source() -> None:
     gc.collect()
     assert _fd_is_closed(fd)
     assert hostmem.mappings_in(address, HUGE_PAGE_SIZE) == []
+
+
+# -- windows ------------------------------------------------------------------------------
+
+
+def _window_vmas(window: HoleWindow) -> list[tuple[int, int, str]]:
+    return hostmem.mappings_in(window.address, window.size)
+
+
+def test_window_repeats_the_chunk_read_only(sealed: AllOnesSource) -> None:
+    with HoleWindow.build(sealed, 16 * MiB) as window:
+        assert window.address % HUGE_PAGE_SIZE == 0
+        assert window.size == 16 * MiB
+        assert window.mapping_count == 8
+        assert window.chunk_size == sealed.size
+        assert window.build_seconds > 0
+        vmas = _window_vmas(window)
+        assert len(vmas) == 8
+        assert {p for _, _, p in vmas} == {"r--s"}
+        assert [e - s for s, e, _ in vmas] == [sealed.size] * 8
+        assert hostmem.is_filled(window.address, window.size)
+        # The window's pages cannot be made writable: the memfd is sealed.
+        with pytest.raises(HostMemError) as info:
+            hostmem.protect(window.address, PAGE_SIZE, hostmem.PROT_READ | hostmem.PROT_WRITE)
+        assert info.value.errno == errno.EACCES
+        address = window.address
+    assert _window_vmas(window) == []
+    assert hostmem.mappings_in(address, 16 * MiB) == []
+
+
+def test_hugetlb_window_of_256_mib_is_128_huge_mappings_of_one_page(huge_page: int) -> None:
+    with AllOnesSource.create(Backing.HUGETLB) as src:
+        free_before = source_mod.free_huge_pages()
+        with HoleWindow.build(src, 256 * MiB) as window:
+            assert window.mapping_count == 128
+            assert len(_window_vmas(window)) == 128
+            assert hostmem.is_filled(window.address, window.size)
+            assert hostmem.vma_stats(window.address + 255 * MiB)["KernelPageSize"] == 2048
+            # 128 mappings, every byte touched, still the one huge page.
+            assert source_mod.free_huge_pages() == free_before
+        with pytest.raises(HoleWindowError, match="phase 0x1000 must be a multiple of 0x200000"):
+            HoleWindow.build(src, 4 * MiB, phase=PAGE_SIZE)
+        with pytest.raises(HoleWindowError, match="size 0x101000 must be a positive multiple"):
+            HoleWindow.build(src, MiB + PAGE_SIZE)
+
+
+def test_window_with_a_partial_last_chunk_and_a_phase() -> None:
+    with AllOnesSource.create(Backing.MEMFD, memfd_chunk=64 << 10) as src:
+        size = MiB + 3 * PAGE_SIZE
+        with HoleWindow.build(src, size, phase=5 * PAGE_SIZE) as window:
+            assert window.address % HUGE_PAGE_SIZE == 5 * PAGE_SIZE
+            assert window.mapping_count == HoleWindow.mappings_needed(src, size) == 17
+            vmas = _window_vmas(window)
+            assert len(vmas) == 17
+            assert vmas[-1][1] - vmas[-1][0] == 3 * PAGE_SIZE
+            assert hostmem.is_filled(window.address, size)
+            assert window.host_address(size - 1) == window.end - 1
+            assert window.host_address_for(0xE000_5000, 0xE000_6000) == window.address + PAGE_SIZE
+            with pytest.raises(HoleWindowError, match="outside"):
+                window.host_address(size)
+
+
+def test_window_survives_closing_its_source() -> None:
+    src = AllOnesSource.create(Backing.MEMFD)
+    with HoleWindow.build(src, 8 * MiB) as window:
+        src.close()
+        assert hostmem.is_filled(window.address, window.size)
+
+
+def test_window_refused_when_the_mapping_budget_is_short() -> None:
+    with AllOnesSource.create(Backing.MEMFD, memfd_chunk=64 << 10) as src:
+        tiny_limit = hostmem.map_count() + 100 + 5
+        before = hostmem.map_count()
+        with pytest.raises(
+            HoleWindowError,
+            match=rf"needs 17 mappings but only 5 are available \(vm.max_map_count {tiny_limit},",
+        ):
+            HoleWindow.build(src, MiB, map_limit=tiny_limit, headroom=100)
+        assert hostmem.map_count() == before  # nothing was reserved
+        with HoleWindow.build(src, MiB, map_limit=tiny_limit + 20, headroom=100) as window:
+            assert window.mapping_count == 16
+        # The real limit: 256 MiB of 4 KiB chunks would need 65,537 mappings.
+        with (
+            AllOnesSource.create(Backing.MEMFD, memfd_chunk=PAGE_SIZE) as page,
+            pytest.raises(HoleWindowError, match="needs 65537 mappings"),
+        ):
+            HoleWindow.build(page, 256 * MiB)
+
+
+def test_no_window_from_thp() -> None:
+    if source_mod.unavailable_reason(Backing.THP):
+        pytest.skip(str(source_mod.unavailable_reason(Backing.THP)))
+    with AllOnesSource.create(Backing.THP) as src:
+        assert not HoleWindow.supported(src)
+        with pytest.raises(HoleWindowError, match="no fd"):
+            HoleWindow.build(src, 4 * MiB)
+    with AllOnesSource.create(Backing.MEMFD) as src:
+        assert HoleWindow.supported(src)
