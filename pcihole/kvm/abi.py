@@ -53,7 +53,7 @@ def _iowr(kind: int, number: int, argtype: type) -> int:
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
 
-class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801 - kernel name
+class kvm_userspace_memory_region(ctypes.Structure):
     _fields_ = [
         ("slot", u32),
         ("flags", u32),
@@ -63,7 +63,7 @@ class kvm_userspace_memory_region(ctypes.Structure):  # noqa: N801 - kernel name
     ]
 
 
-class kvm_userspace_memory_region2(ctypes.Structure):  # noqa: N801
+class kvm_userspace_memory_region2(ctypes.Structure):
     _fields_ = [
         ("slot", u32),
         ("flags", u32),
@@ -77,16 +77,18 @@ class kvm_userspace_memory_region2(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_regs(ctypes.Structure):  # noqa: N801
+class kvm_regs(ctypes.Structure):
     _fields_ = [
         (name, u64)
         for name in (
-            "rax rbx rcx rdx rsi rdi rsp rbp r8 r9 r10 r11 r12 r13 r14 r15 rip rflags".split()
+            *("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp"),
+            *("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"),
+            *("rip", "rflags"),
         )
     ]
 
 
-class kvm_segment(ctypes.Structure):  # noqa: N801
+class kvm_segment(ctypes.Structure):
     _fields_ = [
         ("base", u64),
         ("limit", u32),
@@ -104,11 +106,11 @@ class kvm_segment(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_dtable(ctypes.Structure):  # noqa: N801
+class kvm_dtable(ctypes.Structure):
     _fields_ = [("base", u64), ("limit", u16), ("padding", u16 * 3)]
 
 
-class kvm_sregs(ctypes.Structure):  # noqa: N801
+class kvm_sregs(ctypes.Structure):
     _fields_ = [
         ("cs", kvm_segment),
         ("ds", kvm_segment),
@@ -131,21 +133,21 @@ class kvm_sregs(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_coalesced_mmio_zone(ctypes.Structure):  # noqa: N801
+class kvm_coalesced_mmio_zone(ctypes.Structure):
     _fields_ = [("addr", u64), ("size", u32), ("pio", u32)]
 
 
-class kvm_coalesced_mmio(ctypes.Structure):  # noqa: N801
+class kvm_coalesced_mmio(ctypes.Structure):
     _fields_ = [("phys_addr", u64), ("len", u32), ("pio", u32), ("data", u8 * 8)]
 
 
-class kvm_coalesced_mmio_ring_header(ctypes.Structure):  # noqa: N801
+class kvm_coalesced_mmio_ring_header(ctypes.Structure):
     """The ring's head; ``kvm_coalesced_mmio`` entries follow it to the end of the page."""
 
     _fields_ = [("first", u32), ("last", u32)]
 
 
-class kvm_run_header(ctypes.Structure):  # noqa: N801
+class kvm_run_header(ctypes.Structure):
     """The fixed head of ``struct kvm_run``; the exit union starts at ``RUN_EXIT_OFFSET``."""
 
     _fields_ = [
@@ -161,7 +163,7 @@ class kvm_run_header(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_run_io(ctypes.Structure):  # noqa: N801
+class kvm_run_io(ctypes.Structure):
     _fields_ = [
         ("direction", u8),
         ("size", u8),
@@ -171,15 +173,15 @@ class kvm_run_io(ctypes.Structure):  # noqa: N801
     ]
 
 
-class kvm_run_mmio(ctypes.Structure):  # noqa: N801
+class kvm_run_mmio(ctypes.Structure):
     _fields_ = [("phys_addr", u64), ("data", u8 * 8), ("len", u32), ("is_write", u8)]
 
 
-class kvm_run_internal(ctypes.Structure):  # noqa: N801
+class kvm_run_internal(ctypes.Structure):
     _fields_ = [("suberror", u32), ("ndata", u32), ("data", u64 * 16)]
 
 
-class kvm_run_fail_entry(ctypes.Structure):  # noqa: N801
+class kvm_run_fail_entry(ctypes.Structure):
     _fields_ = [("hardware_entry_failure_reason", u64), ("cpu", u32)]
 
 
@@ -242,9 +244,6 @@ KVM_MEM_READONLY = 1 << 1
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
 
-# Offset (in pages) of the coalesced MMIO ring inside the vCPU mmap (KVM_COALESCED_MMIO_PAGE_OFFSET
-# on x86).
-COALESCED_MMIO_PAGE_OFFSET = 2
 
 
 class Cap(enum.IntEnum):

@@ -7,6 +7,7 @@ failed ioctl raises ``KvmError`` naming the operation.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errno_codes
 import fcntl
@@ -26,18 +27,25 @@ from pcihole.kvm.errors import KvmError
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
 _libc.ioctl.restype = ctypes.c_int
+_ioctl_raw = _libc.ioctl
+_KVM_RUN = abi.KVM_RUN
+_decode = exits.decode
+_get_ident = threading.get_ident
 
 # The signal used to kick a vCPU thread out of KVM_RUN. Its handler does nothing: the
 # point is only that the blocked ioctl returns EINTR (see ``Vcpu.request_stop``).
 KICK_SIGNAL = signal.SIGUSR1
 
 
-def _ioctl(fd: int, request: int, arg: int | bytearray | ctypes.Structure, what: str) -> int:
-    """ioctl that raises ``KvmError`` naming ``what``; returns the ioctl's result."""
+def _ioctl(fd: int, request: int, arg: int | ctypes.Structure, what: str) -> int:
+    """ioctl that raises ``KvmError`` naming ``what``; returns the ioctl's result.
+
+    A struct argument is passed by address and updated in place (for _IOR/_IOWR)."""
     try:
-        if isinstance(arg, ctypes.Structure):
-            return fcntl.ioctl(fd, request, memoryview(arg).cast("B"), True)  # type: ignore[call-overload, no-any-return]
-        return fcntl.ioctl(fd, request, arg)  # type: ignore[call-overload, no-any-return]
+        if isinstance(arg, int):
+            return fcntl.ioctl(fd, request, arg)
+        result: int = fcntl.ioctl(fd, request, arg, True)
+        return result
     except OSError as error:
         raise KvmError(what, error.errno) from None
 
@@ -268,7 +276,6 @@ class Vcpu(_FdObject):
         self._ring_entries = (mmap.PAGESIZE - _RING_HEAD.size) // _RING_ENTRY.size
         self._last_io_data_offset = 0
         self._thread_id: int | None = None
-        self._run_request = abi.KVM_RUN
 
     # --- registers ------------------------------------------------------------------------
     def get_regs(self) -> abi.kvm_regs:
@@ -290,17 +297,18 @@ class Vcpu(_FdObject):
     # --- running --------------------------------------------------------------------------
     def run(self) -> exits.Exit:
         """Enter the guest until it exits; return the exit, decoded."""
-        fd = self.fd
-        self._thread_id = threading.get_ident()
+        if self._fd < 0:
+            raise KvmError("use of closed vCPU")
+        self._thread_id = _get_ident()
         # ctypes, not fcntl.ioctl: a signal must make KVM_RUN return EINTR to us rather
         # than be retried, or another thread could never stop a looping guest.
-        if _libc.ioctl(fd, self._run_request, 0) < 0:
+        if _ioctl_raw(self._fd, _KVM_RUN, 0) < 0:
             err = ctypes.get_errno()
             if err in (errno_codes.EINTR, errno_codes.EAGAIN):
-                self.run_page[abi.RUN_IMMEDIATE_EXIT_OFFSET] = 0
+                self._run_map[abi.RUN_IMMEDIATE_EXIT_OFFSET] = 0
                 return exits.Interrupted()
             raise KvmError("KVM_RUN", err)
-        return exits.decode(self.run_page)
+        return _decode(self._run_map)
 
     def complete_read(self, exit: exits.IoIn | exits.MmioRead, data: bytes) -> None:
         """Give the guest the bytes its port or MMIO read returns (before the next run)."""
@@ -317,10 +325,9 @@ class Vcpu(_FdObject):
         self.run_page[abi.RUN_IMMEDIATE_EXIT_OFFSET] = 1
         thread_id = self._thread_id
         if thread_id is not None and thread_id != threading.get_ident():
-            try:
+            # ProcessLookupError: the thread has ended, so nothing is running.
+            with contextlib.suppress(ProcessLookupError):
                 signal.pthread_kill(thread_id, KICK_SIGNAL)
-            except ProcessLookupError:
-                pass  # the thread has ended: nothing is running
 
     # --- coalesced MMIO ring ----------------------------------------------------------------
     def drain_coalesced(self) -> list[CoalescedWrite]:
@@ -346,7 +353,7 @@ class Vcpu(_FdObject):
         if not self._ring_offset:
             return 0
         first, last = _RING_HEAD.unpack_from(self.run_page, self._ring_offset)
-        return (last - first) % self._ring_entries
+        return int((last - first) % self._ring_entries)
 
     @property
     def ring_capacity(self) -> int:

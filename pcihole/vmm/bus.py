@@ -48,6 +48,7 @@ class Bus:
         self._mappings: list[Mapping] = []
         self.unclaimed = 0
         """Accesses that hit no device."""
+        self._last_hit: Mapping | None = None
 
     def add(self, base: int, size: int, device: BusDevice, name: str) -> None:
         if size <= 0:
@@ -61,6 +62,7 @@ class Bus:
                 )
         self._bases.insert(index, base)
         self._mappings.insert(index, new)
+        self._last_hit = None
 
     def remove(self, base: int) -> None:
         index = bisect.bisect_left(self._bases, base)
@@ -68,9 +70,13 @@ class Bus:
             raise BusError(f"{self.name} bus: no device at {base:#x}")
         del self._bases[index]
         del self._mappings[index]
+        self._last_hit = None
 
     def find(self, address: int, size: int) -> Mapping | None:
         """The device holding ``[address, address+size)``, None if nobody is there."""
+        last = self._last_hit
+        if last is not None and last.base <= address and address + size <= last.end:
+            return last  # accesses come in runs to one device: skip the search
         index = bisect.bisect_right(self._bases, address) - 1
         if index < 0:
             return None
@@ -82,6 +88,7 @@ class Bus:
                 f"{self.name} bus: access [{address:#x}, {address + size:#x}) "
                 f"runs past {mapping.describe()}"
             )
+        self._last_hit = mapping
         return mapping
 
     def read(self, address: int, size: int) -> int:
