@@ -90,7 +90,7 @@ assert TSS_ADDR + TSS_SIZE <= PARAMS_ADDR, "TSS overlaps the parameter block"
 assert PD_END <= CODE_ADDR, "page tables overlap guest code"
 assert CODE_ADDR + CODE_MAX <= KERNEL_STACK_TOP - 0x10000, "code overlaps the ring-0 stack"
 assert ECAM_BASE % ECAM_MAX_SIZE == 0
-assert ECAM_BASE + ECAM_MAX_SIZE <= IDENTITY_MAP_GIB * GiB
+assert IDENTITY_MAP_GIB * GiB >= ECAM_BASE + ECAM_MAX_SIZE
 
 
 def ecam_size(buses: int) -> int:

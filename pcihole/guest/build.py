@@ -82,7 +82,7 @@ def build(name: str, *, defines: dict[str, int] | None = None) -> GuestProgram:
     digest = hashlib.sha256()
     digest.update(_versions_cache.encode())
     digest.update("\0".join(flags).encode())
-    for part in sorted(ASM_DIR.glob("*.inc")) + [source]:
+    for part in [*sorted(ASM_DIR.glob("*.inc")), source]:
         digest.update(part.name.encode() + b"\0" + part.read_bytes())
     cached = cache_dir() / f"{name}-{digest.hexdigest()[:20]}.bin"
     if cached.is_file():

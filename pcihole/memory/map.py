@@ -7,6 +7,7 @@ handed out by ``SlotAllocator``, within the kernel's KVM_CAP_NR_MEMSLOTS.
 from __future__ import annotations
 
 import enum
+import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -70,7 +71,7 @@ class MemoryMap:
 
     def __init__(self, regions: Iterable[Region]) -> None:
         ordered = sorted(regions, key=lambda region: region.start)
-        for before, after in zip(ordered, ordered[1:], strict=False):
+        for before, after in itertools.pairwise(ordered):
             if before.overlaps(after):
                 raise MemoryMapError(f"{after.describe()} overlaps {before.describe()}")
         self.regions: tuple[Region, ...] = tuple(ordered)

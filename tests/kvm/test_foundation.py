@@ -72,7 +72,9 @@ def test_guest_exception_reports_vector_and_rip(
 
 def test_assertion_failure_names_the_source_line(kvm: Kvm) -> None:
     source = (ASM_DIR / "fault.S").read_text().splitlines()
-    expected_line = next(i for i, text in enumerate(source, 1) if "GUEST_ASSERT_EQ(rax, 42)" in text)
+    expected_line = next(
+        number for number, text in enumerate(source, 1) if "GUEST_ASSERT_EQ(rax, 42)" in text
+    )
     with GuestVm(kvm, "fault", ring=3, params=[5]) as guest:
         result = guest.run()
     assert result.reason is StopReason.ASSERT_FAILED
