@@ -426,8 +426,7 @@ def _check_sealed_fd(fd: int, backing: Backing, expected_size: int | None) -> in
     granule = HUGE_PAGE_SIZE if backing is Backing.HUGETLB else PAGE_SIZE
     if size <= 0 or size % granule or size > MAX_CHUNK:
         raise HoleSourceError(
-            f"memfd size {size:#x} is not a positive multiple of {granule:#x} "
-            f"up to {MAX_CHUNK:#x}"
+            f"memfd size {size:#x} is not a positive multiple of {granule:#x} up to {MAX_CHUNK:#x}"
         )
     if expected_size is not None and size != expected_size:
         raise HoleSourceError(f"memfd size {size:#x}, expected {expected_size:#x}")
@@ -449,8 +448,7 @@ def _filled_hugetlb_memfd() -> int:
             os.posix_fallocate(fd, 0, HUGETLB_CHUNK)
         except OSError as exc:
             raise HoleSourceError(
-                f"cannot allocate a 2 MiB huge page: {exc.strerror} "
-                f"({free_huge_pages()} free)"
+                f"cannot allocate a 2 MiB huge page: {exc.strerror} ({free_huge_pages()} free)"
             ) from None
         # hugetlbfs has no write(): fill through a writable mapping, unmapped before sealing.
         with hostmem.map_fd(
