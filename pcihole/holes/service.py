@@ -116,6 +116,10 @@ def serve(
                     conn, _ = listener.accept()
                 except (BlockingIOError, InterruptedError):
                     continue
+                except OSError as exc:  # e.g. EMFILE: keep serving those already connected
+                    log.warning("accept on %s failed: %s", socket_path, exc)
+                    stop.wait(STOP_POLL_SECONDS)
+                    continue
                 worker = threading.Thread(
                     target=_answer, args=(conn, source, stats), name="pcihole-hole-client"
                 )
@@ -137,10 +141,12 @@ def _listen(path: str, mode: int, group: str | int | None) -> tuple[socket.socke
     gid = _group_id(group)
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    bound = False
     try:
         old_umask = os.umask(0o177)  # the file is born rw------- at most
         try:
             sock.bind(path)
+            bound = True
         finally:
             os.umask(old_umask)
         os.chmod(path, mode)
@@ -151,6 +157,9 @@ def _listen(path: str, mode: int, group: str | int | None) -> tuple[socket.socke
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
+        if bound:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         raise HoleServiceError(f"cannot listen on {path}: {exc}") from exc
     return sock, inode
 

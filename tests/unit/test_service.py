@@ -493,3 +493,12 @@ def test_main_serve_refuses_thp_and_nonsense(
     assert main_serve(sock_path, "ramdisk", None) == 1
     assert "unknown backing" in capsys.readouterr().err
     assert not os.path.exists(sock_path)
+
+
+def test_unusable_socket_path_is_a_clear_error(sock_path: str) -> None:
+    missing_dir = os.path.join(os.path.dirname(sock_path), "no", "such", "dir", "s.sock")
+    with (
+        AllOnesSource.create(Backing.MEMFD) as src,
+        pytest.raises(HoleServiceError, match=r"cannot listen on .*No such file"),
+    ):
+        serve(missing_dir, src, stop_event=threading.Event())
