@@ -117,6 +117,10 @@ PCIE_SLOTCTL_DEFAULT = 0x01C0
 PCIE_SLOTCTL_WRITABLE = 0x17FF
 PCIE_SLOTSTA_W1C = 0x011F
 """Button pressed, power fault, MRL changed, presence changed, command completed, DLL."""
+PCIE_SLOTSTA_PRESENCE_CHANGED = 0x0008
+PCIE_SLOTSTA_PRESENCE_DETECT = 0x0040
+PCIE_SLOTSTA_DLL_CHANGED = 0x0100
+PCIE_LNKSTA_DLL_ACTIVE = 0x2000
 PCIE_ROOTCTL_WRITABLE = 0x001F
 PCIE_ROOTSTA_PME_STATUS = 0x0001_0000
 PCIE_DEVCTL2_WRITABLE = 0x001F
@@ -170,6 +174,32 @@ def pcie_port_type(config: ConfigSpace) -> PortType | None:
     if offset is None:
         return None
     return PortType(config.read(offset + PCIE_CAPABILITIES, 2) >> 4 & 0xF)
+
+
+def has_slot(config: ConfigSpace) -> bool:
+    """Whether the function is a PCI Express port with a slot (where cards are plugged)."""
+    offset = config.find_capability(CapabilityId.PCI_EXPRESS)
+    return offset is not None and bool(
+        config.read(offset + PCIE_CAPABILITIES, 2) & PCIE_CAP_SLOT_IMPLEMENTED
+    )
+
+
+def set_slot_occupied(config: ConfigSpace, occupied: bool, *, announce: bool) -> bool:
+    """Show whether a card sits in this port's slot (presence detect, link active).
+
+    ``announce`` also raises the "changed" bits a hot-plug driver waits for; leave it off
+    for devices present from power-on. Returns whether any register changed.
+    """
+    offset = config.find_capability(CapabilityId.PCI_EXPRESS)
+    if offset is None or not has_slot(config):
+        raise ConfigSpaceError("the function has no PCI Express slot")
+    update = config.set_bits if occupied else config.clear_bits
+    changed = update(offset + PCIE_SLOT_STATUS, 2, PCIE_SLOTSTA_PRESENCE_DETECT)
+    changed |= update(offset + PCIE_LINK_STATUS, 2, PCIE_LNKSTA_DLL_ACTIVE)
+    if changed and announce:
+        events = PCIE_SLOTSTA_PRESENCE_CHANGED | PCIE_SLOTSTA_DLL_CHANGED
+        config.set_bits(offset + PCIE_SLOT_STATUS, 2, events)
+    return changed
 
 
 # -- MSI and MSI-X ---------------------------------------------------------------------

@@ -258,6 +258,15 @@ class ConfigSpace:
         self._registers[offset : offset + size] = (old | bits).to_bytes(size, "little")
         return True
 
+    def clear_bits(self, offset: int, size: int, bits: int) -> bool:
+        """Hardware drops ``bits`` (e.g. a presence state); masks do not apply. Changed?"""
+        old = self.read(offset, size)
+        self._check_value(bits, size)
+        if old & ~bits == old:
+            return False
+        self._registers[offset : offset + size] = (old & ~bits).to_bytes(size, "little")
+        return True
+
     def set_multifunction(self) -> bool:
         """Mark the function as part of a multi-function device. Returns whether it changed."""
         return self.set_bits(HEADER_TYPE, 1, HEADER_TYPE_MULTIFUNCTION)

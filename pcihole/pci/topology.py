@@ -1,0 +1,299 @@
+"""Which functions exist where: ``--device`` parsing and validation of the hierarchy.
+
+A topology is a set of functions inside an ECAM window of ``buses`` buses. Every change
+(building, hot-plug ``add``, ``remove``) is checked as a whole, so a topology is never
+invalid: addresses are unique and inside the window, every function > 0 has a function 0
+beside it, bridges lead to distinct, properly nested bus ranges above their own bus, and
+every bus other than 0 is reached through a bridge.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+
+from pcihole.pci import capabilities as caps
+from pcihole.pci.bdf import BUSES, Bdf
+from pcihole.pci.config import ConfigSpace
+from pcihole.pci.devices import MODELS, DeviceModel, Function
+from pcihole.pci.errors import BdfError, DeviceError, TopologyError
+
+SPEC_FORMAT = "BB:DD.F=MODEL[,key=value...]"
+_NUMBER_RE = re.compile(r"0x[0-9a-f]+|[0-9]+", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class DeviceSpec:
+    """One parsed ``--device`` argument."""
+
+    text: str
+    bdf: Bdf
+    model: DeviceModel
+    params: Mapping[str, int]
+
+    def build(self) -> Function:
+        try:
+            return self.model.build(self.bdf, self.params, spec=self.text)
+        except DeviceError as error:
+            raise TopologyError(str(error), self.text) from error
+
+
+def _parse_number(text: str, key: str, spec: str) -> int:
+    if not _NUMBER_RE.fullmatch(text):
+        raise TopologyError(f"bad number {text!r} for {key}= (want decimal or 0x hex)", spec)
+    return int(text, 0) if text[:2].lower() == "0x" else int(text, 10)
+
+
+def parse_device_spec(text: str) -> DeviceSpec:
+    """Parse ``BB:DD.F=MODEL[,key=value...]``, e.g. ``00:1c.0=root-port,bus=1``."""
+    address, equals, rest = text.partition("=")
+    if not equals:
+        raise TopologyError(f"want {SPEC_FORMAT}", text)
+    try:
+        bdf = Bdf.parse(address)
+    except BdfError as error:
+        raise TopologyError(str(error), text) from error
+    name, *assignments = rest.strip().split(",")
+    model = MODELS.get(name.strip())
+    if model is None:
+        known = ", ".join(sorted(MODELS))
+        raise TopologyError(f"unknown model {name.strip()!r} (known: {known})", text)
+    params: dict[str, int] = {}
+    for assignment in assignments:
+        key, equals, value = (part.strip() for part in assignment.partition("="))
+        if not equals or not key:
+            raise TopologyError(f"malformed parameter {assignment!r} (want key=value)", text)
+        if key not in model.keys:
+            accepted = ", ".join(sorted(model.keys)) or "none"
+            raise TopologyError(f"{model.name} does not take {key}= (it takes: {accepted})", text)
+        if key in params:
+            raise TopologyError(f"{key}= given twice", text)
+        params[key] = _parse_number(value, key, text)
+    return DeviceSpec(text, bdf, model, params)
+
+
+def _bus_text(buses: range) -> str:
+    first, last = buses[0], buses[-1]
+    return f"bus {first}" if first == last else f"buses {first}-{last}"
+
+
+def _check_window(functions: list[Function], buses: int) -> None:
+    for function in functions:
+        if function.bdf.bus >= buses:
+            raise TopologyError(
+                f"bus {function.bdf.bus} is outside the window of {buses} "
+                f"bus{'es' if buses > 1 else ''} (0-{buses - 1})",
+                function.spec,
+            )
+
+
+def _check_addresses(functions: list[Function]) -> None:
+    seen: dict[Bdf, Function] = {}
+    for function in functions:
+        other = seen.setdefault(function.bdf, function)
+        if other is not function:
+            raise TopologyError(
+                f"address {function.bdf} is already taken by {other.spec!r}", function.spec
+            )
+    for function in functions:
+        bdf = function.bdf
+        if bdf.function and Bdf(bdf.bus, bdf.device, 0) not in seen:
+            raise TopologyError(
+                f"function {bdf.function} of device {bdf.bus:02x}:{bdf.device:02x} has no "
+                f"function 0 (a guest only looks further when function 0 exists)",
+                function.spec,
+            )
+
+
+def _check_bridges(functions: list[Function], buses: int) -> None:
+    bridges = [(f, f.bridge_buses) for f in functions if f.bridge_buses is not None]
+    for bridge, below in bridges:
+        own_bus = bridge.bdf.bus
+        if below[0] <= own_bus:
+            raise TopologyError(
+                f"leads to {_bus_text(below)}, which is not above its own bus {own_bus}",
+                bridge.spec,
+            )
+        if below[-1] >= buses:
+            raise TopologyError(
+                f"leads to {_bus_text(below)}, outside the window of {buses} buses (0-{buses - 1})",
+                bridge.spec,
+            )
+    # Each pair once, blaming the later bridge: the one that took what was already taken.
+    for index, (bridge, below) in enumerate(bridges):
+        for other, other_below in bridges[:index]:
+            _check_bridge_pair(bridge, below, other, other_below)
+
+
+def _check_bridge_pair(bridge: Function, below: range, other: Function, other_below: range) -> None:
+    """Bus ranges of two bridges must be disjoint, or one nested below the other."""
+    if below[0] == other_below[0]:
+        raise TopologyError(
+            f"secondary bus {below[0]} is already taken by bridge {other.spec!r}", bridge.spec
+        )
+    bridge_is_below = bridge.bdf.bus in other_below
+    other_is_below = other.bdf.bus in below
+    if bridge_is_below and not set(below) <= set(other_below):
+        raise TopologyError(
+            f"leads to {_bus_text(below)}, but its parent bridge {other.spec!r} "
+            f"only forwards {_bus_text(other_below)}",
+            bridge.spec,
+        )
+    if other_is_below and not set(other_below) <= set(below):
+        raise TopologyError(
+            f"forwards only {_bus_text(below)}, but bridge {other.spec!r} behind it "
+            f"leads to {_bus_text(other_below)}",
+            bridge.spec,
+        )
+    if set(below) & set(other_below) and not (bridge_is_below or other_is_below):
+        raise TopologyError(
+            f"{_bus_text(below)} overlap {_bus_text(other_below)} of bridge {other.spec!r}",
+            bridge.spec,
+        )
+
+
+def _check_reachable(functions: list[Function]) -> None:
+    reachable = {bus for f in functions if f.bridge_buses is not None for bus in f.bridge_buses}
+    for function in functions:
+        bus = function.bdf.bus
+        if bus != 0 and bus not in reachable:
+            raise TopologyError(
+                f"bus {bus} has no bridge leading to it (add a root-port with bus={bus})",
+                function.spec,
+            )
+
+
+def validate(functions: Iterable[Function], buses: int) -> None:
+    """Raise TopologyError naming the first offending function, in the order given."""
+    if not 1 <= buses <= BUSES:
+        raise TopologyError(f"bus count {buses} is not in 1-{BUSES}")
+    candidates = list(functions)
+    _check_window(candidates, buses)
+    _check_addresses(candidates)
+    _check_bridges(candidates, buses)
+    _check_reachable(candidates)
+
+
+class Topology:
+    """The present functions of one ECAM window, always valid, iterated in Bdf order."""
+
+    def __init__(self, buses: int, functions: Iterable[Function] = ()) -> None:
+        candidates = list(functions)
+        validate(candidates, buses)
+        self._buses = buses
+        self._functions = {function.bdf: function for function in candidates}
+        self._mark_multifunction(self._functions)
+        self._update_slots(announce=False)  # cold-plugged: present, but no change events
+
+    @classmethod
+    def build(cls, specs: Iterable[str], buses: int) -> Topology:
+        """A topology from ``--device`` texts; the first bad one raises TopologyError."""
+        validate([], buses)
+        return cls(buses, [parse_device_spec(text).build() for text in specs])
+
+    @classmethod
+    def default(cls, buses: int) -> Topology:
+        """A small q35-like machine: host bridge, ICH9 at 00:1f, a root port per device."""
+        specs = ["00:00.0=host-bridge"]
+        if buses > 1:
+            specs += ["00:1c.0=root-port,bus=1", "01:00.0=virtio-net"]
+        if buses > 2:
+            specs += ["00:1c.1=root-port,bus=2", "02:00.0=nvme"]
+        specs += ["00:1f.0=ich9-lpc", "00:1f.2=ich9-ahci", "00:1f.3=ich9-smbus"]
+        return cls.build(specs, buses)
+
+    @classmethod
+    def qemu_nodefaults(cls, buses: int = BUSES) -> Topology:
+        """What ``qemu-system-x86_64 -machine q35 -nodefaults`` shows a guest."""
+        specs = ["00:00.0=host-bridge", "00:1f.0=ich9-lpc", "00:1f.2=ich9-ahci"]
+        return cls.build([*specs, "00:1f.3=ich9-smbus"], buses)
+
+    # -- queries -----------------------------------------------------------------------
+
+    @property
+    def buses(self) -> int:
+        """Buses in the ECAM window."""
+        return self._buses
+
+    @property
+    def functions(self) -> tuple[Function, ...]:
+        return tuple(self._functions[bdf] for bdf in sorted(self._functions))
+
+    def __iter__(self) -> Iterator[Function]:
+        return iter(self.functions)
+
+    def __len__(self) -> int:
+        return len(self._functions)
+
+    def __contains__(self, bdf: object) -> bool:
+        return bdf in self._functions
+
+    def get(self, bdf: Bdf) -> Function | None:
+        return self._functions.get(bdf)
+
+    def config_at(self, bdf: Bdf) -> ConfigSpace | None:
+        """The configuration space at ``bdf``, or None for a hole (a lookup for decoders)."""
+        function = self._functions.get(bdf)
+        return None if function is None else function.config
+
+    def present_offsets(self) -> list[int]:
+        """ECAM offsets of the present functions' 4 KiB pages, ascending."""
+        return [bdf.ecam_offset for bdf in sorted(self._functions)]
+
+    # -- hot-plug ----------------------------------------------------------------------
+
+    def add(self, function: Function) -> list[Bdf]:
+        """Hot-plug ``function``. Returns the pages to mirror again, the new one first.
+
+        Siblings gain the multi-function bit and the slot above shows presence, so their
+        pages change too.
+        """
+        candidates = [*self._functions.values(), function]
+        validate(candidates, self._buses)
+        self._functions[function.bdf] = function
+        changed = {*self._mark_multifunction(self._functions), *self._update_slots(announce=True)}
+        changed.discard(function.bdf)
+        return [function.bdf, *sorted(changed)]
+
+    def remove(self, bdf: Bdf) -> list[Bdf]:
+        """Hot-unplug the function at ``bdf`` (its page becomes a hole).
+
+        Refuses to strand other functions. Returns ``bdf`` followed by the pages that changed
+        (a slot that is now empty).
+        """
+        removed = self._functions.get(bdf)
+        if removed is None:
+            raise TopologyError(f"no function at {bdf} to remove")
+        try:
+            validate((f for f in self._functions.values() if f is not removed), self._buses)
+        except TopologyError as error:
+            raise TopologyError(f"cannot remove it: {error}", removed.spec) from error
+        del self._functions[bdf]
+        return [bdf, *self._update_slots(announce=True)]
+
+    def _update_slots(self, *, announce: bool) -> list[Bdf]:
+        """Make each slot's presence bits match whether its secondary bus has a function."""
+        occupied_buses = {bdf.bus for bdf in self._functions}
+        changed = []
+        for bdf, function in sorted(self._functions.items()):
+            below = function.bridge_buses
+            if below is None or not caps.has_slot(function.config):
+                continue
+            occupied = below[0] in occupied_buses
+            if caps.set_slot_occupied(function.config, occupied, announce=announce):
+                changed.append(bdf)
+        return changed
+
+    @staticmethod
+    def _mark_multifunction(functions: Mapping[Bdf, Function]) -> list[Bdf]:
+        """Set the header-type multi-function bit on every function of a shared device."""
+        per_device: dict[tuple[int, int], int] = {}
+        for bdf in functions:
+            key = (bdf.bus, bdf.device)
+            per_device[key] = per_device.get(key, 0) + 1
+        changed = []
+        for bdf, function in functions.items():
+            if per_device[bdf.bus, bdf.device] > 1 and function.config.set_multifunction():
+                changed.append(bdf)
+        return sorted(changed)
