@@ -43,14 +43,11 @@ class Function:
     """The ``--device`` text it came from (or an equivalent one), for error messages."""
     description: str
     """lspci-style name, e.g. ``Host bridge: Intel Corporation ...``."""
+    bridge_buses: range | None = None
+    """Buses a bridge leads to (secondary..subordinate) as built; None for an endpoint.
 
-    @property
-    def bridge_buses(self) -> range | None:
-        """The buses a bridge leads to (secondary..subordinate), or None for an endpoint."""
-        if not self.config.is_bridge:
-            return None
-        secondary = self.config.read(SECONDARY_BUS, 1)
-        return range(secondary, self.config.read(SUBORDINATE_BUS, 1) + 1)
+    Fixed at build time: the ECAM layout follows it even if a guest renumbers buses.
+    """
 
 
 ConfigBuilder = Callable[[Bdf, Mapping[str, int]], ConfigSpace]
@@ -83,7 +80,11 @@ class DeviceModel:
         if not spec:
             spec = f"{bdf}={self.name}" + "".join(f",{k}={v}" for k, v in params.items())
         config = self.make_config(bdf, params)
-        return Function(bdf, config, self.name, spec, self.description)
+        bridge_buses = None
+        if config.is_bridge:
+            secondary = config.read(SECONDARY_BUS, 1)
+            bridge_buses = range(secondary, config.read(SUBORDINATE_BUS, 1) + 1)
+        return Function(bdf, config, self.name, spec, self.description, bridge_buses)
 
 
 # -- builders ----------------------------------------------------------------------------

@@ -261,3 +261,13 @@ def test_remove_refuses_to_strand() -> None:
     with pytest.raises(TopologyError, match=r"no function at 05:00\.0"):
         topology.remove(Bdf(5, 0, 0))
     assert len(topology) == 8
+
+
+def test_bridge_buses_stay_as_built_when_the_guest_renumbers() -> None:
+    topology = Topology.default(3)
+    port = topology.get(Bdf(0, 0x1C, 0))
+    assert port is not None
+    assert port.config.write(0x19, 1, 7)  # the guest may rewrite the secondary bus
+    assert port.bridge_buses == range(1, 2)
+    topology.remove(Bdf(1, 0, 0))
+    assert topology.add(MODELS["virtio-blk"].build(Bdf(1, 0, 0)))[0] == Bdf(1, 0, 0)
