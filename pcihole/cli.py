@@ -11,7 +11,16 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from pcihole import hostinfo
+from pcihole import hostinfo, layout
+from pcihole.holes.service import main_serve
+from pcihole.holes.slots import WRITE_MODES, HoleSlotError
+from pcihole.holes.source import Backing
+from pcihole.holes.strategy import STRATEGIES, StrategyError
+from pcihole.kvm import Kvm
+from pcihole.machine import PRESENT_MODES, MachineError, MachineOptions
+from pcihole.pci.errors import PciError
+from pcihole.pci.topology import Topology
+from pcihole.scan import MODES, ScanReport, run_scan
 
 EXIT_USAGE = 2
 
@@ -68,12 +77,165 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- scan ------------------------------------------------------------------------------
+MAX_VMS = 256
+"""More VMs than this in one process is a typo, not a test (each holds fds and memslots)."""
+
+
+def _topology_factory(args: argparse.Namespace) -> Callable[[], Topology]:
+    """A function making a fresh topology per VM; bad --device text is a UsageError now."""
+    devices: list[str] = args.device or []
+    try:
+        if devices:
+            Topology.build(devices, args.buses)
+        else:
+            Topology.default(args.buses)
+    except PciError as error:
+        raise UsageError(f"--device: {error}") from None
+    if devices:
+        return lambda: Topology.build(devices, args.buses)
+    return lambda: Topology.default(args.buses)
+
+
+def _machine_options(args: argparse.Namespace) -> MachineOptions:
+    backing = None if args.backing == "auto" else Backing.parse(args.backing)
+    return MachineOptions(
+        buses=args.buses,
+        strategy=args.strategy,
+        present=args.present,
+        writes=args.writes,
+        backing=backing,
+        socket_path=args.socket,
+        ring=args.ring,
+    )
+
+
+def _print_scan(report: ScanReport) -> None:
+    data = report.as_json()
+    print(
+        f"strategy {data['strategy']} (holes), present functions {data['present']}, "
+        f"hole writes {data['writes']}"
+    )
+    print(
+        f"hole memory: {data['backing']}"
+        + (f" ({data['backing_detail']})" if data["backing_detail"] else "")
+    )
+    for note in data["notes"]:
+        print(f"note: {note}")
+    print(f"{data['vms']} VM(s), {data['buses']} buses, ring {data['ring']}, mode {data['mode']}")
+    print(f"found {len(report.functions)} functions:")
+    for function in report.functions:
+        print(
+            f"  {function.bdf}  {function.vendor:04x}:{function.device:04x}"
+            f"  class {function.class_code:06x}"
+        )
+    exits = data["exits_per_vm"]
+    print(
+        f"config exits per VM: {exits['hole']} for holes, {exits['device']} device writes, "
+        f"{exits['device_reads']} device reads"
+    )
+    print(f"memslots per VM: {data['memslots_per_vm']}")
+    print(
+        f"host memory for holes: {data['hole_memory_bytes_total']} bytes in all, "
+        f"{data['hole_memory_bytes_per_vm']} per VM"
+    )
+    print(f"setup {data['setup_seconds']:.4f} s, scan {data['scan_seconds']:.4f} s")
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    make_topology = _topology_factory(args)
+    options = _machine_options(args)
+    with Kvm() as kvm:
+        report = run_scan(
+            kvm, options, vms=args.vms, mode=args.mode, passes=args.passes, topology=make_topology
+        )
+    if args.json:
+        print(json.dumps(report.as_json(), indent=2))
+    else:
+        _print_scan(report)
+    return 0
+
+
+def _add_machine_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="shared",
+        help="how holes are answered (default: shared)",
+    )
+    parser.add_argument(
+        "--present",
+        choices=PRESENT_MODES,
+        default="mirror",
+        help="present functions: read-only mirror pages, or trap",
+    )
+    parser.add_argument(
+        "--writes",
+        choices=WRITE_MODES,
+        default="coalesce",
+        help="hole writes: coalesced (no exit) or exit",
+    )
+    parser.add_argument(
+        "--backing",
+        choices=["auto", *(b.value for b in Backing)],
+        default="auto",
+        help="all-ones memory (default: best available)",
+    )
+    parser.add_argument(
+        "--socket", metavar="PATH", help="get the all-ones memory from `pcihole serve-holes` here"
+    )
+    parser.add_argument(
+        "--buses",
+        type=int_in_range("--buses", 1, layout.ECAM_MAX_BUSES),
+        default=layout.ECAM_MAX_BUSES,
+        help="ECAM window size in buses",
+    )
+    parser.add_argument(
+        "--ring",
+        type=int,
+        choices=[0, 3],
+        default=3,
+        help="guest privilege level for the scan (3 runs natively)",
+    )
+    parser.add_argument(
+        "--device",
+        action="append",
+        metavar="BB:DD.F=MODEL[,k=v]",
+        help="a function to place (repeatable); default: a q35-like set",
+    )
+
+
+# --- serve-holes ---------------------------------------------------------------------------
+def _cmd_serve_holes(args: argparse.Namespace) -> int:
+    backing = None if args.backing == "auto" else args.backing
+    return main_serve(args.socket, backing, args.group)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="pcihole", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     info = commands.add_parser("info", help="what this host's KVM offers pcihole")
     info.add_argument("--json", action="store_true", help="print JSON")
     info.set_defaults(handler=_cmd_info)
+
+    scan = commands.add_parser("scan", help="VMs enumerate PCI; measure exits, memory, time")
+    _add_machine_options(scan)
+    scan.add_argument("--vms", type=int_in_range("--vms", 1, MAX_VMS), default=1)
+    scan.add_argument(
+        "--mode",
+        choices=list(MODES),
+        default="brute",
+        help="brute force, recursive (as Linux), or both (must agree)",
+    )
+    scan.add_argument("--passes", type=int_in_range("--passes", 1, 100), default=1)
+    scan.add_argument("--json", action="store_true", help="print JSON")
+    scan.set_defaults(handler=_cmd_scan)
+
+    serve = commands.add_parser("serve-holes", help="hand the sealed all-ones memfd to monitors")
+    serve.add_argument("--socket", required=True, metavar="PATH")
+    serve.add_argument("--backing", choices=["auto", "hugetlb", "memfd"], default="auto")
+    serve.add_argument("--group", help="group allowed to connect (socket mode 0660)")
+    serve.set_defaults(handler=_cmd_serve_holes)
     return parser
 
 
@@ -83,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except UsageError as error:
+    except (UsageError, MachineError, StrategyError, HoleSlotError) as error:
         print(f"pcihole {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

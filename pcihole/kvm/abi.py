@@ -245,7 +245,6 @@ KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
 
 
-
 class Cap(enum.IntEnum):
     """KVM capabilities pcihole asks about (KVM_CHECK_EXTENSION numbers, uapi kvm.h)."""
 

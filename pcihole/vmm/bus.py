@@ -57,9 +57,7 @@ class Bus:
         index = bisect.bisect_left(self._bases, base)
         for neighbour in self._mappings[max(0, index - 1) : index + 1]:
             if new.base < neighbour.end and neighbour.base < new.end:
-                raise BusError(
-                    f"{self.name} bus: {new.describe()} overlaps {neighbour.describe()}"
-                )
+                raise BusError(f"{self.name} bus: {new.describe()} overlaps {neighbour.describe()}")
         self._bases.insert(index, base)
         self._mappings.insert(index, new)
         self._last_hit = None

@@ -101,9 +101,7 @@ def run_all(vms: Sequence[GuestVm], max_exits: int | None = None) -> list[RunRes
     def worker(index: int) -> None:
         results[index] = vms[index].run(max_exits)
 
-    threads = [
-        threading.Thread(target=worker, args=(i,), name=vm.name) for i, vm in enumerate(vms)
-    ]
+    threads = [threading.Thread(target=worker, args=(i,), name=vm.name) for i, vm in enumerate(vms)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -119,6 +119,8 @@ class RunLoop:
         self.on_coalesced = on_coalesced
         self.counts: Counter[type] = Counter()
         self._stop = threading.Event()
+        # The ring may be drained from another thread (a hot-plug) while the vCPU runs.
+        self._drain_lock = threading.Lock()
 
     def request_stop(self) -> None:
         """Stop the vCPU soon; safe from any thread, even while the guest runs."""
@@ -133,9 +135,10 @@ class RunLoop:
     def drain(self) -> None:
         """Hand every write waiting in the coalesced ring to ``on_coalesced``."""
         if self.on_coalesced is not None and self.vcpu.vm.coalesced_zones:
-            writes = self.vcpu.drain_coalesced()
-            if writes:
-                self.on_coalesced(writes)
+            with self._drain_lock:
+                writes = self.vcpu.drain_coalesced()
+                if writes:
+                    self.on_coalesced(writes)
 
     def run(self, max_exits: int | None = None) -> RunResult:
         """Run until the guest is done or stops for another reason."""

@@ -1,0 +1,167 @@
+"""How a VM's holes are answered: one small object per strategy, one interface.
+
+- ``shared``: read-only memslots on the process's all-ones memory (no memory per VM);
+- ``fill``: private 0xff memory per VM in read-only memslots (today's common practice);
+- ``trap``: nothing mapped; every access exits and the monitor answers all ones (QEMU).
+
+A strategy turns hole runs into memslot pieces and says which host address backs each.
+Adding a fourth is one class.
+"""
+
+from __future__ import annotations
+
+import abc
+import mmap
+from typing import ClassVar
+
+from pcihole import hostmem, layout
+from pcihole.holes.memory import HoleMemory, shared_hole_memory
+from pcihole.holes.planner import Piece, Run, plan_pieces
+from pcihole.holes.source import Backing
+
+
+class HoleStrategy(abc.ABC):
+    """Maps hole runs of one VM's ECAM window onto memory (or not at all)."""
+
+    name: ClassVar[str]
+    maps_memory: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        self.note = ""
+        """Why this strategy ended up as it is (fallbacks), for the user."""
+
+    @abc.abstractmethod
+    def pieces(self, runs: list[Run]) -> list[Piece]:
+        """The memslots that cover ``runs``."""
+
+    @abc.abstractmethod
+    def host_address(self, piece: Piece) -> int:
+        """Host address backing the first byte of ``piece``."""
+
+    def per_vm_ranges(self) -> list[tuple[int, int]]:
+        """Host ranges this VM alone owns for its holes (for accounting)."""
+        return []
+
+    def shared_ranges(self) -> list[tuple[int, int]]:
+        """Host ranges shared with other VMs (for accounting)."""
+        return []
+
+    @property
+    def backing(self) -> str:
+        return "none"
+
+    @property
+    def detail(self) -> str:
+        """Where the hole memory comes from and how it is laid out."""
+        return ""
+
+    def close(self) -> None:  # noqa: B027 - optional: most strategies own nothing
+        """Release what this VM alone owns."""
+
+
+class SharedStrategy(HoleStrategy):
+    """Every hole slot points into the process-wide all-ones memory."""
+
+    name = "shared"
+
+    def __init__(self, memory: HoleMemory) -> None:
+        super().__init__()
+        self.memory = memory
+
+    def pieces(self, runs: list[Run]) -> list[Piece]:
+        return plan_pieces(runs, span=self.memory.span, align=layout.HUGE_PAGE_SIZE)
+
+    def host_address(self, piece: Piece) -> int:
+        return self.memory.host_address(piece.offset)
+
+    def shared_ranges(self) -> list[tuple[int, int]]:
+        return self.memory.ranges()
+
+    @property
+    def backing(self) -> str:
+        return self.memory.backing.value
+
+    @property
+    def detail(self) -> str:
+        return f"{self.memory.origin}; {self.memory.report().layout}"
+
+
+class FillStrategy(HoleStrategy):
+    """A private, 0xff-filled copy of the whole ECAM window per VM, mapped read-only."""
+
+    name = "fill"
+
+    def __init__(self, window_start: int, window_size: int) -> None:
+        super().__init__()
+        self.window_start = window_start
+        # Anonymous memory, filled, then read-only: what monitors that "fill" do.
+        self.buffer = hostmem.map_anonymous(window_size, align=layout.HUGE_PAGE_SIZE)
+        try:
+            hostmem.fill(self.buffer.address, window_size, 0xFF)
+            hostmem.protect(self.buffer.address, window_size, hostmem.PROT_READ)
+        except BaseException:
+            self.buffer.close()
+            raise
+
+    def pieces(self, runs: list[Run]) -> list[Piece]:
+        # The buffer mirrors the window: offset = guest address - window start.
+        return [Piece(run.start, run.size, run.start - self.window_start) for run in runs]
+
+    def host_address(self, piece: Piece) -> int:
+        return self.buffer.address + piece.offset
+
+    def per_vm_ranges(self) -> list[tuple[int, int]]:
+        return [(self.buffer.address, self.buffer.size)]
+
+    @property
+    def backing(self) -> str:
+        return "private"
+
+    def close(self) -> None:
+        self.buffer.close()
+
+
+class TrapStrategy(HoleStrategy):
+    """No memory at all: every hole access exits and the monitor answers."""
+
+    name = "trap"
+    maps_memory = False
+
+    def pieces(self, runs: list[Run]) -> list[Piece]:
+        return []
+
+    def host_address(self, piece: Piece) -> int:
+        raise AssertionError("trap maps nothing")
+
+
+STRATEGIES = ("shared", "fill", "trap")
+
+
+class StrategyError(ValueError):
+    """Unknown strategy name or impossible options."""
+
+
+def make_strategy(
+    name: str,
+    *,
+    window_start: int,
+    window_size: int,
+    readonly_memory: bool,
+    backing: Backing | None = None,
+    socket_path: str | None = None,
+) -> HoleStrategy:
+    """The strategy called ``name`` for one VM; falls back to ``trap`` (saying so) where
+    the kernel has no read-only memslots."""
+    if name not in STRATEGIES:
+        raise StrategyError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
+    if name != "trap" and not readonly_memory:
+        strategy: HoleStrategy = TrapStrategy()
+        strategy.note = f"{name} needs KVM_CAP_READONLY_MEM, absent here: trapping instead"
+        return strategy
+    if name == "shared":
+        return SharedStrategy(shared_hole_memory(backing, socket_path))
+    if name == "fill":
+        if window_size % mmap.PAGESIZE:
+            raise StrategyError(f"window size {window_size:#x} is not page aligned")
+        return FillStrategy(window_start, window_size)
+    return TrapStrategy()

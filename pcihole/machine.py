@@ -1,0 +1,334 @@
+"""Composition: one function of (topology, options) builds a VM with a PCIe ECAM window.
+
+The ECAM window is covered three ways at once:
+- hole runs (absent functions) get the hole strategy's memslots (``shared``/``fill``) or
+  nothing (``trap``);
+- present functions get a read-only mirror page of their config space (``present=
+  "mirror"``), refreshed after every write the model handles, or nothing (``"trap"``);
+- underneath, one MMIO device answers every access that still exits: all ones for holes,
+  the model for present functions. So while slots change (hot-plug) a guest can only see
+  all ones or the real header.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Self
+
+from pcihole import layout
+from pcihole.guest.build import GuestProgram
+from pcihole.holes.accounting import resident_bytes
+from pcihole.holes.planner import Run, hole_runs
+from pcihole.holes.slots import HoleSlots, HoleWrites
+from pcihole.holes.source import Backing
+from pcihole.holes.strategy import HoleStrategy, make_strategy
+from pcihole.kvm import Kvm, abi
+from pcihole.memory import GuestRam, MemoryMapError, Region, RegionKind
+from pcihole.pci.bdf import Bdf
+from pcihole.pci.devices import Function
+from pcihole.pci.topology import Topology
+from pcihole.vmm.guestvm import GuestVm
+from pcihole.vmm.runloop import RunResult
+
+PRESENT_MODES = ("mirror", "trap")
+PAGE_SHIFT = 12
+
+
+class MachineError(Exception):
+    """A machine could not be built or changed; the message says what and why."""
+
+
+@dataclass(frozen=True)
+class MachineOptions:
+    """How one VM answers its configuration space."""
+
+    buses: int = layout.ECAM_MAX_BUSES
+    strategy: str = "shared"
+    """Holes: ``shared`` (one all-ones memory), ``fill`` (private 0xff), ``trap``."""
+    present: str = "mirror"
+    """Present functions: ``mirror`` (read-only page, writes exit) or ``trap``."""
+    writes: str = "coalesce"
+    """Hole writes: ``coalesce`` (no synchronous exit) or ``exit``."""
+    backing: Backing | None = None
+    socket_path: str | None = None
+    ring: int = 3
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.buses <= layout.ECAM_MAX_BUSES:
+            raise MachineError(f"buses must be 1 to {layout.ECAM_MAX_BUSES}, got {self.buses}")
+        if self.present not in PRESENT_MODES:
+            raise MachineError(f"present must be one of {', '.join(PRESENT_MODES)}")
+
+
+@dataclass
+class ConfigExits:
+    """Configuration accesses that left the guest, by what they hit."""
+
+    hole_reads: int = 0
+    hole_writes: int = 0
+    device_reads: int = 0
+    device_writes: int = 0
+
+    @property
+    def hole(self) -> int:
+        return self.hole_reads + self.hole_writes
+
+    @property
+    def device(self) -> int:
+        return self.device_reads + self.device_writes
+
+
+class EcamDevice:
+    """The MMIO device under the whole ECAM window: what still exits ends here."""
+
+    def __init__(self, machine: PciMachine) -> None:
+        self.machine = machine
+        self.exits = ConfigExits()
+
+    def read(self, offset: int, size: int) -> int:
+        register = offset & 0xFFF
+        if register + size > layout.PAGE_SIZE:  # straddles two functions: split it
+            first = layout.PAGE_SIZE - register
+            low = self.read(offset, first)
+            return low | self.read(offset + first, size - first) << (8 * first)
+        function = self.machine.functions_by_page.get(offset >> PAGE_SHIFT)
+        if function is None:
+            self.exits.hole_reads += 1
+            return (1 << (8 * size)) - 1
+        self.exits.device_reads += 1
+        if size == 8:
+            config = function.config
+            return config.read(register, 4) | config.read(register + 4, 4) << 32
+        return function.config.read(register, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        register = offset & 0xFFF
+        if register + size > layout.PAGE_SIZE:
+            first = layout.PAGE_SIZE - register
+            self.write(offset, first, value & ((1 << (8 * first)) - 1))
+            self.write(offset + first, size - first, value >> (8 * first))
+            return
+        function = self.machine.functions_by_page.get(offset >> PAGE_SHIFT)
+        if function is None:
+            self.exits.hole_writes += 1
+            self.machine.hole_writes.record(
+                self.machine.window.start + offset, size, value.to_bytes(size, "little")
+            )
+            return
+        self.exits.device_writes += 1
+        config = function.config
+        if size == 8:
+            changed = config.write(register, 4, value & 0xFFFFFFFF)
+            changed = config.write(register + 4, 4, value >> 32) or changed
+        else:
+            changed = config.write(register, size, value)
+        if changed:
+            self.machine.refresh_mirror(function.bdf)
+
+
+@dataclass
+class Mirror:
+    slot: int
+    page: GuestRam
+
+
+@dataclass
+class MachineReport:
+    """What a machine is made of, for the CLI and benchmarks."""
+
+    strategy: str
+    backing: str
+    detail: str
+    notes: list[str] = field(default_factory=list)
+
+
+class PciMachine:
+    """One VM: RAM, a guest program, and an ECAM window of ``options.buses`` buses."""
+
+    def __init__(
+        self,
+        kvm: Kvm,
+        topology: Topology,
+        options: MachineOptions,
+        program: str | GuestProgram = "scan",
+        params: Sequence[int] = (),
+        name: str = "vm",
+    ) -> None:
+        if topology.buses != options.buses:
+            raise MachineError(f"topology has {topology.buses} buses, options say {options.buses}")
+        self.topology = topology
+        self.options = options
+        self.window = Region(
+            RegionKind.MMIO, layout.ECAM_BASE, layout.ecam_size(options.buses), "ecam"
+        )
+        self.functions_by_page: dict[int, Function] = {}
+        self.mirrors: dict[Bdf, Mirror] = {}
+        self.hole_writes = HoleWrites()
+        self._lock = threading.RLock()
+        self.guest = GuestVm(kvm, program, ring=options.ring, params=params, name=name)
+        self.strategy: HoleStrategy | None = None
+        self.holes: HoleSlots | None = None
+        try:
+            self.guest.memory_map = self.guest.memory_map.with_region(self.window)
+            self.ecam = EcamDevice(self)
+            self.guest.mmio.add(self.window.start, self.window.size, self.ecam, "ecam")
+            vm = self.guest.vm
+            self.strategy = make_strategy(
+                options.strategy,
+                window_start=self.window.start,
+                window_size=self.window.size,
+                readonly_memory=vm.has_readonly_memory,
+                backing=options.backing,
+                socket_path=options.socket_path,
+            )
+            self.holes = HoleSlots(vm, self.guest.slots, self.strategy, writes=options.writes)
+            self.guest.on_coalesced(self.hole_writes.record_coalesced)
+            for function in topology:
+                self._index(function)
+                if options.present == "mirror":
+                    self._map_mirror(function)
+            self.holes.set_runs(self._runs())
+        except BaseException:
+            self.close()
+            raise
+
+    # --- layout ------------------------------------------------------------------------
+    def _runs(self) -> list[Run]:
+        present = [self.window.start + offset for offset in self.topology.present_offsets()]
+        return hole_runs(self.window.start, self.window.size, present)
+
+    def _index(self, function: Function) -> None:
+        self.functions_by_page[function.bdf.ecam_offset >> PAGE_SHIFT] = function
+
+    def _page_address(self, bdf: Bdf) -> int:
+        return self.window.start + bdf.ecam_offset
+
+    def _map_mirror(self, function: Function) -> None:
+        (slot,) = self.guest.slots.allocate(1, purpose=f"config page of {function.bdf}")
+        page = GuestRam(self._page_address(function.bdf), layout.PAGE_SIZE)
+        try:
+            page.write(page.base, function.config.snapshot())
+            self.guest.vm.set_memory_region(
+                slot, page.base, page.size, page.host_address, abi.KVM_MEM_READONLY
+            )
+        except BaseException:
+            page.close()
+            self.guest.slots.release([slot])
+            raise
+        self.mirrors[function.bdf] = Mirror(slot, page)
+
+    def _unmap_mirror(self, bdf: Bdf) -> None:
+        mirror = self.mirrors.pop(bdf)
+        self.guest.vm.delete_memory_region(mirror.slot)
+        self.guest.slots.release([mirror.slot])
+        mirror.page.close()
+
+    def refresh_mirror(self, bdf: Bdf) -> None:
+        """Copy the model's registers into its read-only page (after a write or a plug)."""
+        mirror = self.mirrors.get(bdf)
+        function = self.topology.get(bdf)
+        if mirror is not None and function is not None:
+            mirror.page.write(mirror.page.base, function.config.snapshot())
+
+    # --- hot-plug ------------------------------------------------------------------------
+    def hot_plug(self, function: Function) -> None:
+        """Add ``function`` while the guest may be running.
+
+        Order matters: the model is published first (an exit now answers its header), the
+        hole slot covering its page goes, then its mirror page is mapped.
+        """
+        assert self.holes is not None
+        with self._lock:
+            changed = self.topology.add(function)
+            self._index(function)
+            try:
+                self.holes.set_runs(self._runs(), drain=self.guest.loop.drain)
+                if self.options.present == "mirror":
+                    self._map_mirror(function)
+            except BaseException:
+                self.topology.remove(function.bdf)
+                self.functions_by_page.pop(function.bdf.ecam_offset >> PAGE_SHIFT, None)
+                self.holes.set_runs(self._runs(), drain=self.guest.loop.drain)
+                raise
+            for bdf in changed[1:]:
+                self.refresh_mirror(bdf)
+
+    def hot_unplug(self, bdf: Bdf) -> None:
+        """Remove the function at ``bdf``; its page becomes a hole again."""
+        assert self.holes is not None
+        with self._lock:
+            changed = self.topology.remove(bdf)
+            self.functions_by_page.pop(bdf.ecam_offset >> PAGE_SHIFT, None)
+            if bdf in self.mirrors:
+                self._unmap_mirror(bdf)
+            self.holes.set_runs(self._runs(), drain=self.guest.loop.drain)
+            for other in changed[1:]:
+                self.refresh_mirror(other)
+
+    # --- running and measuring ------------------------------------------------------------
+    def run(self, max_exits: int | None = None) -> RunResult:
+        return self.guest.run(max_exits)
+
+    def request_stop(self) -> None:
+        self.guest.request_stop()
+
+    @property
+    def memslots(self) -> int:
+        """Memslots this VM uses for its ECAM window (holes and mirror pages)."""
+        holes = self.holes.slot_count if self.holes else 0
+        return holes + len(self.mirrors)
+
+    @property
+    def hole_memslots(self) -> int:
+        return self.holes.slot_count if self.holes else 0
+
+    def per_vm_hole_memory(self) -> int:
+        """Host bytes this VM alone holds for holes (measured, smaps Pss)."""
+        assert self.strategy is not None
+        return resident_bytes(self.strategy.per_vm_ranges())
+
+    def report(self) -> MachineReport:
+        assert self.strategy is not None and self.holes is not None
+        notes = [note for note in (self.strategy.note, self.holes.note) if note]
+        return MachineReport(self.strategy.name, self.strategy.backing, self.strategy.detail, notes)
+
+    def close(self) -> None:
+        if self.holes is not None:
+            self.holes.close()
+            self.holes = None
+        for bdf in list(self.mirrors):
+            if self.guest.vm.closed:
+                self.mirrors.pop(bdf).page.close()
+            else:
+                self._unmap_mirror(bdf)
+        self.guest.close()
+        if self.strategy is not None:
+            self.strategy.close()
+            self.strategy = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def shared_hole_memory_bytes(machines: Sequence[PciMachine]) -> int:
+    """Host bytes behind the hole memory shared by ``machines`` (counted once)."""
+    ranges: dict[tuple[int, int], None] = {}
+    for machine in machines:
+        if machine.strategy is not None:
+            for item in machine.strategy.shared_ranges():
+                ranges[item] = None
+    return resident_bytes(ranges)
+
+
+__all__ = [
+    "ConfigExits",
+    "MachineError",
+    "MachineOptions",
+    "MemoryMapError",
+    "PciMachine",
+]
