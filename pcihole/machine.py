@@ -83,8 +83,8 @@ class ConfigExits:
 class EcamDevice:
     """The MMIO device under the whole ECAM window: what still exits ends here."""
 
-    def __init__(self, machine: PciMachine) -> None:
-        self.machine = machine
+    def __init__(self, window: EcamWindow) -> None:
+        self.window = window
         self.exits = ConfigExits()
 
     def read(self, offset: int, size: int) -> int:
@@ -93,7 +93,7 @@ class EcamDevice:
             first = layout.PAGE_SIZE - register
             low = self.read(offset, first)
             return low | self.read(offset + first, size - first) << (8 * first)
-        function = self.machine.functions_by_page.get(offset >> PAGE_SHIFT)
+        function = self.window.functions_by_page.get(offset >> PAGE_SHIFT)
         if function is None:
             self.exits.hole_reads += 1
             return (1 << (8 * size)) - 1
@@ -110,12 +110,11 @@ class EcamDevice:
             self.write(offset, first, value & ((1 << (8 * first)) - 1))
             self.write(offset + first, size - first, value >> (8 * first))
             return
-        function = self.machine.functions_by_page.get(offset >> PAGE_SHIFT)
+        function = self.window.functions_by_page.get(offset >> PAGE_SHIFT)
         if function is None:
             self.exits.hole_writes += 1
-            self.machine.hole_writes.record(
-                self.machine.window.start + offset, size, value.to_bytes(size, "little")
-            )
+            base = self.window.base or 0  # the device is on the bus only while placed
+            self.window.hole_writes.record(base + offset, size, value.to_bytes(size, "little"))
             return
         self.exits.device_writes += 1
         config = function.config
@@ -125,7 +124,7 @@ class EcamDevice:
         else:
             changed = config.write(register, size, value)
         if changed:
-            self.machine.refresh_mirror(function.bdf)
+            self.window.refresh_mirror(function.bdf)
 
 
 @dataclass
@@ -144,70 +143,112 @@ class MachineReport:
     notes: list[str] = field(default_factory=list)
 
 
-class PciMachine:
-    """One VM: RAM, a guest program, and an ECAM window of ``options.buses`` buses."""
+class EcamWindow:
+    """A VM's ECAM window: present functions' mirror pages, hole slots, the MMIO device.
+
+    The window can be placed, moved and removed while the VM lives (firmware does this
+    through the host bridge's PCIEXBAR register); ``base`` is None while it is disabled.
+    """
 
     def __init__(
         self,
-        kvm: Kvm,
+        guest: GuestVm,
         topology: Topology,
         options: MachineOptions,
-        program: str | GuestProgram = "scan",
-        params: Sequence[int] = (),
-        name: str = "vm",
+        base: int | None = layout.ECAM_BASE,
     ) -> None:
         if topology.buses != options.buses:
             raise MachineError(f"topology has {topology.buses} buses, options say {options.buses}")
+        self.guest = guest
         self.topology = topology
         self.options = options
-        self.window = Region(
-            RegionKind.MMIO, layout.ECAM_BASE, layout.ecam_size(options.buses), "ecam"
-        )
+        self.size = layout.ecam_size(options.buses)
+        self.base: int | None = None
         self.functions_by_page: dict[int, Function] = {}
         self.mirrors: dict[Bdf, Mirror] = {}
         self.hole_writes = HoleWrites()
+        self.ecam = EcamDevice(self)
         self._lock = threading.RLock()
-        self.guest = GuestVm(kvm, program, ring=options.ring, params=params, name=name)
         self.strategy: HoleStrategy | None = None
         self.holes: HoleSlots | None = None
+        for function in topology:
+            self._index(function)
         try:
-            self.guest.memory_map = self.guest.memory_map.with_region(self.window)
-            self.ecam = EcamDevice(self)
-            self.guest.mmio.add(self.window.start, self.window.size, self.ecam, "ecam")
-            vm = self.guest.vm
+            vm = guest.vm
             self.strategy = make_strategy(
                 options.strategy,
-                window_start=self.window.start,
-                window_size=self.window.size,
+                window_size=self.size,
                 readonly_memory=vm.has_readonly_memory,
                 backing=options.backing,
                 socket_path=options.socket_path,
             )
-            self.holes = HoleSlots(vm, self.guest.slots, self.strategy, writes=options.writes)
-            self.guest.on_coalesced(self.hole_writes.record_coalesced)
-            for function in topology:
-                self._index(function)
-                if options.present == "mirror":
-                    self._map_mirror(function)
-            self.holes.set_runs(self._runs())
+            self.holes = HoleSlots(vm, guest.slots, self.strategy, writes=options.writes)
+            guest.on_coalesced(self.hole_writes.record_coalesced)
+            if base is not None:
+                self.place(base)
         except BaseException:
             self.close()
             raise
 
-    # --- layout ------------------------------------------------------------------------
+    # --- placement ------------------------------------------------------------------------
+    def place(self, base: int | None) -> None:
+        """Put the window at guest-physical ``base`` (None: remove it). All or nothing."""
+        with self._lock:
+            if base == self.base:
+                return
+            old = self.base
+            if old is not None:
+                self._unplace()
+            if base is None:
+                return
+            try:
+                self._place(base)
+            except BaseException:
+                self._unplace()
+                if old is not None:
+                    self._place(old)
+                raise
+
+    def _place(self, base: int) -> None:
+        assert self.holes is not None
+        region = Region(RegionKind.MMIO, base, self.size, "ecam")
+        if base % layout.HUGE_PAGE_SIZE:
+            raise MachineError(f"ECAM base {base:#x} is not 2 MiB aligned")
+        self.guest.memory_map = self.guest.memory_map.with_region(region)
+        self.base = base
+        self.region = region
+        self.guest.mmio.add(base, self.size, self.ecam, "ecam")
+        if self.options.present == "mirror":
+            for function in self.topology:
+                self._map_mirror(function)
+        self.holes.set_runs(self._runs(), base, drain=self.guest.loop.drain)
+
+    def _unplace(self) -> None:
+        if self.base is None:
+            return
+        if self.holes is not None:
+            self.holes.set_runs([], self.base, drain=self.guest.loop.drain)
+        for bdf in list(self.mirrors):
+            self._unmap_mirror(bdf)
+        if any(m.base == self.base for m in self.guest.mmio):
+            self.guest.mmio.remove(self.base)
+        if self.region in self.guest.memory_map.regions:
+            self.guest.memory_map = self.guest.memory_map.without(self.region)
+        self.base = None
+
     def _runs(self) -> list[Run]:
-        present = [self.window.start + offset for offset in self.topology.present_offsets()]
-        return hole_runs(self.window.start, self.window.size, present)
+        assert self.base is not None
+        present = [self.base + offset for offset in self.topology.present_offsets()]
+        return hole_runs(self.base, self.size, present)
 
     def _index(self, function: Function) -> None:
         self.functions_by_page[function.bdf.ecam_offset >> PAGE_SHIFT] = function
 
-    def _page_address(self, bdf: Bdf) -> int:
-        return self.window.start + bdf.ecam_offset
-
     def _map_mirror(self, function: Function) -> None:
-        (slot,) = self.guest.slots.allocate(1, purpose=f"config page of {function.bdf}")
-        page = GuestRam(self._page_address(function.bdf), layout.PAGE_SIZE)
+        assert self.base is not None
+        slots = self.guest.slots
+        (slot,) = slots.allocate(1, purpose=f"config page of {function.bdf}")
+        page = GuestRam(self.base + function.bdf.ecam_offset, layout.PAGE_SIZE)
         try:
             page.write(page.base, function.config.snapshot())
             self.guest.vm.set_memory_region(
@@ -215,13 +256,14 @@ class PciMachine:
             )
         except BaseException:
             page.close()
-            self.guest.slots.release([slot])
+            slots.release([slot])
             raise
         self.mirrors[function.bdf] = Mirror(slot, page)
 
     def _unmap_mirror(self, bdf: Bdf) -> None:
         mirror = self.mirrors.pop(bdf)
-        self.guest.vm.delete_memory_region(mirror.slot)
+        if not self.guest.vm.closed:
+            self.guest.vm.delete_memory_region(mirror.slot)
         self.guest.slots.release([mirror.slot])
         mirror.page.close()
 
@@ -243,14 +285,16 @@ class PciMachine:
         with self._lock:
             changed = self.topology.add(function)
             self._index(function)
+            if self.base is None:
+                return
             try:
-                self.holes.set_runs(self._runs(), drain=self.guest.loop.drain)
+                self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
                 if self.options.present == "mirror":
                     self._map_mirror(function)
             except BaseException:
                 self.topology.remove(function.bdf)
                 self.functions_by_page.pop(function.bdf.ecam_offset >> PAGE_SHIFT, None)
-                self.holes.set_runs(self._runs(), drain=self.guest.loop.drain)
+                self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
                 raise
             for bdf in changed[1:]:
                 self.refresh_mirror(bdf)
@@ -263,31 +307,21 @@ class PciMachine:
             self.functions_by_page.pop(bdf.ecam_offset >> PAGE_SHIFT, None)
             if bdf in self.mirrors:
                 self._unmap_mirror(bdf)
-            self.holes.set_runs(self._runs(), drain=self.guest.loop.drain)
+            if self.base is None:
+                return
+            self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
             for other in changed[1:]:
                 self.refresh_mirror(other)
 
-    # --- running and measuring ------------------------------------------------------------
-    def run(self, max_exits: int | None = None) -> RunResult:
-        return self.guest.run(max_exits)
-
-    def request_stop(self) -> None:
-        self.guest.request_stop()
-
+    # --- measuring -----------------------------------------------------------------------
     @property
     def memslots(self) -> int:
-        """Memslots this VM uses for its ECAM window (holes and mirror pages)."""
-        holes = self.holes.slot_count if self.holes else 0
-        return holes + len(self.mirrors)
+        """Memslots this window uses (holes and mirror pages)."""
+        return self.hole_memslots + len(self.mirrors)
 
     @property
     def hole_memslots(self) -> int:
         return self.holes.slot_count if self.holes else 0
-
-    def per_vm_hole_memory(self) -> int:
-        """Host bytes this VM alone holds for holes (measured, smaps Pss)."""
-        assert self.strategy is not None
-        return resident_bytes(self.strategy.per_vm_ranges())
 
     def report(self) -> MachineReport:
         assert self.strategy is not None and self.holes is not None
@@ -295,18 +329,73 @@ class PciMachine:
         return MachineReport(self.strategy.name, self.strategy.backing, self.strategy.detail, notes)
 
     def close(self) -> None:
+        if not self.guest.vm.closed:
+            self._unplace()
+        for bdf in list(self.mirrors):
+            self._unmap_mirror(bdf)
         if self.holes is not None:
             self.holes.close()
             self.holes = None
-        for bdf in list(self.mirrors):
-            if self.guest.vm.closed:
-                self.mirrors.pop(bdf).page.close()
-            else:
-                self._unmap_mirror(bdf)
-        self.guest.close()
         if self.strategy is not None:
             self.strategy.close()
             self.strategy = None
+
+
+class PciMachine:
+    """One VM: RAM, a guest program in long mode, an ECAM window, CF8/CFC ports."""
+
+    def __init__(
+        self,
+        kvm: Kvm,
+        topology: Topology,
+        options: MachineOptions,
+        program: str | GuestProgram = "scan",
+        params: Sequence[int] = (),
+        name: str = "vm",
+    ) -> None:
+        self.options = options
+        self.topology = topology
+        self.guest = GuestVm(kvm, program, ring=options.ring, params=params, name=name)
+        try:
+            self.window = EcamWindow(self.guest, topology, options)
+        except BaseException:
+            self.guest.close()
+            raise
+
+    @property
+    def ecam(self) -> EcamDevice:
+        return self.window.ecam
+
+    @property
+    def hole_writes(self) -> HoleWrites:
+        return self.window.hole_writes
+
+    @property
+    def strategy(self) -> HoleStrategy | None:
+        return self.window.strategy
+
+    @property
+    def memslots(self) -> int:
+        return self.window.memslots
+
+    def hot_plug(self, function: Function) -> None:
+        self.window.hot_plug(function)
+
+    def hot_unplug(self, bdf: Bdf) -> None:
+        self.window.hot_unplug(bdf)
+
+    def run(self, max_exits: int | None = None) -> RunResult:
+        return self.guest.run(max_exits)
+
+    def request_stop(self) -> None:
+        self.guest.request_stop()
+
+    def report(self) -> MachineReport:
+        return self.window.report()
+
+    def close(self) -> None:
+        self.window.close()
+        self.guest.close()
 
     def __enter__(self) -> Self:
         return self

@@ -85,8 +85,11 @@ class HoleSlots:
     def slot_count(self) -> int:
         return sum(len(slots) for slots in self.runs.values())
 
-    def set_runs(self, runs: Iterable[Run], drain: Callable[[], None] | None = None) -> None:
-        """Make the VM's hole slots cover exactly ``runs`` (all or nothing).
+    def set_runs(
+        self, runs: Iterable[Run], window_start: int, drain: Callable[[], None] | None = None
+    ) -> None:
+        """Make the VM's hole slots cover exactly ``runs`` of the window at ``window_start``
+        (all or nothing).
 
         ``drain`` empties the coalesced ring first, so writes queued under zones that are
         about to go are still counted.
@@ -96,7 +99,7 @@ class HoleSlots:
         new = sorted(run for run in wanted if run not in self.runs)
         if drain is not None and gone and self.coalesce:
             drain()
-        plans = {run: self.strategy.pieces([run]) for run in new}
+        plans = {run: self.strategy.pieces([run], window_start) for run in new}
         needed = sum(len(pieces) for pieces in plans.values())
         freed = sum(len(self.runs[run]) for run in gone)
         if needed - freed > self.allocator.free:
@@ -106,6 +109,7 @@ class HoleSlots:
             )
         removed: list[Run] = []
         added: list[Run] = []
+        old_pieces = {run: [piece for _, piece in self.runs[run]] for run in gone}
         try:
             for run in gone:
                 self._remove(run)
@@ -117,7 +121,7 @@ class HoleSlots:
             for run in added:
                 self._remove(run)
             for run in removed:
-                self._add(run, self.strategy.pieces([run]))
+                self._add(run, old_pieces[run])
             raise HoleSlotError(f"setting hole memslots failed, nothing changed: {error}") from None
 
     def _add(self, run: Run, pieces: list[Piece]) -> None:

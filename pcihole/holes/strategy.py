@@ -31,8 +31,8 @@ class HoleStrategy(abc.ABC):
         """Why this strategy ended up as it is (fallbacks), for the user."""
 
     @abc.abstractmethod
-    def pieces(self, runs: list[Run]) -> list[Piece]:
-        """The memslots that cover ``runs``."""
+    def pieces(self, runs: list[Run], window_start: int) -> list[Piece]:
+        """The memslots that cover ``runs`` of the window starting at ``window_start``."""
 
     @abc.abstractmethod
     def host_address(self, piece: Piece) -> int:
@@ -68,7 +68,7 @@ class SharedStrategy(HoleStrategy):
         super().__init__()
         self.memory = memory
 
-    def pieces(self, runs: list[Run]) -> list[Piece]:
+    def pieces(self, runs: list[Run], window_start: int) -> list[Piece]:
         return plan_pieces(runs, span=self.memory.span, align=layout.HUGE_PAGE_SIZE)
 
     def host_address(self, piece: Piece) -> int:
@@ -91,9 +91,8 @@ class FillStrategy(HoleStrategy):
 
     name = "fill"
 
-    def __init__(self, window_start: int, window_size: int) -> None:
+    def __init__(self, window_size: int) -> None:
         super().__init__()
-        self.window_start = window_start
         # Anonymous memory, filled, then read-only: what monitors that "fill" do.
         self.buffer = hostmem.map_anonymous(window_size, align=layout.HUGE_PAGE_SIZE)
         try:
@@ -103,9 +102,9 @@ class FillStrategy(HoleStrategy):
             self.buffer.close()
             raise
 
-    def pieces(self, runs: list[Run]) -> list[Piece]:
+    def pieces(self, runs: list[Run], window_start: int) -> list[Piece]:
         # The buffer mirrors the window: offset = guest address - window start.
-        return [Piece(run.start, run.size, run.start - self.window_start) for run in runs]
+        return [Piece(run.start, run.size, run.start - window_start) for run in runs]
 
     def host_address(self, piece: Piece) -> int:
         return self.buffer.address + piece.offset
@@ -127,7 +126,7 @@ class TrapStrategy(HoleStrategy):
     name = "trap"
     maps_memory = False
 
-    def pieces(self, runs: list[Run]) -> list[Piece]:
+    def pieces(self, runs: list[Run], window_start: int) -> list[Piece]:
         return []
 
     def host_address(self, piece: Piece) -> int:
@@ -144,7 +143,6 @@ class StrategyError(ValueError):
 def make_strategy(
     name: str,
     *,
-    window_start: int,
     window_size: int,
     readonly_memory: bool,
     backing: Backing | None = None,
@@ -163,5 +161,5 @@ def make_strategy(
     if name == "fill":
         if window_size % mmap.PAGESIZE:
             raise StrategyError(f"window size {window_size:#x} is not page aligned")
-        return FillStrategy(window_start, window_size)
+        return FillStrategy(window_size)
     return TrapStrategy()
