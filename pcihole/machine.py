@@ -13,7 +13,7 @@ The ECAM window is covered three ways at once:
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -28,6 +28,7 @@ from pcihole.kvm import Kvm, abi
 from pcihole.memory import GuestRam, MemoryMapError, Region, RegionKind
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import Function
+from pcihole.pci.ecam import ConfigMechanism1
 from pcihole.pci.topology import Topology
 from pcihole.vmm.guestvm import GuestVm
 from pcihole.vmm.runloop import RunResult
@@ -341,6 +342,36 @@ class EcamWindow:
             self.strategy = None
 
 
+class LegacyConfigPorts:
+    """Configuration mechanism #1 on ports CF8-CFF, over the same models as ECAM.
+
+    Every access exits (port I/O always does); writes that change a model re-mirror its
+    ECAM page, and ``on_write`` hears of them (the host bridge's PCIEXBAR, for one).
+    """
+
+    def __init__(self, window: EcamWindow) -> None:
+        self.window = window
+        self.mechanism = ConfigMechanism1(window.topology.config_at)
+        self.on_write: Callable[[Bdf], None] | None = None
+        self.exits = 0
+
+    def read(self, offset: int, size: int) -> int:
+        self.exits += 1
+        return self.mechanism.io_read(layout.PCI_CONFIG_ADDRESS_PORT + offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.exits += 1
+        changed = self.mechanism.io_write(layout.PCI_CONFIG_ADDRESS_PORT + offset, size, value)
+        if changed is not None:
+            self.window.refresh_mirror(changed)
+            if self.on_write is not None:
+                self.on_write(changed)
+
+
+CONFIG_PORTS = 8
+"""CF8-CFF."""
+
+
 class PciMachine:
     """One VM: RAM, a guest program in long mode, an ECAM window, CF8/CFC ports."""
 
@@ -358,6 +389,10 @@ class PciMachine:
         self.guest = GuestVm(kvm, program, ring=options.ring, params=params, name=name)
         try:
             self.window = EcamWindow(self.guest, topology, options)
+            self.legacy = LegacyConfigPorts(self.window)
+            self.guest.ports.add(
+                layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config-ports"
+            )
         except BaseException:
             self.guest.close()
             raise
