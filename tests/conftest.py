@@ -7,6 +7,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from pcihole.holes import source as source_mod
+from pcihole.holes.source import HoleSourceError
 from pcihole.kvm import Kvm
 
 KVM_PATH = "/dev/kvm"
@@ -25,3 +27,17 @@ def kvm() -> Iterator[Kvm]:
         pytest.skip(reason)
     with Kvm(KVM_PATH) as handle:
         yield handle
+
+
+@pytest.fixture
+def huge_page() -> Iterator[int]:
+    """One extra 2 MiB hugetlb page for the test (root only), pool restored afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("growing vm.nr_hugepages needs root")
+    if not os.access(source_mod.HUGEPAGES_NR_PATH, os.W_OK):
+        pytest.skip(f"{source_mod.HUGEPAGES_NR_PATH} is not writable")
+    try:
+        with source_mod.extra_huge_pages(1) as free:
+            yield free
+    except HoleSourceError as exc:
+        pytest.skip(str(exc))

@@ -32,20 +32,6 @@ from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE, HostMemError
 MiB = 1 << 20
 
 
-@pytest.fixture
-def huge_page() -> Iterator[int]:
-    """One extra 2 MiB hugetlb page for the test (root only), pool restored afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("growing vm.nr_hugepages needs root")
-    if not os.access(source_mod.HUGEPAGES_NR_PATH, os.W_OK):
-        pytest.skip(f"{source_mod.HUGEPAGES_NR_PATH} is not writable")
-    try:
-        with source_mod.extra_huge_pages(1) as free:
-            yield free
-    except HoleSourceError as exc:
-        pytest.skip(str(exc))
-
-
 @pytest.fixture(params=[Backing.MEMFD, Backing.HUGETLB])
 def sealed(request: pytest.FixtureRequest) -> Iterator[AllOnesSource]:
     """A sealed, fd-backed source of each shareable backing."""
