@@ -3,6 +3,7 @@ it reports hang together."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -51,7 +52,7 @@ def test_shared_slots_are_one_per_run_with_a_window(kvm: Kvm) -> None:
     report = run_scan(kvm, options, vms=1).as_json()
     topology = Topology.default(BUSES)
     pages = sorted(f.bdf.ecam_offset for f in topology)
-    gaps = sum(1 for a, b in zip(pages, pages[1:], strict=False) if b != a + 4096)
+    gaps = sum(1 for a, b in itertools.pairwise(pages) if b != a + 4096)
     before = 1 if pages[0] > 0 else 0
     after = 1 if pages[-1] + 4096 < layout.ecam_size(BUSES) else 0
     runs = before + gaps + after
