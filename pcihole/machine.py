@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Protocol, Self
 
 from pcihole import layout
 from pcihole.guest.build import GuestProgram
@@ -24,14 +24,15 @@ from pcihole.holes.planner import Run, hole_runs
 from pcihole.holes.slots import HoleSlots, HoleWrites
 from pcihole.holes.source import Backing
 from pcihole.holes.strategy import HoleStrategy, make_strategy
-from pcihole.kvm import Kvm, abi
-from pcihole.memory import GuestRam, MemoryMapError, Region, RegionKind
+from pcihole.kvm import CoalescedWrite, Kvm, Vm, abi
+from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import Function
 from pcihole.pci.ecam import ConfigMechanism1
 from pcihole.pci.topology import Topology
+from pcihole.vmm.bus import Bus
 from pcihole.vmm.guestvm import GuestVm
-from pcihole.vmm.runloop import RunResult
+from pcihole.vmm.runloop import RunLoop, RunResult
 
 PRESENT_MODES = ("mirror", "trap")
 PAGE_SHIFT = 12
@@ -144,6 +145,18 @@ class MachineReport:
     notes: list[str] = field(default_factory=list)
 
 
+class WindowGuest(Protocol):
+    """What an ECAM window needs of its VM: ``GuestVm`` has it, so does ``boot.BootVm``."""
+
+    vm: Vm
+    slots: SlotAllocator
+    mmio: Bus
+    memory_map: MemoryMap
+    loop: RunLoop
+
+    def on_coalesced(self, callback: Callable[[list[CoalescedWrite]], None] | None) -> None: ...
+
+
 class EcamWindow:
     """A VM's ECAM window: present functions' mirror pages, hole slots, the MMIO device.
 
@@ -153,7 +166,7 @@ class EcamWindow:
 
     def __init__(
         self,
-        guest: GuestVm,
+        guest: WindowGuest,
         topology: Topology,
         options: MachineOptions,
         base: int | None = layout.ECAM_BASE,
@@ -192,20 +205,27 @@ class EcamWindow:
             raise
 
     # --- placement ------------------------------------------------------------------------
-    def place(self, base: int | None) -> None:
-        """Put the window at guest-physical ``base`` (None: remove it). All or nothing."""
+    def place(self, base: int | None, buses: int | None = None) -> None:
+        """Put the window at guest-physical ``base`` (None: remove it), decoding its first
+        ``buses`` buses (default: all it was built for). All or nothing."""
         with self._lock:
-            if base == self.base:
+            buses = self.options.buses if buses is None else buses
+            if not 1 <= buses <= self.options.buses:
+                raise MachineError(f"window decodes 1 to {self.options.buses} buses, not {buses}")
+            size = layout.ecam_size(buses)
+            if base == self.base and size == self.size:
                 return
-            old = self.base
+            old, old_size = self.base, self.size
             if old is not None:
                 self._unplace()
+            self.size = size
             if base is None:
                 return
             try:
                 self._place(base)
             except BaseException:
                 self._unplace()
+                self.size = old_size
                 if old is not None:
                     self._place(old)
                 raise
@@ -221,7 +241,8 @@ class EcamWindow:
         self.guest.mmio.add(base, self.size, self.ecam, "ecam")
         if self.options.present == "mirror":
             for function in self.topology:
-                self._map_mirror(function)
+                if self._decodes(function):
+                    self._map_mirror(function)
         self.holes.set_runs(self._runs(), base, drain=self.guest.loop.drain)
 
     def _unplace(self) -> None:
@@ -239,8 +260,13 @@ class EcamWindow:
 
     def _runs(self) -> list[Run]:
         assert self.base is not None
-        present = [self.base + offset for offset in self.topology.present_offsets()]
+        offsets = self.topology.present_offsets()
+        present = [self.base + offset for offset in offsets if offset < self.size]
         return hole_runs(self.base, self.size, present)
+
+    def _decodes(self, function: Function) -> bool:
+        """Whether the function's page lies inside the decoded part of the window."""
+        return function.bdf.ecam_offset < self.size
 
     def _index(self, function: Function) -> None:
         self.functions_by_page[function.bdf.ecam_offset >> PAGE_SHIFT] = function
@@ -290,7 +316,7 @@ class EcamWindow:
                 return
             try:
                 self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
-                if self.options.present == "mirror":
+                if self.options.present == "mirror" and self._decodes(function):
                     self._map_mirror(function)
             except BaseException:
                 self.topology.remove(function.bdf)
