@@ -30,6 +30,12 @@ QEMU_SUBSYSTEM = 0x1100
 """QEMU gives most of its devices subsystem 1af4:1100."""
 INTA = 1
 """Interrupt pin register value for INTA#."""
+PCIEXBAR = 0x60
+"""q35 host bridge: where the ECAM (MMCONFIG) window sits, 64 bits; decoded by ``pcihole.boot``."""
+PCIEXBAR_DEFAULT = 0xB0000000
+"""QEMU's reset value: the base firmware is expected to use, the window still disabled."""
+PCIEXBAR_WRITABLE = 0xF_FC00_0007
+"""Base address bits 35:26, length bits 2:1, enable bit 0."""
 
 
 @dataclass(frozen=True)
@@ -98,13 +104,15 @@ def _express_endpoint_type(bdf: Bdf) -> caps.PortType:
 
 
 def _host_bridge(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    return ConfigSpace(
+    config = ConfigSpace(
         vendor_id=INTEL,
         device_id=0x29C0,
         class_code=0x060000,
         subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
         subsystem_id=QEMU_SUBSYSTEM,
     )
+    config.define(PCIEXBAR, 8, PCIEXBAR_DEFAULT, writable=PCIEXBAR_WRITABLE)
+    return config
 
 
 def _root_port(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
