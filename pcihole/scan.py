@@ -17,6 +17,7 @@ from typing import Any
 
 from pcihole import layout
 from pcihole.holes.accounting import resident_bytes
+from pcihole.hostinfo import meminfo
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions, PciMachine, shared_hole_memory_bytes
 from pcihole.pci.bdf import Bdf
@@ -85,6 +86,7 @@ class ScanReport:
     notes: list[str]
     setup_seconds: float
     scan_seconds: float
+    kernel_memory_bytes: int
     hole_memory_bytes_total: int
     hole_memory_bytes_per_vm: int
     functions: list[FoundFunction] = field(default_factory=list)
@@ -111,12 +113,23 @@ class ScanReport:
                 "device_reads": max(vm.device_exits - vm.device_writes for vm in self.vms),
             },
             "memslots_per_vm": max(vm.memslots for vm in self.vms),
+            "kernel_memory_bytes_during_setup": self.kernel_memory_bytes,
             "hole_memory_bytes_total": self.hole_memory_bytes_total,
             "hole_memory_bytes_per_vm": self.hole_memory_bytes_per_vm,
             "setup_seconds": round(self.setup_seconds, 6),
             "scan_seconds": round(self.scan_seconds, 6),
             "pass_seconds_per_vm": [[round(s, 6) for s in vm.pass_seconds] for vm in self.vms],
         }
+
+
+KERNEL_MEMORY_FIELDS = ("Slab", "VmallocUsed", "PageTables", "SecPageTables", "KernelStack")
+"""Where KVM's memslot arrays, page tables and vCPU state live (approximate: host-wide)."""
+
+
+def kernel_memory_bytes() -> int:
+    """Host kernel memory of the kinds VMs and memslots use, now (from /proc/meminfo)."""
+    info = meminfo()
+    return sum(info.get(name, 0) for name in KERNEL_MEMORY_FIELDS) * 1024
 
 
 def _read_functions(machine: PciMachine, offset: int, count: int) -> list[FoundFunction]:
@@ -150,6 +163,7 @@ def run_scan(
     params = [layout.ECAM_BASE, options.buses, MODES[mode], passes]
     machines: list[PciMachine] = []
     try:
+        kernel_before = kernel_memory_bytes()
         started = time.perf_counter()
         for index in range(vms):
             machines.append(
@@ -158,9 +172,11 @@ def run_scan(
             if progress:
                 progress(f"built VM {index + 1}/{vms}")
         setup_seconds = time.perf_counter() - started
+        kernel_bytes = kernel_memory_bytes() - kernel_before
         results, pass_times, scan_seconds = _run_all(machines, passes, mode)
         report = _collect(machines, results, pass_times, options, mode, passes)
         report.setup_seconds = setup_seconds
+        report.kernel_memory_bytes = kernel_bytes
         report.scan_seconds = scan_seconds
         return report
     finally:
@@ -257,6 +273,7 @@ def _collect(
         notes=report.notes,
         setup_seconds=0.0,
         scan_seconds=0.0,
+        kernel_memory_bytes=0,
         hole_memory_bytes_total=per_vm_total + shared,
         hole_memory_bytes_per_vm=per_vm_total // len(machines),
         functions=reference,
