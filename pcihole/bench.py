@@ -1,0 +1,134 @@
+"""Measurement sweeps shared by ``pcihole bench`` and ``benchmarks/``: repeated scans,
+medians and spreads, ratios between strategies measured in the same run."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pcihole import hostinfo, layout
+from pcihole.kvm import Kvm
+from pcihole.machine import MachineOptions
+from pcihole.scan import run_scan
+
+STRATEGY_MODES = {
+    "shared": "mirror",
+    "fill": "mirror",
+    "trap": "trap",
+}
+"""Present-function handling that goes with each hole strategy in comparisons: ``trap``
+is QEMU's way (every config access exits); ``fill`` and ``shared`` mirror present pages so
+that only the holes differ between them."""
+
+TIMED_KEYS = ("setup_seconds", "wall_seconds", "first_pass_seconds", "warm_pass_seconds")
+MEMORY_HEADROOM = 0.75
+"""A point runs only if its private hole memory fits in this share of MemAvailable."""
+
+
+def options_for(strategy: str, buses: int, **extra: Any) -> MachineOptions:
+    return MachineOptions(buses=buses, strategy=strategy, present=STRATEGY_MODES[strategy],
+                          **extra)  # fmt: skip
+
+
+def fits_in_memory(strategy: str, vms: int, buses: int) -> str | None:
+    """None when the point fits in host memory, else why it is skipped."""
+    if strategy != "fill":
+        return None
+    need = vms * layout.ecam_size(buses)
+    available = hostinfo.meminfo().get("MemAvailable", 0) * 1024
+    if need > MEMORY_HEADROOM * available:
+        return f"needs {need >> 20} MiB of private fill, {available >> 20} MiB available"
+    return None
+
+
+def measure_point(
+    kvm: Kvm,
+    options: MachineOptions,
+    vms: int,
+    repeats: int,
+    *,
+    mode: str = "brute",
+    passes: int = 2,
+) -> dict[str, Any]:
+    """Scan ``repeats`` times with ``vms`` VMs; medians, spreads and every raw sample."""
+    samples = []
+    for _ in range(repeats):
+        report = run_scan(kvm, options, vms=vms, mode=mode, passes=passes).as_json()
+        per_vm = report["pass_seconds_per_vm"]
+        samples.append(
+            {
+                "setup_seconds": report["setup_seconds"],
+                "wall_seconds": report["scan_seconds"],
+                "first_pass_seconds": statistics.median(p[0] for p in per_vm),
+                "warm_pass_seconds": statistics.median(p[-1] for p in per_vm),
+                "pass_seconds_per_vm": per_vm,
+                "hole_memory_bytes_total": report["hole_memory_bytes_total"],
+                "hole_memory_bytes_per_vm": report["hole_memory_bytes_per_vm"],
+                "kernel_memory_bytes_during_setup": report["kernel_memory_bytes_during_setup"],
+                "exits_per_vm": report["exits_per_vm"],
+                "memslots_per_vm": report["memslots_per_vm"],
+                "backing": report["backing"],
+                "functions_found": report["functions_found"],
+            }
+        )
+    point: dict[str, Any] = {
+        "strategy": options.strategy,
+        "present": options.present,
+        "buses": options.buses,
+        "vms": vms,
+        "repeats": repeats,
+        "samples": samples,
+    }
+    for key in TIMED_KEYS:
+        values = [sample[key] for sample in samples]
+        point[key] = statistics.median(values)
+        point[key + "_spread"] = [min(values), max(values)]
+    last = samples[-1]
+    for key in ("hole_memory_bytes_total", "hole_memory_bytes_per_vm", "exits_per_vm",
+                "memslots_per_vm", "backing", "kernel_memory_bytes_during_setup"):  # fmt: skip
+        point[key] = last[key]
+    slots = last["memslots_per_vm"] * vms
+    kernel = last["kernel_memory_bytes_during_setup"]
+    point["kernel_bytes_per_memslot_estimate"] = int(kernel / slots) if slots else None
+    return point
+
+
+def sweep(
+    kvm: Kvm,
+    strategies: Iterable[str],
+    vm_counts: Iterable[int],
+    bus_counts: Iterable[int],
+    repeats: Callable[[str, int], int],
+    *,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every (strategy, buses, VMs) point that fits; and the ones skipped, with why."""
+    points: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    for buses in bus_counts:
+        for strategy in strategies:
+            for vms in vm_counts:
+                why = fits_in_memory(strategy, vms, buses)
+                if why is not None:
+                    skipped.append(f"{strategy}, {buses} buses, {vms} VMs: {why}")
+                    continue
+                point = measure_point(
+                    kvm, options_for(strategy, buses), vms, repeats(strategy, buses)
+                )
+                points.append(point)
+                if progress is not None:
+                    progress(point)
+    return points, skipped
+
+
+def ratios(points: list[dict[str, Any]], key: str, base: str = "shared") -> dict[str, float]:
+    """``key`` of each point over the ``base`` strategy's at the same buses and VM count."""
+    by_place = {(p["buses"], p["vms"], p["strategy"]): p for p in points}
+    out: dict[str, float] = {}
+    for (buses, vms, strategy), point in sorted(by_place.items()):
+        reference = by_place.get((buses, vms, base))
+        if strategy == base or reference is None or not reference[key]:
+            continue
+        out[f"{strategy}/{base} {buses} buses {vms} VMs"] = round(point[key] / reference[key], 2)
+    return out
