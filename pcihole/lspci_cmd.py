@@ -1,0 +1,153 @@
+"""``pcihole lspci``: each function's configuration space, in the text ``lspci -F`` reads.
+
+Two views of the same machine:
+- the *model* view prints the device models' registers directly (``pcihole.pci.lspci``);
+- the *VM* view boots a real VM whose ring-3 guest (``guest/asm/ecam_dump.S``) finds every
+  present function through ECAM and copies its 4 KiB page, as it reads it, into its result
+  buffer; those bytes are printed.
+
+Both go through ``lspci -F FILE`` unchanged, and for a machine nobody has written to they
+are identical. The bytes of the VM view are the guest's; only the title line after each
+address (which lspci ignores: it names devices from its own pci.ids) comes from the
+host's model of that address.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections.abc import Mapping, Sequence
+
+from pcihole import layout
+from pcihole.guest.build import GuestBuildError
+from pcihole.holes.slots import HoleSlotError
+from pcihole.holes.strategy import StrategyError
+from pcihole.kvm import Kvm, KvmError
+from pcihole.machine import MachineError, MachineOptions, PciMachine
+from pcihole.pci.bdf import Bdf
+from pcihole.pci.config import CLASS_CODE, CONFIG_SPACE_SIZE, REVISION_ID
+from pcihole.pci.errors import PciError
+from pcihole.pci.lspci import BYTES_PER_LINE, format_lspci_dump
+from pcihole.pci.topology import Topology
+from pcihole.vmm.runloop import GuestError
+
+DUMP_PROGRAM = "ecam_dump"
+DUMP_ROOM = layout.RESULTS_SIZE // layout.PAGE_SIZE
+"""Config pages the guest's result buffer holds (512 with a 2 MiB buffer)."""
+DUMP_LIST_ADDR = layout.SCRATCH_ADDR
+"""Where the guest lists the address (u32 bus << 8 | devfn) of each page it copied."""
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+assert DUMP_ROOM * 4 <= layout.SCRATCH_SIZE, "the address list does not fit in scratch RAM"
+
+
+class LspciError(Exception):
+    """The VM view could not be taken; the message says why."""
+
+
+def make_topology(topology_specs: Sequence[str] | None, buses: int) -> Topology:
+    """The topology ``--device`` texts describe, or the default q35-like one."""
+    if topology_specs:
+        return Topology.build(topology_specs, buses)
+    return Topology.default(buses)
+
+
+def guest_config_pages(
+    kvm: Kvm, topology: Topology, options: MachineOptions | None = None
+) -> dict[Bdf, bytes]:
+    """Boot a VM over ``topology``; return each present function's 4 KiB page as its
+    ring-3 guest read it through ECAM, by address."""
+    options = options or MachineOptions(buses=topology.buses)
+    params = [layout.ECAM_BASE, options.buses, DUMP_ROOM, DUMP_LIST_ADDR]
+    with PciMachine(kvm, topology, options, DUMP_PROGRAM, params, name="lspci") as machine:
+        result = machine.run().check()
+        if len(result.syncs) != 1:
+            raise LspciError(f"the dump guest reported {result.syncs}, expected one count")
+        (found,) = result.syncs
+        if found > DUMP_ROOM:
+            raise LspciError(
+                f"the guest found {found} functions; its result buffer holds {DUMP_ROOM} pages"
+            )
+        ram = machine.guest.ram
+        assert ram is not None
+        addresses = struct.unpack(f"<{found}I", ram.read(DUMP_LIST_ADDR, 4 * found))
+        data = machine.guest.results(found * layout.PAGE_SIZE)
+    pages: dict[Bdf, bytes] = {}
+    for index, address in enumerate(addresses):
+        bdf = Bdf(address >> 8, address >> 3 & 0x1F, address & 7)
+        pages[bdf] = data[index * layout.PAGE_SIZE : (index + 1) * layout.PAGE_SIZE]
+    return pages
+
+
+def _title(bdf: Bdf, data: bytes, description: str | None) -> str:
+    """The line that starts a function's block, as ``format_function`` writes it."""
+    if description is None:  # a function the host has no model for: name it by its bytes
+        vendor, device = struct.unpack_from("<HH", data)
+        class_code = int.from_bytes(data[CLASS_CODE : CLASS_CODE + 3], "little")
+        description = f"Class {class_code >> 8:04x}: {vendor:04x}:{device:04x}"
+    title = f"{bdf} {description}"
+    revision = data[REVISION_ID]
+    return title + (f" (rev {revision:02x})" if revision else "")
+
+
+def format_pages(pages: Mapping[Bdf, bytes], topology: Topology | None = None) -> str:
+    """Raw config pages in ``lspci -xxxx`` form, in address order; titles name the model
+    ``topology`` has at each address (the bytes alone decide everything lspci decodes)."""
+    blocks = []
+    for bdf in sorted(pages):
+        data = pages[bdf]
+        if len(data) != CONFIG_SPACE_SIZE:
+            raise LspciError(f"{bdf}: {len(data)} bytes of config space, want 4096")
+        function = topology.get(bdf) if topology is not None else None
+        lines = [_title(bdf, data, function.description if function else None)]
+        for offset in range(0, CONFIG_SPACE_SIZE, BYTES_PER_LINE):
+            chunk = data[offset : offset + BYTES_PER_LINE]
+            lines.append(f"{offset:02x}: " + " ".join(f"{byte:02x}" for byte in chunk))
+        blocks.append("\n".join(lines) + "\n\n")
+    return "".join(blocks)
+
+
+def lspci_text(
+    topology_specs: list[str] | None,
+    buses: int,
+    vm_view: bool,
+    *,
+    kvm: Kvm | None = None,
+    options: MachineOptions | None = None,
+) -> str:
+    """Every present function's configuration space in the text ``lspci -F FILE`` reads.
+
+    ``vm_view``: as a ring-3 guest reads it through ECAM in a real VM (``options`` picks
+    how that VM answers its window; default shared holes, mirrored functions), else
+    straight from the models. ``kvm`` reuses an open /dev/kvm.
+    """
+    topology = make_topology(topology_specs, buses)
+    if not vm_view:
+        return format_lspci_dump(topology)
+    if kvm is not None:
+        return format_pages(guest_config_pages(kvm, topology, options), topology)
+    with Kvm() as own:
+        return format_pages(guest_config_pages(own, topology, options), topology)
+
+
+def main_lspci(devices: list[str] | None, buses: int, vm_view: bool) -> int:
+    """Print the dump; bad ``--device`` text exits 2, a VM that fails exits 1."""
+    try:
+        text = lspci_text(devices, buses, vm_view)
+    except PciError as error:
+        print(f"pcihole lspci: error: --device: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except (
+        KvmError,
+        GuestError,
+        GuestBuildError,
+        MachineError,
+        StrategyError,
+        HoleSlotError,
+        LspciError,
+    ) as error:
+        print(f"pcihole lspci: error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.write(text)
+    return 0
