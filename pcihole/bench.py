@@ -4,10 +4,12 @@ medians and spreads, ratios between strategies measured in the same run."""
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from pcihole import hostinfo, layout
+from pcihole.holes.memory import close_shared_hole_memory
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.scan import run_scan
@@ -102,6 +104,7 @@ def sweep(
     repeats: Callable[[str, int], int],
     *,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    passes: int = 2,
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Every (strategy, buses, VMs) point that fits; and the ones skipped, with why."""
     points: list[dict[str, Any]] = []
@@ -114,7 +117,7 @@ def sweep(
                     skipped.append(f"{strategy}, {buses} buses, {vms} VMs: {why}")
                     continue
                 point = measure_point(
-                    kvm, options_for(strategy, buses), vms, repeats(strategy, buses)
+                    kvm, options_for(strategy, buses), vms, repeats(strategy, buses), passes=passes
                 )
                 points.append(point)
                 if progress is not None:
@@ -132,3 +135,51 @@ def ratios(points: list[dict[str, Any]], key: str, base: str = "shared") -> dict
             continue
         out[f"{strategy}/{base} {buses} buses {vms} VMs"] = round(point[key] / reference[key], 2)
     return out
+
+
+VM_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+BUS_COUNTS = (1, 16, 256)
+STRATEGIES = ("shared", "fill", "trap")
+
+
+def run_bench(
+    *,
+    max_vms: int = 64,
+    repeats: int = 3,
+    quick: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """The full sweep of ``pcihole bench``: every raw figure plus the machine's facts.
+
+    Trap over a 256-bus window costs ~3.5 s of CPU per VM, so that row is measured once
+    per point (the JSON says so); everything else ``repeats`` times.
+    """
+    counts = [n for n in VM_COUNTS if n <= (8 if quick else max_vms)]
+    repeat_count = 1 if quick else repeats
+
+    def repeats_for(strategy: str, buses: int) -> int:
+        return 1 if strategy == "trap" and buses == layout.ECAM_MAX_BUSES else repeat_count
+
+    started = time.perf_counter()
+    with Kvm() as kvm:
+        points, skipped = sweep(kvm, STRATEGIES, counts, BUS_COUNTS, repeats_for,
+                                progress=progress, passes=1)  # fmt: skip
+    close_shared_hole_memory()
+    return {
+        "benchmark": "pcihole bench",
+        "ring": 3,
+        "mode": "brute",
+        "vm_counts": counts,
+        "bus_counts": list(BUS_COUNTS),
+        "repeats": repeat_count,
+        "trap_256_repeats": 1,
+        "points": points,
+        "skipped": skipped,
+        "ratios": {
+            "hole_memory_bytes_total": ratios(points, "hole_memory_bytes_total"),
+            "first_pass_seconds": ratios(points, "first_pass_seconds"),
+            "setup_seconds": ratios(points, "setup_seconds"),
+        },
+        "duration_seconds": round(time.perf_counter() - started, 1),
+        "host": hostinfo.collect(),
+    }

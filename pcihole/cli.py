@@ -9,9 +9,11 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from pcihole import hostinfo, layout
+from pcihole.bench import run_bench
+from pcihole.demo import render, run_demo
 from pcihole.holes.service import main_serve
 from pcihole.holes.slots import WRITE_MODES, HoleSlotError
 from pcihole.holes.source import Backing
@@ -20,6 +22,7 @@ from pcihole.kvm import Kvm
 from pcihole.machine import PRESENT_MODES, MachineError, MachineOptions
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
+from pcihole.plot import PlotError, plot_bench
 from pcihole.scan import MODES, ScanReport, run_scan
 
 EXIT_USAGE = 2
@@ -205,6 +208,43 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# --- demo and bench ------------------------------------------------------------------------
+def _cmd_demo(args: argparse.Namespace) -> int:
+    result = run_demo(vms=args.vms, buses=args.buses)
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(result.as_json(), out, indent=2)
+    print(render(result))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401 - fail before an hour of measuring, not after
+        except ImportError:
+            raise UsageError("--plot needs matplotlib: pip install 'pcihole[plot]'") from None
+
+    def show(point: dict[str, Any]) -> None:
+        print(
+            f"{point['strategy']:<6} {point['buses']:>3} buses {point['vms']:>3} VMs: "
+            f"scan {point['first_pass_seconds']:.4f} s/VM, hole memory "
+            f"{point['hole_memory_bytes_total'] >> 10} KiB, {point['memslots_per_vm']} slots/VM",
+            flush=True,
+        )
+
+    report = run_bench(max_vms=args.max_vms, repeats=args.repeats, quick=args.quick,
+                       progress=show)  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(report, out, indent=2)
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot_bench(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
 # --- serve-holes ---------------------------------------------------------------------------
 def _cmd_serve_holes(args: argparse.Namespace) -> int:
     backing = None if args.backing == "auto" else args.backing
@@ -231,6 +271,21 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--json", action="store_true", help="print JSON")
     scan.set_defaults(handler=_cmd_scan)
 
+    demo = commands.add_parser("demo", help="what holes cost: trap, fill and shared side by side")
+    demo.add_argument("--vms", type=int_in_range("--vms", 1, MAX_VMS), default=8)
+    demo.add_argument("--buses", type=int_in_range("--buses", 1, layout.ECAM_MAX_BUSES),
+                      default=layout.ECAM_MAX_BUSES)  # fmt: skip
+    demo.add_argument("--json", metavar="FILE", help="also write the figures here")
+    demo.set_defaults(handler=_cmd_demo)
+
+    bench = commands.add_parser("bench", help="sweep VM count and window size per strategy")
+    bench.add_argument("--json", metavar="FILE")
+    bench.add_argument("--plot", metavar="FILE.png")
+    bench.add_argument("--repeats", type=int_in_range("--repeats", 1, 20), default=3)
+    bench.add_argument("--max-vms", type=int_in_range("--max-vms", 1, 64), default=64)
+    bench.add_argument("--quick", action="store_true", help="up to 8 VMs, one repeat")
+    bench.set_defaults(handler=_cmd_bench)
+
     serve = commands.add_parser("serve-holes", help="hand the sealed all-ones memfd to monitors")
     serve.add_argument("--socket", required=True, metavar="PATH")
     serve.add_argument("--backing", choices=["auto", "hugetlb", "memfd"], default="auto")
@@ -245,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except (UsageError, MachineError, StrategyError, HoleSlotError) as error:
+    except (UsageError, MachineError, StrategyError, HoleSlotError, PlotError) as error:
         print(f"pcihole {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -1,0 +1,56 @@
+"""The bench plot: host memory for holes against VM count, scan time per strategy.
+
+matplotlib is an optional extra (``pip install 'pcihole[plot]'``): only this module
+imports it, and only when a plot is asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+COLORS = {"shared": "tab:green", "fill": "tab:orange", "trap": "tab:red"}
+
+
+class PlotError(Exception):
+    """No plotting library, or nothing to plot."""
+
+
+def plot_bench(report: dict[str, Any], path: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError("plotting needs matplotlib: pip install 'pcihole[plot]'") from None
+    points = report["points"]
+    buses = max(report["bus_counts"])
+    figure, (memory_axis, time_axis) = plt.subplots(1, 2, figsize=(12, 4.8))
+    for strategy, color in COLORS.items():
+        rows = sorted((p for p in points if p["strategy"] == strategy and p["buses"] == buses),
+                      key=lambda p: p["vms"])  # fmt: skip
+        if not rows:
+            continue
+        vms = [p["vms"] for p in rows]
+        memory = [max(p["hole_memory_bytes_total"], 1) / (1 << 20) for p in rows]
+        memory_axis.plot(vms, memory, "o-", color=color, label=strategy)
+        seconds = [p["first_pass_seconds"] for p in rows]
+        low = [p["first_pass_seconds"] - p["first_pass_seconds_spread"][0] for p in rows]
+        high = [p["first_pass_seconds_spread"][1] - p["first_pass_seconds"] for p in rows]
+        time_axis.errorbar(vms, seconds, yerr=[low, high], fmt="o-", color=color,
+                           label=strategy, capsize=3)  # fmt: skip
+    memory_axis.set(xscale="log", yscale="log", xlabel="VMs in one process",
+                    ylabel="host memory for holes (MiB, all VMs)",
+                    title=f"Memory for holes, {buses}-bus window")  # fmt: skip
+    time_axis.set(xscale="log", yscale="log", xlabel="VMs in one process",
+                  ylabel="brute-force scan per VM (s, median)",
+                  title=f"Scan of {buses} buses at ring 3 (first touch)")  # fmt: skip
+    for axis in (memory_axis, time_axis):
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+        axis.set_xticks(report["vm_counts"], [str(n) for n in report["vm_counts"]])
+    memory_axis.annotate("trap: 0 bytes, but every probe exits", xy=(0.02, 0.02),
+                         xycoords="axes fraction", fontsize=8)  # fmt: skip
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
