@@ -19,6 +19,7 @@ from pcihole.holes.slots import WRITE_MODES, HoleSlotError
 from pcihole.holes.source import Backing
 from pcihole.holes.strategy import STRATEGIES, StrategyError
 from pcihole.kvm import Kvm
+from pcihole.lspci_cmd import main_lspci
 from pcihole.machine import PRESENT_MODES, MachineError, MachineOptions
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
@@ -245,6 +246,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- lspci ---------------------------------------------------------------------------------
+def _cmd_lspci(args: argparse.Namespace) -> int:
+    return main_lspci(args.device, args.buses, args.vm_view)
+
+
 # --- serve-holes ---------------------------------------------------------------------------
 def _cmd_serve_holes(args: argparse.Namespace) -> int:
     backing = None if args.backing == "auto" else args.backing
@@ -270,6 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--passes", type=int_in_range("--passes", 1, 100), default=1)
     scan.add_argument("--json", action="store_true", help="print JSON")
     scan.set_defaults(handler=_cmd_scan)
+
+    lspci = commands.add_parser("lspci", help="config space as the guest reads it (lspci -F form)")
+    lspci.add_argument("--device", action="append", metavar="BB:DD.F=MODEL[,k=v]")
+    lspci.add_argument("--buses", type=int_in_range("--buses", 1, layout.ECAM_MAX_BUSES),
+                       default=layout.ECAM_MAX_BUSES)  # fmt: skip
+    lspci.add_argument("--vm-view", action="store_true",
+                       help="read it through ECAM from a ring-3 guest in a real VM")  # fmt: skip
+    lspci.set_defaults(handler=_cmd_lspci)
 
     demo = commands.add_parser("demo", help="what holes cost: trap, fill and shared side by side")
     demo.add_argument("--vms", type=int_in_range("--vms", 1, MAX_VMS), default=8)
