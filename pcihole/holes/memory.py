@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pcihole import layout
 from pcihole.holes.service import obtain_source
 from pcihole.holes.source import AllOnesSource, Backing
-from pcihole.holes.window import HoleWindow
+from pcihole.holes.window import HoleWindow, HoleWindowError
 
 
 @dataclass(frozen=True)
@@ -31,12 +31,26 @@ class HoleMemoryReport:
 class HoleMemory:
     """A source and (when it has an fd) a window: what hole slots point at."""
 
-    def __init__(self, source: AllOnesSource, origin: str, window_size: int) -> None:
+    def __init__(
+        self,
+        source: AllOnesSource,
+        origin: str,
+        window_size: int,
+        *,
+        map_limit: int | None = None,
+    ) -> None:
         self.source = source
         self.origin = origin
         self.window: HoleWindow | None = None
+        self.note = ""
+        """Why there is no window, when the source could have had one."""
         if HoleWindow.supported(source):
-            self.window = HoleWindow.build(source, window_size)
+            try:
+                self.window = HoleWindow.build(source, window_size, map_limit=map_limit)
+            except HoleWindowError as error:
+                # Not enough mappings left (vm.max_map_count): point one slot per 2 MiB at
+                # the chunk instead, as with THP. Costs slots, not correctness.
+                self.note = f"no window ({error}); one slot per {source.size >> 10} KiB of holes"
         # Slots point at offset `piece.offset` of this: the window, or the bare chunk.
         self.base_address = self.window.address if self.window else source.address
         self.span = self.window.size if self.window else source.size
@@ -63,7 +77,8 @@ class HoleMemory:
             layout=(
                 f"window of {window.mapping_count} x {window.chunk_size >> 10} KiB mappings"
                 if window
-                else f"one {self.source.size >> 20} MiB chunk, one slot per 2 MiB of holes"
+                else self.note
+                or f"one {self.source.size >> 20} MiB chunk, one slot per 2 MiB of holes"
             ),
             span=self.span,
             window_mappings=window.mapping_count if window else 0,

@@ -69,7 +69,10 @@ class SharedStrategy(HoleStrategy):
         self.memory = memory
 
     def pieces(self, runs: list[Run], window_start: int) -> list[Piece]:
-        return plan_pieces(runs, span=self.memory.span, align=layout.HUGE_PAGE_SIZE)
+        # Congruence modulo 2 MiB keeps huge mappings possible; a chunk smaller than that
+        # (a small memfd without a window) can only keep congruence modulo its own size.
+        align = min(layout.HUGE_PAGE_SIZE, self.memory.span)
+        return plan_pieces(runs, span=self.memory.span, align=align)
 
     def host_address(self, piece: Piece) -> int:
         return self.memory.host_address(piece.offset)
