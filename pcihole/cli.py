@@ -16,7 +16,7 @@ from pcihole.bench import run_bench
 from pcihole.demo import render, run_demo
 from pcihole.holes.service import main_serve
 from pcihole.holes.slots import WRITE_MODES, HoleSlotError
-from pcihole.holes.source import Backing
+from pcihole.holes.source import Backing, unavailable_reason
 from pcihole.holes.strategy import STRATEGIES, StrategyError
 from pcihole.kvm import Kvm
 from pcihole.lspci_cmd import main_lspci
@@ -55,8 +55,16 @@ def int_in_range(name: str, low: int, high: int) -> Callable[[str], int]:
 
 
 # --- info ------------------------------------------------------------------------------
+def _hole_backings() -> dict[str, Any]:
+    """Which all-ones backing `shared` would pick here, and why not the others."""
+    why_not = {b.value: unavailable_reason(b) for b in Backing}
+    choice = next(name for name, reason in why_not.items() if reason is None)
+    return {"choice": choice, "unavailable": {k: v for k, v in why_not.items() if v}}
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     facts = hostinfo.collect()
+    facts["hole_backing"] = _hole_backings()
     if args.json:
         print(json.dumps(facts, indent=2, sort_keys=True))
         return 0
@@ -73,6 +81,10 @@ def _cmd_info(args: argparse.Namespace) -> int:
         f"  hugetlb            {huge['hugetlb_free']} free of {huge['hugetlb_total']}"
         f" ({huge['hugetlb_page_kib']} KiB each)"
     )
+    backing = facts["hole_backing"]
+    print(f"hole backing         {backing['choice']} (best available now)")
+    for name, reason in backing["unavailable"].items():
+        print(f"  not {name}: {reason}")
     if not huge["hugetlb_free"]:
         print(
             "  hint: one reserved 2 MiB huge page lets one all-ones page serve every VM on"

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Iterator
 from types import TracebackType
 
-from pcihole import hostmem
+from pcihole import hostinfo, hostmem
 from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE, HostMemError, Mapping
 
 ALL_ONES = 0xFF
@@ -65,7 +65,6 @@ MAX_CHUNK = 1 << 30
 THP_ENABLED_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
 HUGEPAGES_FREE_PATH = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages"
 HUGEPAGES_NR_PATH = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
-MEMINFO_PATH = "/proc/meminfo"
 
 _MFD_HUGE_2MB = getattr(os, "MFD_HUGE_2MB", 21 << 26)
 
@@ -107,17 +106,10 @@ def free_huge_pages() -> int:
     except (OSError, ValueError):
         pass
     # No per-size sysfs: /proc/meminfo counts the default size, if that is 2 MiB.
-    fields: dict[str, str] = {}
-    try:
-        with open(MEMINFO_PATH) as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                fields[key] = value.strip()
-    except OSError:
+    info = hostinfo.meminfo()
+    if info.get("Hugepagesize") != HUGE_PAGE_SIZE >> 10:
         return 0
-    if fields.get("Hugepagesize") != f"{HUGE_PAGE_SIZE >> 10} kB":
-        return 0
-    return int(fields.get("HugePages_Free", "0"))
+    return info.get("HugePages_Free", 0)
 
 
 @contextlib.contextmanager
@@ -155,13 +147,7 @@ def extra_huge_pages(count: int = 1) -> Iterator[int]:
 
 def thp_mode() -> str | None:
     """The selected transparent-hugepage mode (``always``, ``madvise``, ``never``), if any."""
-    try:
-        with open(THP_ENABLED_PATH) as f:
-            text = f.read()
-    except OSError:
-        return None
-    start, end = text.find("["), text.find("]")
-    return text[start + 1 : end] if 0 <= start < end else None
+    return hostinfo.thp_mode("enabled")
 
 
 def unavailable_reason(backing: Backing) -> str | None:
