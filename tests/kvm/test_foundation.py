@@ -159,3 +159,23 @@ def test_overlapping_region_names_both(kvm: Kvm) -> None:
     with GuestVm(kvm, "selftest") as guest:
         with pytest.raises(MemoryMapError, match=r"mmio 'dev'.*overlaps ram 'ram'"):
             guest.memory_map.with_region(Region(RegionKind.MMIO, 0x10000, 0x1000, "dev"))
+
+
+def test_info_json_reports_what_kvm_offers(kvm: Kvm) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pcihole", "info", "--json"], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout)
+    assert facts["api_version"] == 12
+    assert facts["max_memslots"] == kvm.check_extension(abi.Cap.NR_MEMSLOTS)
+    for name in ("NR_MEMSLOTS", "READONLY_MEM", "COALESCED_MMIO", "USER_MEMORY2",
+                 "GUEST_MEMFD", "PRE_FAULT_MEMORY"):  # fmt: skip
+        assert facts["capabilities"][name] == kvm.check_extension(abi.Cap[name])
+    assert facts["max_map_count"] == int(open("/proc/sys/vm/max_map_count").read())
+    assert {"thp_anonymous", "thp_shmem", "hugetlb_free"} <= facts["huge_pages"].keys()
+    assert facts["hole_backing"]["choice"] in ("hugetlb", "thp", "memfd")
