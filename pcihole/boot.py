@@ -1,0 +1,688 @@
+"""``pcihole boot``: run a flat firmware image the way ``qemu-system-x86_64 -machine q35
+-bios IMAGE`` does, with pcihole's ECAM window underneath.
+
+The machine, as far as firmware can tell:
+- the image mapped read-only so that it ends at 4 GiB, its last 128 KiB aliased at
+  0xe0000-0xfffff; the vCPU at the reset vector (real mode, CS base 0xffff0000, RIP
+  0xfff0: KVM's state for a new vCPU); RAM below 640 KiB and from 1 MiB up;
+- a q35 host bridge at 00:00.0 (8086:29c0) whose PCIEXBAR register (config 0x60: base,
+  length in bits 2:1, enable in bit 0) places the ECAM window; until firmware enables it
+  there is no window at all. Writes reaching PCIEXBAR through CF8/CFC or through ECAM
+  itself move the window, and its holes are planned again at the new place;
+- configuration mechanism #1 on CF8-CFF; QEMU's debug console on port 0x402 (bytes out,
+  reads 0xe9) and its debug-exit device on 0xf4: a write of ``value`` ends the run with
+  exit status ``(value << 1) | 1``, as QEMU's process does.
+Nothing else: no interrupt controller, timer or firmware tables. A guest that halts or
+shuts down without debug-exit ends with ``GUEST_STOPPED_STATUS`` (QEMU would wait or
+reset instead).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO, Self
+
+from pcihole import layout
+from pcihole.guest.firmware import exit_status
+from pcihole.holes.slots import HoleSlotError
+from pcihole.holes.source import Backing
+from pcihole.holes.strategy import StrategyError
+from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vcpu, Vm, abi
+from pcihole.machine import (
+    CONFIG_PORTS,
+    EcamDevice,
+    EcamWindow,
+    LegacyConfigPorts,
+    MachineError,
+    MachineOptions,
+)
+from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
+from pcihole.pci.bdf import Bdf
+from pcihole.pci.devices import MODELS, PCIEXBAR, Function
+from pcihole.pci.errors import PciError
+from pcihole.pci.topology import Topology
+from pcihole.vmm.bus import Bus, BusError
+from pcihole.vmm.runloop import RunLoop, RunResult
+
+BOOT_RAM_SIZE = 128 * layout.MiB
+"""QEMU's default -m."""
+LOW_RAM_END = 0xA0000
+"""Conventional memory ends at 640 KiB; the VGA window and option ROM space follow."""
+HIGH_RAM_START = 1 * layout.MiB
+ISA_BIOS_MAX = 128 * layout.KiB
+"""The tail of the image that also appears just below 1 MiB (QEMU's isa-bios alias)."""
+IMAGE_ALIGN = 64 * layout.KiB
+"""QEMU refuses -bios images that are not whole 64 KiB units; so does pcihole."""
+MAX_IMAGE_SIZE = 16 * layout.MiB
+KVM_TSS_ADDR = 0xFEFFD000
+"""Three pages KVM may use to run real mode on VMX without unrestricted guest (QEMU's)."""
+KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
+CAP_SET_IDENTITY_MAP_ADDR = 37
+CAP_GET_TSC_KHZ = 61
+HOST_BRIDGE = Bdf(0, 0, 0)
+DEBUGCON_READBACK = 0xE9
+"""What QEMU's isa-debugcon answers to a read (firmware uses it to detect the port)."""
+DEBUG_EXIT_SIZE = 4
+GUEST_STOPPED_STATUS = 70
+"""Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
+USAGE_STATUS = 2
+
+# PCIEXBAR (q35 MCH, config 0x60): enable bit 0, length bits 2:1, base bits 35:26.
+PCIEXBAR_ENABLE = 1
+PCIEXBAR_LENGTH_SHIFT = 1
+PCIEXBAR_LENGTH_BUSES = {0: 256, 1: 128, 2: 64}
+"""Length code -> buses decoded (1 MiB each); code 3 is reserved (no window here)."""
+PCIEXBAR_BASE_BITS = (1 << 36) - 1
+
+
+class BootError(Exception):
+    """The image or the machine is unusable; the message says why."""
+
+
+def decode_pciexbar(value: int) -> tuple[int, int] | None:
+    """``(base, buses)`` of the window a PCIEXBAR value asks for, None when disabled.
+
+    The base keeps the address bits the length allows: 35:28 for 256 MiB, 35:27 for
+    128 MiB, 35:26 for 64 MiB, so a window is always aligned to its size.
+    """
+    if not value & PCIEXBAR_ENABLE:
+        return None
+    buses = PCIEXBAR_LENGTH_BUSES.get(value >> PCIEXBAR_LENGTH_SHIFT & 3)
+    if buses is None:
+        return None
+    size = layout.ecam_size(buses)
+    return value & PCIEXBAR_BASE_BITS & ~(size - 1), buses
+
+
+# --- CPUID and the few VM ioctls the reset path needs -----------------------------------
+class _CpuidEntry(ctypes.Structure):
+    _fields_ = [
+        ("function", abi.u32),
+        ("index", abi.u32),
+        ("flags", abi.u32),
+        ("eax", abi.u32),
+        ("ebx", abi.u32),
+        ("ecx", abi.u32),
+        ("edx", abi.u32),
+        ("padding", abi.u32 * 3),
+    ]
+
+
+class _CpuidHeader(ctypes.Structure):
+    _fields_ = [("nent", abi.u32), ("padding", abi.u32)]
+
+
+KVM_GET_SUPPORTED_CPUID = abi._iowr(abi.KVMIO, 0x05, _CpuidHeader)
+KVM_SET_CPUID2 = abi._iow(abi.KVMIO, 0x90, _CpuidHeader)
+KVM_GET_TSC_KHZ = abi._io(abi.KVMIO, 0xA3)
+CPUID_TABLE_MAX = 4096
+
+
+def _cpuid_table(entries: int) -> ctypes.Structure:
+    class Table(ctypes.Structure):
+        _fields_ = [("nent", abi.u32), ("padding", abi.u32), ("entries", _CpuidEntry * entries)]
+
+    table = Table()
+    table.nent = entries
+    return table
+
+
+def supported_cpuid(kvm: Kvm) -> ctypes.Structure:
+    """KVM_GET_SUPPORTED_CPUID: every leaf this KVM can give a guest."""
+    entries = 64
+    while True:
+        table = _cpuid_table(entries)
+        try:
+            fcntl.ioctl(kvm.fd, KVM_GET_SUPPORTED_CPUID, table, True)
+            return table
+        except OSError as error:
+            if error.errno != errno.E2BIG or entries >= CPUID_TABLE_MAX:
+                raise KvmError("KVM_GET_SUPPORTED_CPUID", error.errno) from None
+            entries *= 2
+
+
+def set_cpuid(vcpu: Vcpu, table: ctypes.Structure) -> None:
+    """KVM_SET_CPUID2. Without it a guest has no long mode: its WRMSR of EFER.LME faults."""
+    try:
+        fcntl.ioctl(vcpu.fd, KVM_SET_CPUID2, table, True)
+    except OSError as error:
+        raise KvmError("KVM_SET_CPUID2", error.errno) from None
+
+
+def tsc_khz(vcpu: Vcpu) -> int | None:
+    """The guest TSC frequency (KVM_GET_TSC_KHZ), None where KVM cannot tell."""
+    if not vcpu.vm.kvm.check_extension(CAP_GET_TSC_KHZ):
+        return None
+    try:
+        return fcntl.ioctl(vcpu.fd, KVM_GET_TSC_KHZ, 0) or None
+    except OSError:
+        return None
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ioctl_ulong = _libc.ioctl
+_ioctl_ulong.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+_ioctl_ulong.restype = ctypes.c_int
+
+
+def _prepare_real_mode(vm: Vm) -> None:
+    """Give KVM the pages it may need to run real mode (before any vCPU exists)."""
+    kvm = vm.kvm
+    try:
+        if kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
+            address = ctypes.c_uint64(KVM_IDENTITY_MAP_ADDR)
+            fcntl.ioctl(vm.fd, abi.KVM_SET_IDENTITY_MAP_ADDR, address, True)
+    except OSError as error:
+        raise KvmError("KVM_SET_IDENTITY_MAP_ADDR", error.errno) from None
+    # An unsigned long argument: fcntl.ioctl would take only a C int.
+    if (
+        kvm.check_extension(abi.Cap.SET_TSS_ADDR)
+        and _ioctl_ulong(vm.fd, abi.KVM_SET_TSS_ADDR, KVM_TSS_ADDR) < 0
+    ):
+        raise KvmError("KVM_SET_TSS_ADDR", ctypes.get_errno())
+
+
+# --- devices ----------------------------------------------------------------------------
+class RomDevice:
+    """Behind a read-only image slot: reads do not exit; writes do, and are dropped."""
+
+    def __init__(self, image: bytes) -> None:
+        self.image = image
+        self.writes = 0
+
+    def read(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.image[offset : offset + size], "little")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.writes += 1
+
+
+Stamp = tuple[float, int, int]
+"""(seconds since the run started, exits so far, ECAM exits so far)."""
+
+
+class DebugConsole:
+    """QEMU's isa-debugcon: each byte written goes out; reads answer 0xe9.
+
+    Each line is kept as a ``ConsoleLine`` with ``clock``'s stamps at its first byte and
+    at its newline, so a guest can time what happens between two lines it prints.
+    """
+
+    def __init__(
+        self, sink: BinaryIO | None = None, clock: Callable[[], Stamp] | None = None
+    ) -> None:
+        self.sink = sink
+        self.clock = clock or (lambda: (0.0, 0, 0))
+        self.output = bytearray()
+        self.lines: list[ConsoleLine] = []
+        self._line = bytearray()
+        self._first: Stamp = (0.0, 0, 0)
+
+    def read(self, offset: int, size: int) -> int:
+        return DEBUGCON_READBACK
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        byte = value & 0xFF
+        if not self._line:
+            self._first = self.clock()
+        self.output.append(byte)
+        self._line.append(byte)
+        if byte == 0x0A:
+            self._end_line()
+
+    def _end_line(self) -> None:
+        line = bytes(self._line)
+        self._line.clear()
+        if self.sink is not None:
+            self.sink.write(line)
+            self.sink.flush()
+        text = line.decode("utf-8", "replace").rstrip("\n")
+        self.lines.append(ConsoleLine(text, *self.clock(), *self._first))
+
+    def flush(self) -> None:
+        """Hand on a last line without its newline."""
+        if self._line:
+            self._end_line()
+
+
+class DebugExit:
+    """QEMU's isa-debug-exit: a write of ``value`` ends the machine with status
+    ``(value << 1) | 1``. Reads answer 0."""
+
+    def __init__(self, stop: Callable[[], None]) -> None:
+        self.stop = stop
+        self.value: int | None = None
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if self.value is None:
+            self.value = value
+            self.stop()
+
+
+class _ReportingEcam(EcamDevice):
+    """The window's ECAM device, telling ``on_write`` which function a write reached."""
+
+    def __init__(self, window: EcamWindow, on_write: Callable[[Bdf], None]) -> None:
+        super().__init__(window)
+        self.on_write = on_write
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        super().write(offset, size, value)
+        function = self.window.functions_by_page.get(offset >> 12)
+        if function is not None:
+            self.on_write(function.bdf)
+
+
+# --- the VM ------------------------------------------------------------------------------
+class BootVm:
+    """A VM at the x86 reset state: RAM, the image below 4 GiB and its alias below 1 MiB.
+
+    Gives an ``EcamWindow`` what it uses (``vm``, ``slots``, ``mmio``, ``memory_map``,
+    ``loop``, ``on_coalesced``), like ``GuestVm`` does for long-mode test guests.
+    """
+
+    def __init__(
+        self, kvm: Kvm, image: bytes, *, ram_size: int = BOOT_RAM_SIZE, name: str = "boot"
+    ) -> None:
+        check_image(image)
+        if ram_size % layout.PAGE_SIZE or not 2 * layout.MiB <= ram_size <= layout.ECAM_BASE:
+            raise BootError(
+                f"RAM size {ram_size:#x} must be whole pages from 2 MiB to {layout.ECAM_BASE:#x}"
+            )
+        self.name = name
+        self.image = image
+        self.ram_size = ram_size
+        self.vm: Vm = kvm.create_vm()
+        self.ram: GuestRam | None = None
+        self.rom: GuestRam | None = None
+        try:
+            _prepare_real_mode(self.vm)
+            self.slots = SlotAllocator(self.vm.max_memslots)
+            self.ram = GuestRam(0, ram_size)
+            self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
+            self.rom.write(self.rom.base, image)
+            alias_size = min(ISA_BIOS_MAX, len(image))
+            regions = [
+                (Region(RegionKind.RAM, 0, LOW_RAM_END, "ram"), self.ram.host_address, 0),
+                (
+                    Region(RegionKind.ROM, HIGH_RAM_START - alias_size, alias_size, "isa-bios"),
+                    self.rom.host_address + len(image) - alias_size,
+                    abi.KVM_MEM_READONLY,
+                ),
+                (
+                    Region(RegionKind.RAM, HIGH_RAM_START, ram_size - HIGH_RAM_START, "ram-high"),
+                    self.ram.host_address + HIGH_RAM_START,
+                    0,
+                ),
+                (
+                    Region(RegionKind.ROM, self.rom.base, len(image), "bios"),
+                    self.rom.host_address,
+                    abi.KVM_MEM_READONLY,
+                ),
+            ]
+            self.memory_map = MemoryMap(region for region, _, _ in regions)
+            self.ports = Bus("port")
+            self.mmio = Bus("mmio")
+            rom_device = RomDevice(image)
+            self.rom_devices = [rom_device, RomDevice(image[len(image) - alias_size :])]
+            for (region, host_address, flags), slot in zip(
+                regions, self.slots.allocate(len(regions), purpose="RAM and firmware"), strict=True
+            ):
+                self.vm.set_memory_region(slot, region.start, region.size, host_address, flags)
+            self.mmio.add(self.rom.base, len(image), self.rom_devices[0], "bios")
+            self.mmio.add(HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios")
+            self.vcpu = self.vm.create_vcpu()
+            set_cpuid(self.vcpu, supported_cpuid(kvm))
+            self.loop = RunLoop(self.vcpu, self.ports, self.mmio)
+        except BaseException:
+            self.close()
+            raise
+
+    def on_coalesced(self, callback: Callable[[list[CoalescedWrite]], None] | None) -> None:
+        self.loop.on_coalesced = callback
+
+    def run(self, max_exits: int | None = None) -> RunResult:
+        return self.loop.run(max_exits)
+
+    def request_stop(self) -> None:
+        self.loop.request_stop()
+
+    def read_ram(self, address: int, length: int) -> bytes:
+        assert self.ram is not None
+        return self.ram.read(address, length)
+
+    def close(self) -> None:
+        self.vm.close()
+        for memory in (self.ram, self.rom):
+            if memory is not None:
+                memory.close()
+        self.ram = self.rom = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def check_image(image: bytes) -> None:
+    if not image or len(image) % IMAGE_ALIGN or len(image) > MAX_IMAGE_SIZE:
+        raise BootError(
+            f"a firmware image must be a multiple of 64 KiB up to 16 MiB, not {len(image)} bytes"
+        )
+
+
+# --- the machine ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ConsoleLine:
+    """One line of debug console output and the machine's counters around it."""
+
+    text: str
+    seconds: float
+    """When its newline came, since the run started."""
+    exits: int
+    """Every exit so far, the newline's own OUT included."""
+    config_exits: int
+    """ECAM accesses that exited so far (holes and present functions)."""
+    first_seconds: float
+    """The same three when the line's first byte came."""
+    first_exits: int
+    first_config_exits: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "seconds": round(self.seconds, 6),
+            "exits": self.exits,
+            "config_exits": self.config_exits,
+            "first_seconds": round(self.first_seconds, 6),
+            "first_exits": self.first_exits,
+            "first_config_exits": self.first_config_exits,
+        }
+
+
+@dataclass(frozen=True)
+class Interval:
+    """What happened between two console lines."""
+
+    seconds: float
+    exits: int
+    config_exits: int
+
+
+@dataclass
+class BootResult:
+    """How a boot ended."""
+
+    run: RunResult
+    exit_value: int | None
+    """What the guest wrote to debug-exit; None if it never did."""
+    console: bytes
+    lines: list[ConsoleLine]
+    seconds: float
+    placements: list[tuple[int | None, int]] = field(default_factory=list)
+    """Every place the ECAM window went to: ``(base or None, buses)``."""
+
+    @property
+    def status(self) -> int:
+        """The process exit status: QEMU's for debug-exit, else GUEST_STOPPED_STATUS."""
+        if self.exit_value is None:
+            return GUEST_STOPPED_STATUS
+        return exit_status(self.exit_value)
+
+    @property
+    def text(self) -> str:
+        return self.console.decode("utf-8", "replace")
+
+    def between(self, start: int, end: int) -> Interval:
+        """From the newline of line ``start`` to the first byte of line ``end``: a guest
+        prints a line, does something, prints the next; this is what that something cost.
+        The first byte's own OUT exit is not counted."""
+        before, after = self.lines[start], self.lines[end]
+        return Interval(
+            after.first_seconds - before.seconds,
+            after.first_exits - before.exits - 1,
+            after.first_config_exits - before.config_exits,
+        )
+
+
+class BootMachine:
+    """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM."""
+
+    def __init__(
+        self,
+        kvm: Kvm,
+        image: bytes,
+        topology: Topology | None = None,
+        *,
+        strategy: str = "shared",
+        present: str = "mirror",
+        writes: str = "coalesce",
+        backing: Backing | None = None,
+        socket_path: str | None = None,
+        ram_size: int = BOOT_RAM_SIZE,
+        console: BinaryIO | None = None,
+        name: str = "boot",
+    ) -> None:
+        self.topology = topology or Topology.qemu_nodefaults()
+        bridge = self.topology.get(HOST_BRIDGE)
+        if bridge is None or bridge.model != "host-bridge":
+            raise BootError(f"q35 firmware needs the host bridge at {HOST_BRIDGE}")
+        self.host_bridge = bridge
+        self.options = MachineOptions(
+            buses=self.topology.buses,
+            strategy=strategy,
+            present=present,
+            writes=writes,
+            backing=backing,
+            socket_path=socket_path,
+        )
+        self.notes: list[str] = []
+        self.placements: list[tuple[int | None, int]] = []
+        self._started = time.perf_counter()
+        self.guest = BootVm(kvm, image, ram_size=ram_size, name=name)
+        try:
+            self.window = EcamWindow(self.guest, self.topology, self.options, base=None)
+            self.window.ecam = _ReportingEcam(self.window, self._config_written)
+            self.legacy = LegacyConfigPorts(self.window)
+            self.legacy.on_write = self._config_written
+            ports = self.guest.ports
+            ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config")
+            self.console = DebugConsole(console, self._stamp)
+            ports.add(layout.DEBUGCON_PORT, 1, self.console, "debugcon")
+            self.debug_exit = DebugExit(self.guest.request_stop)
+            ports.add(layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit, "debug-exit")
+        except BaseException:
+            self.close()
+            raise
+
+    # --- PCIEXBAR ------------------------------------------------------------------------
+    def _config_written(self, bdf: Bdf) -> None:
+        if bdf == HOST_BRIDGE:
+            self.apply_pciexbar()
+
+    def apply_pciexbar(self) -> None:
+        """Make the window match the host bridge's PCIEXBAR (called after every write to it).
+
+        A window that cannot go where firmware asks (over RAM or the image) is not decoded.
+        """
+        wanted = decode_pciexbar(self.host_bridge.config.read(PCIEXBAR, 8))
+        base, buses = (None, self.options.buses) if wanted is None else wanted
+        buses = min(buses, self.options.buses)
+        if (base, layout.ecam_size(buses)) == (self.window.base, self.window.size):
+            return
+        try:
+            self.window.place(base, buses)
+        except (MachineError, MemoryMapError, BusError, HoleSlotError, KvmError) as error:
+            self.notes.append(f"ECAM window not decoded at {base:#x}: {error}")
+            base = None
+            self.window.place(None)
+        self.placements.append((base, buses))
+
+    # --- running --------------------------------------------------------------------------
+    def _stamp(self) -> Stamp:
+        exits = self.window.ecam.exits
+        return (
+            time.perf_counter() - self._started,
+            sum(self.guest.loop.counts.values()),
+            exits.hole + exits.device,
+        )
+
+    def run(self, max_exits: int | None = None) -> BootResult:
+        """Run from the reset vector until debug-exit (or until the guest stops)."""
+        self._started = time.perf_counter()
+        result = self.guest.run(max_exits)
+        seconds = time.perf_counter() - self._started
+        self.console.flush()
+        return BootResult(
+            result,
+            self.debug_exit.value,
+            bytes(self.console.output),
+            list(self.console.lines),
+            seconds,
+            list(self.placements),
+        )
+
+    def request_stop(self) -> None:
+        self.guest.request_stop()
+
+    def stats(self, result: BootResult) -> dict[str, Any]:
+        """What the run cost, for ``--stats`` and the benchmarks."""
+        exits = self.window.ecam.exits
+        report = self.window.report()
+        return {
+            "status": result.status,
+            "exit_value": result.exit_value,
+            "stop": result.run.reason.value,
+            "detail": result.run.detail,
+            "seconds": round(result.seconds, 6),
+            "exit_counts": result.run.exit_counts,
+            "config_exits": {
+                "hole_reads": exits.hole_reads,
+                "hole_writes": exits.hole_writes,
+                "device_reads": exits.device_reads,
+                "device_writes": exits.device_writes,
+                "legacy_ports": self.legacy.exits,
+            },
+            "hole_writes": self.window.hole_writes.count,
+            "rom_writes": sum(device.writes for device in self.guest.rom_devices),
+            "unclaimed": {"mmio": self.guest.mmio.unclaimed, "ports": self.guest.ports.unclaimed},
+            "window": {
+                "base": self.window.base,
+                "buses": self.window.size // layout.ECAM_BUS_SIZE,
+                "placements": [[base, buses] for base, buses in result.placements],
+            },
+            "memslots": {"window": self.window.memslots, "holes": self.window.hole_memslots},
+            "strategy": report.strategy,
+            "backing": report.backing,
+            "notes": [*report.notes, *self.notes],
+            "tsc_khz": tsc_khz(self.guest.vcpu),
+            "lines": [line.as_json() for line in result.lines],
+        }
+
+    def close(self) -> None:
+        window: EcamWindow | None = getattr(self, "window", None)
+        if window is not None:
+            window.close()
+        self.guest.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main_boot(
+    bios: str,
+    devices: list[str] | None,
+    strategy: str = "shared",
+    debugcon: str | None = None,
+    buses: int = layout.ECAM_MAX_BUSES,
+    *,
+    present: str = "mirror",
+    writes: str = "coalesce",
+    backing: str = "auto",
+    socket_path: str | None = None,
+    ram_mib: int = BOOT_RAM_SIZE // layout.MiB,
+    stats: str | None = None,
+) -> int:
+    """``pcihole boot``: run ``bios`` and return the process exit status.
+
+    Debug console bytes go to ``debugcon`` (a file) or stdout; ``stats`` names a file for
+    a JSON account of the run. Bad input: one line on stderr, status 2. A guest that stops
+    without debug-exit: the reason on stderr, status ``GUEST_STOPPED_STATUS``.
+    """
+    try:
+        image = Path(bios).read_bytes()
+        check_image(image)
+        topology = Topology.build(devices, buses) if devices else Topology.qemu_nodefaults(buses)
+        if HOST_BRIDGE not in topology:
+            topology = Topology(buses, [*topology, _host_bridge_function()])
+        chosen_backing = None if backing == "auto" else Backing.parse(backing)
+    except (OSError, BootError, PciError, ValueError) as error:
+        print(f"pcihole boot: error: {error}", file=sys.stderr)
+        return USAGE_STATUS
+    sink: BinaryIO | None = None
+    try:
+        sink = open(debugcon, "wb") if debugcon else sys.stdout.buffer  # noqa: SIM115
+        with (
+            Kvm() as kvm,
+            BootMachine(
+                kvm,
+                image,
+                topology,
+                strategy=strategy,
+                present=present,
+                writes=writes,
+                backing=chosen_backing,
+                socket_path=socket_path,
+                ram_size=ram_mib * layout.MiB,
+                console=sink,
+            ) as machine,
+        ):
+            result = machine.run()
+            if stats:
+                Path(stats).write_text(json.dumps(machine.stats(result), indent=2) + "\n")
+    except (OSError, BootError, MachineError, StrategyError, HoleSlotError, KvmError) as error:
+        print(f"pcihole boot: error: {error}", file=sys.stderr)
+        return USAGE_STATUS
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if sink is not None and sink is not sys.stdout.buffer:
+            sink.close()
+    if result.exit_value is None:
+        print(
+            f"pcihole boot: guest stopped without debug-exit: {result.run.reason.value}: "
+            f"{result.run.detail}",
+            file=sys.stderr,
+        )
+    return result.status
+
+
+def _host_bridge_function() -> Function:
+    return MODELS["host-bridge"].build(HOST_BRIDGE)
+
+
+__all__ = [
+    "BootError",
+    "BootMachine",
+    "BootResult",
+    "BootVm",
+    "ConsoleLine",
+    "Interval",
+    "decode_pciexbar",
+    "main_boot",
+]
