@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -176,6 +177,6 @@ def test_info_json_reports_what_kvm_offers(kvm: Kvm) -> None:
     for name in ("NR_MEMSLOTS", "READONLY_MEM", "COALESCED_MMIO", "USER_MEMORY2",
                  "GUEST_MEMFD", "PRE_FAULT_MEMORY"):  # fmt: skip
         assert facts["capabilities"][name] == kvm.check_extension(abi.Cap[name])
-    assert facts["max_map_count"] == int(open("/proc/sys/vm/max_map_count").read())
+    assert facts["max_map_count"] == int(Path("/proc/sys/vm/max_map_count").read_text())
     assert {"thp_anonymous", "thp_shmem", "hugetlb_free"} <= facts["huge_pages"].keys()
     assert facts["hole_backing"]["choice"] in ("hugetlb", "thp", "memfd")
