@@ -100,10 +100,12 @@ class EcamDevice:
             self.exits.hole_reads += 1
             return (1 << (8 * size)) - 1
         self.exits.device_reads += 1
+        config = function.config
         if size == 8:
-            config = function.config
             return config.read(register, 4) | config.read(register + 4, 4) << 32
-        return function.config.read(register, size)
+        if size not in (1, 2, 4):  # 3, 5, 6, 7: KVM split an access at the page boundary
+            return int.from_bytes([config.read(register + i, 1) for i in range(size)], "little")
+        return config.read(register, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         register = offset & 0xFFF
@@ -123,6 +125,10 @@ class EcamDevice:
         if size == 8:
             changed = config.write(register, 4, value & 0xFFFFFFFF)
             changed = config.write(register + 4, 4, value >> 32) or changed
+        elif size not in (1, 2, 4):  # a fragment of an access split at the page boundary
+            changed = False
+            for i in range(size):
+                changed = config.write(register + i, 1, value >> (8 * i) & 0xFF) or changed
         else:
             changed = config.write(register, size, value)
         if changed:
@@ -305,35 +311,43 @@ class EcamWindow:
     def hot_plug(self, function: Function) -> None:
         """Add ``function`` while the guest may be running.
 
-        Order matters: the model is published first (an exit now answers its header), the
-        hole slot covering its page goes, then its mirror page is mapped.
+        Order matters: the hole slot covering its page goes, then the model answers exits
+        there, then its mirror page is mapped. What exits answer changes only while no
+        slot maps the page: an exit raised earlier (say while an unplug had the page
+        unmapped) may be answered late, and must not show the header while the hole slot
+        still maps the page, or the guest could read the header, all ones, the header.
         """
         assert self.holes is not None
         with self._lock:
             changed = self.topology.add(function)
-            self._index(function)
             if self.base is None:
+                self._index(function)
                 return
             try:
                 self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
+                self._index(function)
                 if self.options.present == "mirror" and self._decodes(function):
                     self._map_mirror(function)
             except BaseException:
-                self.topology.remove(function.bdf)
                 self.functions_by_page.pop(function.bdf.ecam_offset >> PAGE_SHIFT, None)
+                self.topology.remove(function.bdf)
                 self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
                 raise
             for bdf in changed[1:]:
                 self.refresh_mirror(bdf)
 
     def hot_unplug(self, bdf: Bdf) -> None:
-        """Remove the function at ``bdf``; its page becomes a hole again."""
+        """Remove the function at ``bdf``; its page becomes a hole again.
+
+        The mirror goes first, then exits answer all ones, then the hole slot comes (the
+        reverse of ``hot_plug``, for the same reason).
+        """
         assert self.holes is not None
         with self._lock:
             changed = self.topology.remove(bdf)
-            self.functions_by_page.pop(bdf.ecam_offset >> PAGE_SHIFT, None)
             if bdf in self.mirrors:
                 self._unmap_mirror(bdf)
+            self.functions_by_page.pop(bdf.ecam_offset >> PAGE_SHIFT, None)
             if self.base is None:
                 return
             self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)

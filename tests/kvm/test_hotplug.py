@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import pytest
 
-from pcihole import layout
+from pcihole import hostmem, layout
 from pcihole.holes.planner import Run, hole_runs
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions, PciMachine
@@ -37,7 +37,13 @@ ALL_ONES = 0xFFFFFFFF
 STOP_FLAG_ADDR = layout.SCRATCH_ADDR
 CYCLES = 4
 WAIT_SECONDS = 10.0
-MODES = [("shared", "mirror"), ("fill", "mirror"), ("trap", "mirror"), ("trap", "trap")]
+MODES = [
+    ("shared", "mirror"),
+    ("fill", "mirror"),
+    ("trap", "mirror"),
+    ("shared", "trap"),
+    ("trap", "trap"),
+]
 PLACES = {
     "root-bus": ("00:03.0", "virtio-blk"),  # between 00:00.0 and 00:1c.0, in one run
     "behind-root-port": ("02:00.0", "nvme"),  # the PCIe way: into the empty slot
@@ -213,3 +219,54 @@ def test_enumeration_finds_a_plugged_function_and_not_an_unplugged_one(kvm: Kvm)
             found = len(BASE) + (0 if unplug else 1)
             assert result.syncs[0::2] == [found, found]
             assert result.exit_counts == {"IoOut": 5}
+
+
+@pytest.mark.parametrize("place", list(PLACES))
+@pytest.mark.parametrize(("strategy", "present"), MODES)
+def test_exits_answer_what_the_mapping_shows_at_every_memslot_change(
+    kvm: Kvm, strategy: str, present: str, place: str
+) -> None:
+    """What an exit at the page answers changes only while no memslot maps the page.
+
+    A guest's exit may be answered late (raised while the page was unmapped, handled
+    after the next change started), so whenever a slot maps the page, an exit there must
+    answer what that slot holds; otherwise a guest reads the header, all ones, the header.
+    Checked before and after every memslot change a plug and an unplug make.
+    """
+    address = Bdf.parse(PLACES[place][0])
+    options = MachineOptions(buses=BUSES, strategy=strategy, present=present)
+    with PciMachine(kvm, Topology.build(BASE, BUSES), options, "hotplug_reader", [0] * 4) as m:
+        assert m.window.base is not None
+        page = m.window.base + address.ecam_offset
+        vm = m.guest.vm
+        answers: list[int] = []
+
+        def check(when: str) -> None:
+            answer = m.window.ecam.read(address.ecam_offset, 4)
+            if not answers or answers[-1] != answer:
+                answers.append(answer)
+            for slot in vm.memslots.values():
+                if slot.guest_address <= page < slot.guest_address + slot.size:
+                    mapped = hostmem.read(slot.host_address + page - slot.guest_address, 4)
+                    assert int.from_bytes(mapped, "little") == answer, when
+
+        real_set = vm.set_memory_region
+
+        def set_memory_region(
+            slot: int, guest_address: int, size: int, host_address: int, flags: int = 0
+        ) -> object:
+            check(f"before slot {slot} at {guest_address:#x}+{size:#x}")
+            result = real_set(slot, guest_address, size, host_address, flags)
+            check(f"after slot {slot} at {guest_address:#x}+{size:#x}")
+            return result
+
+        vm.set_memory_region = set_memory_region  # type: ignore[method-assign, assignment]
+        function = make_function(place, 0)
+        check("before the plug")
+        for _ in range(2):
+            m.hot_plug(make_function(place, 0))
+            check("after the plug")
+            m.hot_unplug(address)
+            check("after the unplug")
+    ids = function.config.read(0, 4)
+    assert answers == [ALL_ONES, ids, ALL_ONES, ids, ALL_ONES]
