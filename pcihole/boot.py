@@ -149,6 +149,21 @@ def supported_cpuid(kvm: Kvm) -> ctypes.Structure:
             entries *= 2
 
 
+XSAVE_LEAF = 0xD
+XFEATURES_NEEDING_PERMISSION = (1 << 17) | (1 << 18)
+"""AMX tile state: KVM_SET_CPUID2 refuses it unless the process first asked for it with
+arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM). Firmware has no use for it."""
+
+
+def boot_cpuid(kvm: Kvm) -> ctypes.Structure:
+    """What a booting vCPU is told: every supported leaf, less what needs permissions."""
+    table = supported_cpuid(kvm)
+    for entry in table.entries[: table.nent]:
+        if entry.function == XSAVE_LEAF and entry.index == 0:
+            entry.eax &= ~XFEATURES_NEEDING_PERMISSION
+    return table
+
+
 def set_cpuid(vcpu: Vcpu, table: ctypes.Structure) -> None:
     """KVM_SET_CPUID2. Without it a guest has no long mode: its WRMSR of EFER.LME faults."""
     try:
@@ -343,7 +358,7 @@ class BootVm:
             self.mmio.add(self.rom.base, len(image), self.rom_devices[0], "bios")
             self.mmio.add(HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios")
             self.vcpu = self.vm.create_vcpu()
-            set_cpuid(self.vcpu, supported_cpuid(kvm))
+            set_cpuid(self.vcpu, boot_cpuid(kvm))
             self.loop = RunLoop(self.vcpu, self.ports, self.mmio)
         except BaseException:
             self.close()

@@ -15,14 +15,17 @@
  *      then returns to ring 0 (int3) and scans FW_RING0_BUSES buses once;
  *      every scan reads the vendor ID of every function page and is timed with RDTSC;
  *   4. writes FW_EXIT_VALUE to QEMU's debug-exit port: status (value << 1) | 1.
- * Everything it learns goes to the debug console (port 0x402), one fact per line:
+ * Everything it learns goes to the debug console (port 0x402), one fact per line, numbers
+ * in hex (``pcihole.guest.firmware.parse_output`` reads it back):
  *   fw enumerate hostbridge=0x29c08086 ecam-before=0xffffffff
  *   pciexbar=0xb0000001 ecam=0xb0000000
- *   cpuid max=0x.. leaf15=0x..,0x..,0x.. leaf16=0x..
- *   scan ring=3 pass=1 buses=0x100 start
- *   scan ring=3 pass=1 buses=0x100 probes=0x10000 found=0x4 ticks=0x...
+ *   cpuid max=0xd [leaf15=eax,ebx,ecx leaf16=eax]     (TSC frequency leaves, if any)
+ *   scan ring=0x3 pass=0x1 buses=0x100 start
+ *   scan ring=0x3 pass=0x1 buses=0x100 probes=0x10000 found=0x4 ticks=0x10f7a1c
  *   fn 00:00.0 8086:29c0            (one per function found, after each scan)
  *   exit value=0x10
+ * Nothing is printed while a scan runs: the host can time it, and count its exits,
+ * between the newline of its start line and the first byte of its result line.
  * An exception prints `fw exception vector=...` and exits with FW_FAIL_VALUE.
  */
 .intel_syntax noprefix
