@@ -2,9 +2,10 @@
 -bios IMAGE`` does, with pcihole's ECAM window underneath.
 
 The machine, as far as firmware can tell:
-- the image mapped read-only so that it ends at 4 GiB, its last 128 KiB aliased at
-  0xe0000-0xfffff; the vCPU at the reset vector (real mode, CS base 0xffff0000, RIP
-  0xfff0: KVM's state for a new vCPU); RAM below 640 KiB and from 1 MiB up;
+- the image mapped read-only so that it ends at 4 GiB, its last 128 KiB (all of it when
+  smaller) aliased to end at 1 MiB, as QEMU's isa-bios; the vCPU at the reset vector
+  (real mode, CS base 0xffff0000, RIP 0xfff0: KVM's state for a new vCPU); RAM below
+  640 KiB and from 1 MiB up;
 - a q35 host bridge at 00:00.0 (8086:29c0) whose PCIEXBAR register (config 0x60: base,
   length in bits 2:1, enable in bit 0) places the ECAM window; until firmware enables it
   there is no window at all. Writes reaching PCIEXBAR through CF8/CFC or through ECAM
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Self
 
 from pcihole import layout
-from pcihole.guest.firmware import exit_status
+from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
 from pcihole.holes.strategy import StrategyError
@@ -59,9 +60,6 @@ LOW_RAM_END = 0xA0000
 HIGH_RAM_START = 1 * layout.MiB
 ISA_BIOS_MAX = 128 * layout.KiB
 """The tail of the image that also appears just below 1 MiB (QEMU's isa-bios alias)."""
-IMAGE_ALIGN = 64 * layout.KiB
-"""QEMU refuses -bios images that are not whole 64 KiB units; so does pcihole."""
-MAX_IMAGE_SIZE = 16 * layout.MiB
 KVM_TSS_ADDR = 0xFEFFD000
 """Three pages KVM may use to run real mode on VMX without unrestricted guest (QEMU's)."""
 KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
@@ -349,8 +347,7 @@ class BootVm:
             self.memory_map = MemoryMap(region for region, _, _ in regions)
             self.ports = Bus("port")
             self.mmio = Bus("mmio")
-            rom_device = RomDevice(image)
-            self.rom_devices = [rom_device, RomDevice(image[len(image) - alias_size :])]
+            self.rom_devices = [RomDevice(image), RomDevice(image[len(image) - alias_size :])]
             for (region, host_address, flags), slot in zip(
                 regions, self.slots.allocate(len(regions), purpose="RAM and firmware"), strict=True
             ):
@@ -392,6 +389,7 @@ class BootVm:
 
 
 def check_image(image: bytes) -> None:
+    """Refuse what QEMU's -bios refuses (whole 64 KiB units), and images over 16 MiB."""
     if not image or len(image) % IMAGE_ALIGN or len(image) > MAX_IMAGE_SIZE:
         raise BootError(
             f"a firmware image must be a multiple of 64 KiB up to 16 MiB, not {len(image)} bytes"
