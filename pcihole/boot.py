@@ -356,7 +356,7 @@ class BootVm:
             self.mmio.add(HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios")
             self.vcpu = self.vm.create_vcpu()
             set_cpuid(self.vcpu, boot_cpuid(kvm))
-            self.loop = RunLoop(self.vcpu, self.ports, self.mmio)
+            self.loop = RunLoop(self.vcpu, self.ports, self.mmio, report_port=None)
         except BaseException:
             self.close()
             raise

@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 
 from pcihole import hostinfo, layout
 from pcihole.bench import run_bench
+from pcihole.boot import main_boot
 from pcihole.demo import render, run_demo
 from pcihole.holes.service import main_serve
 from pcihole.holes.slots import WRITE_MODES, HoleSlotError
@@ -207,13 +208,6 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
         help="ECAM window size in buses",
     )
     parser.add_argument(
-        "--ring",
-        type=int,
-        choices=[0, 3],
-        default=3,
-        help="guest privilege level for the scan (3 runs natively)",
-    )
-    parser.add_argument(
         "--device",
         action="append",
         metavar="BB:DD.F=MODEL[,k=v]",
@@ -263,6 +257,23 @@ def _cmd_lspci(args: argparse.Namespace) -> int:
     return main_lspci(args.device, args.buses, args.vm_view)
 
 
+# --- boot ----------------------------------------------------------------------------------
+def _cmd_boot(args: argparse.Namespace) -> int:
+    return main_boot(
+        args.bios,
+        args.device,
+        args.strategy,
+        args.debugcon,
+        args.buses,
+        present=args.present,
+        writes=args.writes,
+        backing=args.backing,
+        socket_path=args.socket,
+        ram_mib=args.ram_mib,
+        stats=args.stats,
+    )
+
+
 # --- serve-holes ---------------------------------------------------------------------------
 def _cmd_serve_holes(args: argparse.Namespace) -> int:
     backing = None if args.backing == "auto" else args.backing
@@ -278,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     scan = commands.add_parser("scan", help="VMs enumerate PCI; measure exits, memory, time")
     _add_machine_options(scan)
+    scan.add_argument(
+        "--ring",
+        type=int,
+        choices=[0, 3],
+        default=3,
+        help="guest privilege level for the scan (3 runs natively)",
+    )
     scan.add_argument("--vms", type=int_in_range("--vms", 1, MAX_VMS), default=1)
     scan.add_argument(
         "--mode",
@@ -296,6 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     lspci.add_argument("--vm-view", action="store_true",
                        help="read it through ECAM from a ring-3 guest in a real VM")  # fmt: skip
     lspci.set_defaults(handler=_cmd_lspci)
+
+    boot = commands.add_parser("boot", help="run a flat firmware image as QEMU q35 -bios does")
+    boot.add_argument("--bios", required=True, metavar="FILE", help="flat firmware image")
+    _add_machine_options(boot)
+    boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
+    boot.add_argument("--ram-mib", type=int_in_range("--ram-mib", 2, 3072), default=128)
+    boot.add_argument("--stats", metavar="FILE", help="write a JSON account of the run")
+    boot.set_defaults(handler=_cmd_boot)
 
     demo = commands.add_parser("demo", help="what holes cost: trap, fill and shared side by side")
     demo.add_argument("--vms", type=int_in_range("--vms", 1, MAX_VMS), default=8)

@@ -111,8 +111,11 @@ class RunLoop:
         *,
         on_sync: Callable[[int], None] | None = None,
         on_coalesced: Callable[[list[CoalescedWrite]], None] | None = None,
+        report_port: int | None = layout.REPORT_PORT,
     ) -> None:
         self.vcpu = vcpu
+        self.report_port = report_port
+        """Where guest reports arrive (None: no report protocol, e.g. for firmware)."""
         self.ports = ports
         self.mmio = mmio
         self.on_sync = on_sync
@@ -159,20 +162,21 @@ class RunLoop:
         counts = self.counts
         ports, mmio = self.ports, self.mmio
         complete_read = self.vcpu.complete_read
-        draining = self.on_coalesced is not None and bool(self.vcpu.vm.coalesced_zones)
+        # The VM's live set of zones: windows placed or moved mid-run are drained too.
+        zones = self.vcpu.vm.coalesced_zones
         drain = self.drain
         syncs: list[int] = []
         remaining = -1 if max_exits is None else max_exits
         IoOut, IoIn, MmioRead, MmioWrite = (
             exits.IoOut, exits.IoIn, exits.MmioRead, exits.MmioWrite)  # fmt: skip
-        report_port = layout.REPORT_PORT
+        report_port = -1 if self.report_port is None else self.report_port
         # No per-exit check of the stop flag: request_stop() sets immediate_exit, so the
         # next (or current) KVM_RUN returns Interrupted and _other() sees the flag.
         while remaining:
             remaining -= 1
             exit = run()
             counts[exit.__class__] += 1
-            if draining:
+            if zones:
                 drain()
             # Most frequent kinds first: this chain runs once per exit.
             if isinstance(exit, MmioRead):
