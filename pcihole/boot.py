@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Self
+from typing import Any, BinaryIO
 
 from pcihole import layout
+from pcihole.closing import Closeable
 from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
@@ -298,7 +299,7 @@ class _ReportingEcam(EcamDevice):
 
 
 # --- the VM ------------------------------------------------------------------------------
-class BootVm:
+class BootVm(Closeable):
     """A VM at the x86 reset state: RAM, the image below 4 GiB and its alias below 1 MiB.
 
     Gives an ``EcamWindow`` what it uses (``vm``, ``slots``, ``mmio``, ``memory_map``,
@@ -380,12 +381,6 @@ class BootVm:
             if memory is not None:
                 memory.close()
         self.ram = self.rom = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def check_image(image: bytes) -> None:
@@ -470,7 +465,7 @@ class BootResult:
         )
 
 
-class BootMachine:
+class BootMachine(Closeable):
     """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM."""
 
     def __init__(
@@ -609,12 +604,6 @@ class BootMachine:
         if window is not None:
             window.close()
         self.guest.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def main_boot(

@@ -16,7 +16,8 @@ import ctypes
 import mmap as _mmap
 import os
 import weakref
-from types import TracebackType
+
+from pcihole.closing import Closeable
 
 PAGE_SIZE = _mmap.PAGESIZE
 """The host's base page size (4 KiB on x86-64)."""
@@ -106,7 +107,7 @@ def _unmap_quietly(address: int, size: int) -> None:
     _munmap_fn(address, size)
 
 
-class Mapping:
+class Mapping(Closeable):
     """One host virtual address range, unmapped by :meth:`close` (idempotent)."""
 
     def __init__(self, address: int, size: int) -> None:
@@ -126,17 +127,6 @@ class Mapping:
         """Unmap the whole range (whatever is mapped inside it now). Safe to repeat."""
         if self._finalizer.detach() is not None:
             _raw_munmap(self.address, self.size)
-
-    def __enter__(self) -> Mapping:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"

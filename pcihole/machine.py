@@ -15,9 +15,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Self
+from typing import Protocol
 
 from pcihole import layout
+from pcihole.closing import Closeable
 from pcihole.guest.build import GuestProgram
 from pcihole.holes.accounting import resident_bytes
 from pcihole.holes.planner import Run, hole_runs
@@ -412,7 +413,7 @@ CONFIG_PORTS = 8
 """CF8-CFF."""
 
 
-class PciMachine:
+class PciMachine(Closeable):
     """One VM: RAM, a guest program in long mode, an ECAM window, CF8/CFC ports."""
 
     def __init__(
@@ -471,12 +472,6 @@ class PciMachine:
     def close(self) -> None:
         self.window.close()
         self.guest.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def shared_hole_memory_bytes(machines: Sequence[PciMachine]) -> int:

@@ -25,9 +25,9 @@ import os
 import stat
 import weakref
 from collections.abc import Iterator
-from types import TracebackType
 
 from pcihole import hostinfo, hostmem
+from pcihole.closing import Closeable
 from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE, HostMemError, Mapping
 
 ALL_ONES = 0xFF
@@ -204,7 +204,7 @@ def _release(fd: int | None, mapping: Mapping) -> None:
             os.close(fd)
 
 
-class AllOnesSource:
+class AllOnesSource(Closeable):
     """One immutable chunk of 0xff bytes, mapped read-only in this process.
 
     Make one with :meth:`create` (or :meth:`adopt_fd` for an fd received from elsewhere).
@@ -379,17 +379,6 @@ class AllOnesSource:
     def _check_open(self) -> None:
         if self.closed:
             raise HoleSourceError("all-ones source is closed")
-
-    def __enter__(self) -> AllOnesSource:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"at {self._mapping.address:#x}"

@@ -13,9 +13,9 @@ THP has no fd, so it cannot make a window: point many memslots at the chunk inst
 from __future__ import annotations
 
 import time
-from types import TracebackType
 
 from pcihole import hostmem
+from pcihole.closing import Closeable
 from pcihole.holes.source import AllOnesSource
 from pcihole.hostmem import HUGE_PAGE_SIZE, HostMemError, Mapping
 
@@ -35,7 +35,7 @@ def mapping_budget(*, map_limit: int | None = None, headroom: int = DEFAULT_MAP_
     return limit - hostmem.map_count() - headroom
 
 
-class HoleWindow:
+class HoleWindow(Closeable):
     """A read-only host range of ``size`` bytes tiled with an fd-backed all-ones source.
 
     Build one with :meth:`build`. ``address`` is ``phase`` modulo 2 MiB. The window does
@@ -159,17 +159,6 @@ class HoleWindow:
     def close(self) -> None:
         """Unmap the whole window. Safe to repeat."""
         self._reservation.close()
-
-    def __enter__(self) -> HoleWindow:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"at {self.address:#x}"

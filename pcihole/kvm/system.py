@@ -19,8 +19,8 @@ import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Self
 
+from pcihole.closing import Closeable
 from pcihole.kvm import abi, exits
 from pcihole.kvm.errors import KvmError
 
@@ -50,7 +50,7 @@ def _ioctl(fd: int, request: int, arg: int | ctypes.Structure, what: str) -> int
         raise KvmError(what, error.errno) from None
 
 
-class _FdObject:
+class _FdObject(Closeable):
     """Owns one fd; subclasses add what the fd can do."""
 
     _kind = "fd"
@@ -73,12 +73,6 @@ class _FdObject:
         if self._fd >= 0:
             self._fd = -1
             self._finalizer()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 class Kvm(_FdObject):

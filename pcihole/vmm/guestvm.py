@@ -9,9 +9,9 @@ from __future__ import annotations
 import struct
 import threading
 from collections.abc import Callable, Sequence
-from typing import Self
 
 from pcihole import layout
+from pcihole.closing import Closeable
 from pcihole.guest import longmode
 from pcihole.guest.build import GuestProgram, build
 from pcihole.kvm import CoalescedWrite, Kvm, Vm
@@ -20,7 +20,7 @@ from pcihole.vmm.bus import Bus
 from pcihole.vmm.runloop import RunLoop, RunResult
 
 
-class GuestVm:
+class GuestVm(Closeable):
     """One VM running ``program`` at ``ring`` with ``params`` in PARAM(1), PARAM(2), ..."""
 
     def __init__(
@@ -86,12 +86,6 @@ class GuestVm:
         if self.ram is not None:
             self.ram.close()
             self.ram = None
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def run_all(vms: Sequence[GuestVm], max_exits: int | None = None) -> list[RunResult]:
