@@ -268,7 +268,6 @@ class Vcpu(_FdObject):
         self.run_page = memoryview(self._run_map)
         self._ring_offset = vm.coalesced_mmio_page * mmap.PAGESIZE
         self._ring_entries = (mmap.PAGESIZE - _RING_HEAD.size) // _RING_ENTRY.size
-        self._last_io_data_offset = 0
         self._thread_id: int | None = None
 
     # --- registers ------------------------------------------------------------------------
