@@ -6,7 +6,10 @@ Bad input exits with status 2 and one line naming what was wrong; no tracebacks.
 from __future__ import annotations
 
 import argparse
+import grp
 import json
+import os
+import stat
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
@@ -17,7 +20,7 @@ from pcihole.boot import main_boot
 from pcihole.demo import render, run_demo
 from pcihole.holes.service import main_serve
 from pcihole.holes.slots import WRITE_MODES, HoleSlotError
-from pcihole.holes.source import Backing, unavailable_reason
+from pcihole.holes.source import Backing, HoleSourceError, unavailable_reason
 from pcihole.holes.strategy import STRATEGIES, StrategyError
 from pcihole.kvm import Kvm
 from pcihole.lspci_cmd import main_lspci
@@ -38,6 +41,41 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         raise SystemExit(EXIT_USAGE)
+
+
+def check_output_file(option: str, path: str | None) -> None:
+    """Refuse an output file that cannot be created, before any work is done."""
+    if path is None:
+        return
+    if not path:
+        raise UsageError(f"{option}: empty file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{option}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise UsageError(f"{option}: {path} is a directory")
+
+
+UNIX_PATH_MAX = 107
+"""Longest AF_UNIX socket path in bytes (sun_path is 108 bytes with its NUL)."""
+
+
+def check_socket_path(option: str, path: str) -> None:
+    """Refuse a socket path that cannot be listened on, before a source is made."""
+    if not path:
+        raise UsageError(f"{option}: empty path")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise UsageError(f"{option}: directory {directory} does not exist")
+    if len(os.fsencode(path)) > UNIX_PATH_MAX:
+        raise UsageError(f"{option}: {len(os.fsencode(path))} bytes is too long for a Unix "
+                         f"socket path (at most {UNIX_PATH_MAX})")  # fmt: skip
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise UsageError(f"{option}: {path} exists and is not a socket; not replacing it")
 
 
 def int_in_range(name: str, low: int, high: int) -> Callable[[str], int]:
@@ -163,9 +201,13 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     make_topology = _topology_factory(args)
     options = _machine_options(args)
     with Kvm() as kvm:
-        report = run_scan(
-            kvm, options, vms=args.vms, mode=args.mode, passes=args.passes, topology=make_topology
-        )
+        try:
+            report = run_scan(kvm, options, vms=args.vms, mode=args.mode, passes=args.passes,
+                              topology=make_topology)  # fmt: skip
+        except HoleSourceError as error:
+            if options.backing is None:
+                raise
+            raise UsageError(f"--backing {options.backing.value}: {error}") from None
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:
@@ -217,6 +259,7 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
 
 # --- demo and bench ------------------------------------------------------------------------
 def _cmd_demo(args: argparse.Namespace) -> int:
+    check_output_file("--json", args.json)
     result = run_demo(vms=args.vms, buses=args.buses)
     if args.json:
         with open(args.json, "w") as out:
@@ -226,6 +269,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    check_output_file("--json", args.json)
+    check_output_file("--plot", args.plot)
     if args.plot:
         try:
             import matplotlib  # noqa: F401 - fail before an hour of measuring, not after
@@ -276,6 +321,12 @@ def _cmd_boot(args: argparse.Namespace) -> int:
 
 # --- serve-holes ---------------------------------------------------------------------------
 def _cmd_serve_holes(args: argparse.Namespace) -> int:
+    check_socket_path("--socket", args.socket)
+    if args.group is not None and not args.group.isdigit():
+        try:
+            grp.getgrnam(args.group)
+        except KeyError:
+            raise UsageError(f"--group: no such group {args.group!r}") from None
     backing = None if args.backing == "auto" else args.backing
     return main_serve(args.socket, backing, args.group)
 

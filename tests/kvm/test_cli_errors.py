@@ -1,0 +1,192 @@
+"""Every subcommand fed wrong values: one line on stderr naming the option, status 2.
+
+One case per option and kind of mistake runs ``python -m pcihole ...`` in its own process,
+as a user would (side by side: the interpreter's start-up is most of their cost). Their
+variants run through ``pcihole.cli.main`` in this process, checked the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from pcihole import cli, layout
+from pcihole.holes import source as source_mod
+
+REPO_ROOT = str(Path(layout.__file__).resolve().parent.parent)
+CHILD_ENV = {
+    **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+    "PYTHONPATH": REPO_ROOT,
+    # compiled once, outside the checkout: a third of each child's start-up otherwise
+    "PYTHONPYCACHEPREFIX": os.path.join(tempfile.gettempdir(), "pcihole-test-pycache"),
+}
+WAIT = 60.0
+MISSING_DIR = "/nonexistent-pcihole-dir"
+LONG_SOCKET = "/tmp/" + "s" * 120 + ".sock"
+
+
+@dataclass(frozen=True)
+class Case:
+    args: tuple[str, ...]
+    names: str
+    """What the one line must mention: the option (or, for --device, the bad text)."""
+
+
+def case(command: str, names: str) -> Case:
+    return Case(tuple(command.split()), names)
+
+
+CASES: dict[str, Case] = {
+    # scan: numbers out of range or not numbers
+    "scan-buses-0": case("scan --buses 0", "--buses"),
+    "scan-buses-257": case("scan --buses 257", "--buses"),
+    "scan-buses-hex-257": case("scan --buses 0x101", "--buses"),
+    "scan-buses-negative": case("scan --buses -1", "--buses"),
+    "scan-buses-word": case("scan --buses many", "--buses"),
+    "scan-vms-0": case("scan --vms 0", "--vms"),
+    "scan-vms-257": case("scan --vms 257", "--vms"),
+    "scan-vms-huge": case("scan --vms 99999999999999999999999", "--vms"),
+    "scan-vms-float": case("scan --vms 1e3", "--vms"),
+    "scan-passes-0": case("scan --passes 0", "--passes"),
+    "scan-ring-1": case("scan --ring 1", "--ring"),
+    # scan: unknown names
+    "scan-strategy": case("scan --strategy holes", "--strategy"),
+    "scan-backing": case("scan --backing ramdisk", "--backing"),
+    "scan-mode": case("scan --mode sideways", "--mode"),
+    "scan-present": case("scan --present mirrored", "--present"),
+    "scan-writes": case("scan --writes drop", "--writes"),
+    "scan-unknown-option": case("scan --holes 3", "--holes"),
+    # scan: malformed devices
+    "device-no-model": case("scan --buses 4 --device 00:02.0", "--device"),
+    "device-bad-address": case("scan --buses 4 --device 00:20.0=nvme", "--device"),
+    "device-unknown-model": case("scan --buses 4 --device 00:02.0=gpu", "--device"),
+    "device-bad-key": case("scan --buses 4 --device 00:02.0=nvme,bus=1", "--device"),
+    "device-bad-number": case("scan --buses 4 --device 00:1c.0=root-port,bus=one", "--device"),
+    "device-outside-window": case("scan --buses 4 --device 04:00.0=nvme", "--device"),
+    "device-twice": case("scan --buses 4 --device 00:02.0=nvme --device 00:02.0=nvme", "--device"),
+    "device-no-function-0": case("scan --buses 4 --device 00:02.3=nvme", "--device"),
+    "device-unreachable-bus": case("scan --buses 4 --device 02:00.0=nvme", "--device"),
+    # demo and bench
+    "demo-vms-0": case("demo --vms 0", "--vms"),
+    "demo-vms-huge": case("demo --vms 100000", "--vms"),
+    "demo-buses-257": case("demo --buses 257", "--buses"),
+    "demo-json-missing-dir": case(f"demo --vms 1 --buses 1 --json {MISSING_DIR}/d.json", "--json"),
+    "bench-max-vms-0": case("bench --max-vms 0", "--max-vms"),
+    "bench-max-vms-65": case("bench --max-vms 65", "--max-vms"),
+    "bench-repeats-0": case("bench --repeats 0", "--repeats"),
+    "bench-json-missing-dir": case(f"bench --quick --json {MISSING_DIR}/b.json", "--json"),
+    "bench-plot-missing-dir": case(f"bench --quick --plot {MISSING_DIR}/b.png", "--plot"),
+    "bench-json-is-a-dir": case("bench --quick --json /tmp", "--json"),
+    # lspci
+    "lspci-buses-0": case("lspci --buses 0", "--buses"),
+    "lspci-buses-257": case("lspci --buses 257", "--buses"),
+    "lspci-device": case("lspci --buses 2 --device 00:00.0=host-bridge,x=1", "--device"),
+    # serve-holes
+    "serve-no-socket": case("serve-holes", "--socket"),
+    "serve-backing-thp": case("serve-holes --socket /tmp/x.sock --backing thp", "--backing"),
+    "serve-socket-missing-dir": case(f"serve-holes --socket {MISSING_DIR}/s.sock", "--socket"),
+    "serve-socket-not-a-socket": case("serve-holes --socket /etc/hostname", "--socket"),
+    "serve-socket-too-long": case(f"serve-holes --socket {LONG_SOCKET}", "--socket"),
+    "serve-group": case(
+        "serve-holes --socket /tmp/pcihole-x.sock --group no-such-grp-x", "--group"
+    ),
+    # no such command
+    "no-command": case("", "command"),
+    "unknown-command": case("holes", "command"),
+}
+
+
+IN_PROCESS = {
+    "scan-buses-hex-257", "scan-buses-negative", "scan-buses-word", "scan-vms-257",
+    "scan-vms-float", "scan-passes-0", "scan-ring-1", "scan-present", "scan-writes",
+    "scan-unknown-option", "device-no-model", "device-unknown-model", "device-bad-key",
+    "device-bad-number", "device-outside-window", "device-no-function-0",
+    "device-unreachable-bus", "demo-vms-huge", "bench-max-vms-65", "bench-repeats-0",
+    "bench-json-is-a-dir", "lspci-buses-257", "serve-socket-too-long", "no-command",
+}  # fmt: skip
+"""Variants of a mistake another case already makes in a process of its own."""
+
+
+def run_in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            status = cli.main(list(args))
+        except SystemExit as exit:
+            status = exit.code if isinstance(exit.code, int) else 1
+    return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
+
+
+def run_case(args: tuple[str, ...], cwd: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pcihole", *args],
+        capture_output=True, text=True, env=CHILD_ENV, timeout=WAIT, cwd=cwd,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> Iterator[dict[str, subprocess.CompletedProcess[str]]]:
+    """Every case's process, run four at a time."""
+    assert not os.path.exists(MISSING_DIR)
+    with tempfile.TemporaryDirectory(prefix="ph-cli-") as cwd, ThreadPoolExecutor(4) as pool:
+        futures = {
+            name: pool.submit(run_case, c.args, cwd)
+            for name, c in CASES.items()
+            if name not in IN_PROCESS
+        }
+        results = {name: future.result() for name, future in futures.items()}
+        results.update({name: run_in_process(CASES[name].args) for name in IN_PROCESS})
+        yield results
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_naming_the_option(
+    outcomes: dict[str, subprocess.CompletedProcess[str]], name: str
+) -> None:
+    result = outcomes[name]
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and result.stderr.endswith("\n"), result.stderr
+    assert lines[0].startswith("pcihole"), lines[0]
+    assert "error" in lines[0]
+    assert CASES[name].names in lines[0], lines[0]
+
+
+def test_no_socket_file_was_left_by_refused_services() -> None:
+    assert not os.path.exists("/tmp/x.sock")
+    assert not os.path.exists("/tmp/pcihole-x.sock")
+    assert not os.path.exists(LONG_SOCKET)
+
+
+def test_unavailable_forced_backing_names_the_option() -> None:
+    """``--backing hugetlb`` without a free huge page is bad input, not a crash."""
+    if source_mod.unavailable_reason(source_mod.Backing.HUGETLB) is None:
+        pytest.skip("a huge page is free here: hugetlb is available")
+    result = run_case(("scan", "--buses", "1", "--backing", "hugetlb"), "/tmp")
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "--backing hugetlb" in result.stderr and "no free 2 MiB huge pages" in result.stderr
+
+
+def test_an_unreachable_service_is_not_an_error_but_is_said() -> None:
+    """``scan --socket`` with nobody there falls back to a private chunk, saying so."""
+    result = run_case(
+        ("scan", "--buses", "2", "--backing", "memfd", "--socket", f"{MISSING_DIR}/s.sock"),
+        "/tmp",
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"cannot reach the hole service at {MISSING_DIR}/s.sock" in result.stdout
+    assert "using a private memfd source" in result.stdout
