@@ -417,7 +417,9 @@ def main_serve(socket_path: str, backing: str | None, group: str | None) -> int:
             )
 
         try:
-            stats = serve(socket_path, source, group=group, on_ready=announce)
+            # A group is given so that its members can connect: rw for the group too.
+            mode = 0o600 if group is None else 0o660
+            stats = serve(socket_path, source, mode=mode, group=group, on_ready=announce)
         except HoleServiceError as exc:
             print(f"serve-holes: {exc}", file=sys.stderr)
             return 1
