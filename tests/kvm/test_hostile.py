@@ -1,0 +1,510 @@
+"""Hostile guests in real VMs, each next to a healthy VM that must still finish its scan.
+
+The hostile guests (``guest/asm/hostile.S``, ``fault.S``, ``holes_probe.S``) make random
+accesses of every width at random places of the ECAM window, storm the holes with writes,
+hammer config registers, race a hot-plug, triple-fault, execute from a hole or never stop.
+Whatever they do, the monitor must answer like a plain model of PCI would, report why a
+guest stopped, and leave the other VM alone.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import pytest
+
+from pcihole import layout
+from pcihole.holes.slots import HoleWrite
+from pcihole.kvm import Kvm
+from pcihole.machine import MachineOptions, PciMachine
+from pcihole.pci.bdf import Bdf
+from pcihole.pci.config import (
+    CLASS_CODE,
+    DEVICE_ID,
+    HEADER_TYPE,
+    REVISION_ID,
+    VENDOR_ID,
+    ConfigSpace,
+)
+from pcihole.pci.devices import MODELS
+from pcihole.pci.topology import Topology
+from pcihole.scan import RECORD, RECURSIVE_RESULTS_OFFSET
+from pcihole.vmm.runloop import RunResult, StopReason
+
+BUSES = 16
+"""Small enough that trapping modes stay quick, big enough for many hole runs."""
+RANDOM, WRITE_HOLES, HAMMER = range(3)
+LOG = struct.Struct("<IBBHQ")
+MAX_OPS = layout.RESULTS_SIZE // LOG.size
+WATCHDOG_SECONDS = 20.0
+"""Nothing here takes more than a second or two; past this a guest is hung."""
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def scan_params(buses: int = BUSES, passes: int = 1, mode: int = 2) -> list[int]:
+    """scan.S: ECAM base, buses, mode (2: brute force then recursive), passes."""
+    return [layout.ECAM_BASE, buses, mode, passes]
+
+
+def expected_records(topology: Topology) -> list[tuple[int, int, int, int]]:
+    """What scan.S must record for ``topology``: bdf bits, IDs, class dword, header dword."""
+    return [
+        (f.bdf.bus << 8 | f.bdf.devfn, f.config.read(0, 4), f.config.read(8, 4),
+         f.config.read(12, 4))
+        for f in topology
+    ]  # fmt: skip
+
+
+def read_records(machine: PciMachine, count: int, offset: int) -> list[tuple[int, int, int, int]]:
+    raw = machine.guest.results(RECORD.size * count, offset)
+    return sorted(RECORD.unpack_from(raw, i * RECORD.size) for i in range(count))
+
+
+class Healthy:
+    """A well-behaved VM enumerating the default topology twice (brute force, recursive)."""
+
+    def __init__(self, kvm: Kvm, options: MachineOptions | None = None) -> None:
+        options = options or MachineOptions(buses=BUSES)
+        self.machine = PciMachine(
+            kvm, Topology.default(options.buses), options, "scan", scan_params(options.buses),
+            name="healthy",
+        )  # fmt: skip
+        self.expected = expected_records(Topology.default(options.buses))
+
+    def check(self, result: RunResult) -> None:
+        assert result.reason is StopReason.DONE, f"healthy VM: {result.detail}"
+        found_brute, probes, found_recursive, _ = result.syncs
+        assert probes == self.machine.options.buses * 256
+        assert found_brute == found_recursive == len(self.expected)
+        assert read_records(self.machine, found_brute, 0) == self.expected
+        assert read_records(self.machine, found_recursive, RECURSIVE_RESULTS_OFFSET) == (
+            self.expected
+        )
+
+    def close(self) -> None:
+        self.machine.close()
+
+
+@dataclass
+class SideBySide:
+    """Results of a hostile and a healthy VM run at the same time."""
+
+    hostile: RunResult
+    healthy: RunResult
+    stopped_by_monitor: bool
+    seconds: float
+
+
+def run_side_by_side(
+    hostile: PciMachine, healthy: Healthy, *, stop_after: float = WATCHDOG_SECONDS
+) -> SideBySide:
+    """Run both VMs on their own threads. The monitor stops the hostile one once the
+    healthy one is done and ``stop_after`` seconds have passed since the start."""
+    results: dict[str, RunResult] = {}
+    stopped = threading.Event()
+
+    def run(name: str, machine: PciMachine) -> None:
+        results[name] = machine.run()
+
+    threads = {
+        name: threading.Thread(target=run, args=(name, machine), name=name)
+        for name, machine in (("hostile", hostile), ("healthy", healthy.machine))
+    }
+    started = time.monotonic()
+    for thread in threads.values():
+        thread.start()
+    threads["healthy"].join(WATCHDOG_SECONDS)
+    left = stop_after - (time.monotonic() - started)
+    threads["hostile"].join(max(left, 0.0))
+    if threads["hostile"].is_alive():
+        stopped.set()
+        hostile.request_stop()
+    for thread in threads.values():
+        thread.join(WATCHDOG_SECONDS)
+        assert not thread.is_alive(), f"{thread.name} VM hangs even after a stop request"
+    elapsed = time.monotonic() - started
+    return SideBySide(results["hostile"], results["healthy"], stopped.is_set(), elapsed)
+
+
+# -- random accesses against a plain model --------------------------------------------------
+
+
+@dataclass
+class Op:
+    offset: int
+    width: int
+    is_write: bool
+    value: int
+
+
+@dataclass
+class Replay:
+    """What a plain model of PCI says about a log of accesses."""
+
+    mismatches: list[str] = field(default_factory=list)
+    hole_writes: list[tuple[int, int, bytes]] = field(default_factory=list)
+    reads: int = 0
+    writes: int = 0
+
+
+def read_log(machine: PciMachine, count: int) -> list[Op]:
+    raw = machine.guest.results(LOG.size * count)
+    ops = []
+    for index in range(count):
+        offset, width, is_write, pad, value = LOG.unpack_from(raw, index * LOG.size)
+        assert width in (1, 2, 4, 8) and is_write in (0, 1) and pad == 0, f"bad record {index}"
+        ops.append(Op(offset, width, bool(is_write), value))
+    return ops
+
+
+def replay(ops: Sequence[Op], model: dict[int, ConfigSpace]) -> Replay:
+    """Apply ``ops`` to ``model`` (page number -> config space) byte by byte through
+    ``ConfigSpace.write``; holes read all ones and drop writes. Every read must return
+    what the model holds at that moment."""
+    out = Replay()
+    for index, op in enumerate(ops):
+        addresses = range(op.offset, op.offset + op.width)
+        if op.is_write:
+            out.writes += 1
+            pieces: dict[int, list[int]] = {}
+            for byte, address in enumerate(addresses):
+                pieces.setdefault(address >> 12, []).append(address)
+                config = model.get(address >> 12)
+                if config is not None:
+                    config.write(address & 0xFFF, 1, op.value >> (8 * byte) & 0xFF)
+            start = 0
+            for page, where in pieces.items():
+                data = bytes(op.value >> (8 * (start + i)) & 0xFF for i in range(len(where)))
+                if page not in model:
+                    out.hole_writes.append((where[0], len(where), data))
+                start += len(where)
+        else:
+            out.reads += 1
+            expected = 0
+            for byte, address in enumerate(addresses):
+                config = model.get(address >> 12)
+                value = 0xFF if config is None else config.read(address & 0xFFF, 1)
+                expected |= value << (8 * byte)
+            if expected != op.value:
+                out.mismatches.append(
+                    f"op {index}: {op.width}-byte read at {op.offset:#x} gave {op.value:#x}, "
+                    f"the model says {expected:#x}"
+                )
+    return out
+
+
+def page_models(topology: Topology) -> dict[int, ConfigSpace]:
+    return {f.bdf.ecam_offset >> 12: f.config for f in topology}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "present", "buses", "ops", "seed"),
+    [
+        ("shared", "mirror", 16, 20000, 0x1234_5678),
+        ("shared", "mirror", 4, 20000, 0xDEAD_BEEF),
+        ("trap", "trap", 4, 4000, 0xC0FFEE),  # every access exits: the slow path, fewer ops
+    ],
+)
+def test_random_accesses_read_what_a_plain_model_says(
+    kvm: Kvm, strategy: str, present: str, buses: int, ops: int, seed: int
+) -> None:
+    """Random reads and writes of 1, 2, 4 and 8 bytes at random offsets, at ring 3, some
+    crossing from a function's page into a hole. Replayed against a fresh topology with
+    the same writes: every read is what the model held; every hole write reached the
+    monitor once, in order; the machine's models end as the plain model does."""
+    topology = Topology.default(buses)
+    favoured = topology.present_offsets()
+    params = [RANDOM, layout.ECAM_BASE, layout.ecam_size(buses), ops, seed, len(favoured),
+              *favoured]  # fmt: skip
+    options = MachineOptions(buses=buses, strategy=strategy, present=present)
+    healthy = Healthy(kvm)
+    try:
+        with PciMachine(kvm, topology, options, "hostile", params, name="hostile") as machine:
+            seen: list[tuple[int, int, bytes]] = []
+
+            def record(write: HoleWrite) -> None:
+                seen.append((write.address - layout.ECAM_BASE, write.size, write.data))
+
+            machine.hole_writes.observe(record)
+            runs = run_side_by_side(machine, healthy)
+            assert runs.hostile.reason is StopReason.DONE, runs.hostile.detail
+            assert runs.hostile.syncs == [ops]
+            log = read_log(machine, ops)
+            plain = Topology.default(buses)
+            result = replay(log, page_models(plain))
+            assert result.mismatches == []
+            assert result.reads > ops // 3 and result.writes > ops // 3
+            # Some accesses crossed a page: the model had a hole piece and a device piece.
+            crossing = [op for op in log if op.offset >> 12 != (op.offset + op.width - 1) >> 12]
+            assert crossing
+            assert seen == result.hole_writes
+            assert machine.hole_writes.count == len(result.hole_writes)
+            for function in plain:
+                mine = machine.topology.get(function.bdf)
+                assert mine is not None
+                assert mine.config.snapshot() == function.config.snapshot(), function.bdf
+                if present == "mirror":
+                    page = machine.window.mirrors[function.bdf].page
+                    assert page.read(page.base, layout.PAGE_SIZE) == function.config.snapshot()
+            strategy_object = machine.strategy
+            assert strategy_object is not None
+            if strategy == "shared":
+                strategy_object.memory.source.verify()  # type: ignore[attr-defined]
+        healthy.check(runs.healthy)
+    finally:
+        healthy.close()
+
+
+def test_the_replay_catches_a_wrong_read() -> None:
+    """The model is not a tautology: one wrong value in the log is found."""
+    model = page_models(Topology.default(BUSES))
+    ops = [Op(0, 4, False, 0x29C08086), Op(0x1000, 2, False, 0xFFFF), Op(0x0, 2, False, 0x8087)]
+    assert len(replay(ops, model).mismatches) == 1
+    # and a write to a read-only register does not change what is read next
+    model = page_models(Topology.default(BUSES))
+    ops = [Op(0, 2, True, 0x1234), Op(0, 2, False, 0x1234)]
+    assert len(replay(ops, model).mismatches) == 1
+
+
+# -- write storms ---------------------------------------------------------------------------
+
+STORM = 20000
+"""Writes per storming VM: more than a hundred times the coalesced ring (169 here)."""
+
+
+def test_write_storms_into_holes_lose_nothing(kvm: Kvm) -> None:
+    """Two VMs storm the holes above the last used bus (one hole run) at once, each far
+    past the ring size, while a third VM scans. Every write reaches its own VM's monitor
+    once, in guest order; the all-ones chunk is unchanged."""
+    topology = Topology.default(BUSES)
+    last_used = max(f.bdf.bus for f in topology)
+    start = layout.ecam_size(last_used + 1)
+    size = layout.ecam_size(BUSES) - start
+    params = [2, layout.ECAM_BASE + start, size, STORM]  # holes_probe: write storm
+    options = MachineOptions(buses=BUSES)
+    healthy = Healthy(kvm)
+    storms = [
+        PciMachine(kvm, Topology.default(BUSES), options, "holes_probe", params, name=f"storm{i}")
+        for i in range(2)
+    ]
+    try:
+        values: list[list[int]] = [[], []]
+        addresses: list[set[int]] = [set(), set()]
+        for index, machine in enumerate(storms):
+            ring = machine.guest.vcpu.ring_capacity
+            assert 100 * ring < STORM
+
+            def record(write: HoleWrite, index: int = index) -> None:
+                values[index].append(int.from_bytes(write.data, "little"))
+                addresses[index].add(write.address)
+
+            machine.hole_writes.observe(record)
+        results: dict[str, RunResult] = {}
+        threads = [
+            threading.Thread(target=lambda m=m: results.__setitem__(m.guest.name, m.run()))
+            for m in [*storms, healthy.machine]
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(WATCHDOG_SECONDS)
+        for machine in storms:
+            assert results[machine.guest.name].reason is StopReason.DONE
+        for index, machine in enumerate(storms):
+            assert values[index] == list(range(STORM))  # none lost, none twice, in order
+            assert machine.hole_writes.count == STORM
+            assert min(addresses[index]) == layout.ECAM_BASE + start
+            assert max(addresses[index]) < layout.ECAM_BASE + start + size
+            # writes left the guest only when the ring was full
+            assert 0 < machine.ecam.exits.hole_writes <= STORM // ring + 1
+            for function in machine.topology:  # the storm touched no model
+                fresh = Topology.default(BUSES).get(function.bdf)
+                assert fresh is not None
+                assert function.config.snapshot() == fresh.config.snapshot()
+        source = storms[0].strategy.memory.source  # type: ignore[union-attr]
+        source.verify()
+        healthy.check(results["healthy"])
+    finally:
+        for machine in storms:
+            machine.close()
+        healthy.close()
+
+
+# -- read-only registers and BAR sizing -----------------------------------------------------
+
+HAMMERED = ["02:00.0", "00:1c.0", "00:1f.2", "00:00.0"]
+"""nvme (64-bit BAR, MSI-X), a root port (bridge windows, bus numbers), AHCI (I/O BARs),
+the host bridge (PCIEXBAR)."""
+
+
+@pytest.mark.parametrize("address", HAMMERED)
+def test_all_ones_everywhere_leaves_identity_and_sizes_every_bar(kvm: Kvm, address: str) -> None:
+    """The guest writes all ones at every offset of a function's page with every width.
+    Identity registers keep their values, every BAR reads back its size mask, the
+    mirror shows the model, and the model is what ConfigSpace.write alone makes of it."""
+    bdf = Bdf.parse(address)
+    ones = (1 << 64) - 1
+    params = [HAMMER, layout.ECAM_BASE, layout.ecam_size(BUSES), bdf.ecam_offset, ones]
+    healthy = Healthy(kvm)
+    try:
+        with PciMachine(kvm, Topology.default(BUSES), MachineOptions(buses=BUSES), "hostile",
+                        params, name="hostile") as machine:  # fmt: skip
+            runs = run_side_by_side(machine, healthy)
+            assert runs.hostile.reason is StopReason.DONE, runs.hostile.detail
+            writes = 4096 + 2048 + 1024 + 512
+            assert runs.hostile.syncs == [writes]
+            assert machine.ecam.exits.device_writes == writes
+            function = machine.topology.get(bdf)
+            assert function is not None
+            config = function.config
+            fresh = Topology.default(BUSES).get(bdf)
+            assert fresh is not None
+            for register, size in ((VENDOR_ID, 2), (DEVICE_ID, 2), (REVISION_ID, 1),
+                                   (CLASS_CODE, 3), (HEADER_TYPE, 1)):  # fmt: skip
+                for byte in range(size):
+                    assert config.read(register + byte, 1) == fresh.config.read(register + byte, 1)
+            if bdf != Bdf(0, 0, 0):  # the host bridge has none
+                assert config.bars, "hammered a function without BARs"
+            for bar in config.bars:
+                width_mask = (1 << (8 * bar.width)) - 1
+                sized = width_mask & ~(bar.size - 1) & ~bar.type_mask | bar.type_bits
+                assert config.read(bar.offset, bar.width) == sized, bar
+            plain = fresh.config
+            for width in (1, 2, 4, 8):
+                for offset in range(0, 4096, width):
+                    plain.write(offset, width, ones >> (64 - 8 * width))
+            assert config.snapshot() == plain.snapshot()
+            page = machine.window.mirrors[bdf].page
+            assert page.read(page.base, layout.PAGE_SIZE) == config.snapshot()
+        healthy.check(runs.healthy)
+    finally:
+        healthy.close()
+
+
+# -- hot-plug during a scan -----------------------------------------------------------------
+
+PLUGGED = "00:03.0"
+PASSES = 40
+
+
+def test_hot_plug_while_a_guest_scans(kvm: Kvm) -> None:
+    """A function is plugged and unplugged from another thread, over and over, while a
+    ring-3 guest enumerates the window by brute force pass after pass. Each pass finds
+    the fixed functions exactly and the plugged one or not; nothing else ever shows."""
+    topology = Topology.default(BUSES)
+    fixed = expected_records(Topology.default(BUSES))
+    bdf = Bdf.parse(PLUGGED)
+    model = MODELS["virtio-blk"]
+    probe_topology = Topology.default(BUSES)
+    probe_topology.add(model.build(bdf))
+    with_plugged = expected_records(probe_topology)
+    plugged_record = next(r for r in with_plugged if r not in fixed)
+    params = scan_params(passes=PASSES, mode=0)
+    passes: list[list[tuple[int, int, int, int]]] = []
+    counts: list[int] = []
+    with PciMachine(kvm, topology, MachineOptions(buses=BUSES), "scan", params) as machine:
+        changes = threading.Semaphore(0)
+
+        def on_sync(value: int) -> None:  # the vCPU waits while this runs
+            counts.append(value)
+            if len(counts) % 2 == 1:  # sync(found), then sync(probes)
+                passes.append(read_records(machine, value, 0))
+                # Let the next pass start only once the window has changed again, so
+                # that passes and changes interleave whatever their speeds.
+                changes.acquire(timeout=1.0)
+
+        machine.guest.on_sync(on_sync)
+        stop = threading.Event()
+        plugs = [0]
+
+        def plugger() -> None:
+            while not stop.is_set():
+                machine.hot_plug(model.build(bdf))
+                plugs[0] += 1
+                changes.release()
+                machine.hot_unplug(bdf)
+                changes.release()
+
+        worker = threading.Thread(target=plugger)
+        worker.start()
+        try:
+            result = machine.run()
+        finally:
+            stop.set()
+            worker.join(WATCHDOG_SECONDS)
+        assert result.reason is StopReason.DONE, result.detail
+        assert plugs[0] >= PASSES // 4
+        assert counts[1::2] == [BUSES * 256] * PASSES
+        shapes = set()
+        for records in passes:
+            extra = [r for r in records if r not in fixed]
+            assert [r for r in records if r in fixed] == fixed
+            # The plugged function, if seen, reads as itself; each later dword of its
+            # record reads either its real value or all ones (a change may land between
+            # two reads, as on real hardware), never anything else.
+            for record in extra:
+                assert record[0] == plugged_record[0]
+                for got, real in zip(record[1:], plugged_record[1:], strict=True):
+                    assert got in (real, 0xFFFFFFFF), (record, plugged_record)
+            assert len(extra) <= 1
+            shapes.add(len(extra))
+        assert len(passes) == PASSES
+        assert 1 in shapes, "no pass ran while the function was plugged"
+
+
+# -- guests that fail, and one that never stops ---------------------------------------------
+
+HOLE_PAGE = 0x5000
+"""00:00.5: a hole in the middle of the root bus."""
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "ring", "strategy", "reasons"),
+    [
+        ("triple-fault", [4], 0, "shared", {StopReason.SHUTDOWN}),
+        ("execute-hole-shared", [6, layout.ECAM_BASE + HOLE_PAGE], 3, "shared",
+         {StopReason.GUEST_EXCEPTION}),
+        ("execute-hole-trap", [6, layout.ECAM_BASE + HOLE_PAGE], 3, "trap",
+         {StopReason.KVM_ERROR}),
+        ("execute-config-page", [6, layout.ECAM_BASE], 3, "shared",
+         set(StopReason) - {StopReason.DONE}),
+        ("loop-forever", [3], 3, "shared", {StopReason.INTERRUPTED}),
+        ("exception-ring0", [1], 0, "shared", {StopReason.GUEST_EXCEPTION}),
+    ],
+)  # fmt: skip
+def test_a_failing_guest_is_reported_and_its_neighbour_finishes(
+    kvm: Kvm, name: str, params: list[int], ring: int, strategy: str, reasons: set[StopReason]
+) -> None:
+    """A guest that triple-faults, executes from a hole (all ones decode as an invalid
+    opcode; under trap there is no memory to fetch from at all), executes a function's
+    config page, faults, or loops forever: each ends with a reason and a description, the
+    monitor never hangs, and the healthy VM beside it enumerates correctly."""
+    options = MachineOptions(buses=BUSES, strategy=strategy, ring=ring)
+    healthy = Healthy(kvm, MachineOptions(buses=BUSES, strategy=strategy))
+    try:
+        with PciMachine(kvm, Topology.default(BUSES), options, "fault", params,
+                        name=name) as machine:  # fmt: skip
+            runs = run_side_by_side(machine, healthy, stop_after=1.0)
+        result = runs.hostile
+        assert result.reason in reasons, f"{name}: {result.reason}: {result.detail}"
+        assert result.detail
+        assert runs.stopped_by_monitor == (
+            name in ("loop-forever", "execute-config-page")
+            and result.reason is StopReason.INTERRUPTED
+        )
+        if name == "loop-forever":
+            assert result.detail == "stopped by the monitor"
+        if name.startswith("execute-hole"):
+            assert f"{layout.ECAM_BASE + HOLE_PAGE:#x}" in result.detail
+        if name == "execute-hole-shared":
+            assert result.exception is not None and result.exception.name == "#UD"
+        assert runs.seconds < WATCHDOG_SECONDS
+        healthy.check(runs.healthy)
+    finally:
+        healthy.close()
