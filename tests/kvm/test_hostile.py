@@ -9,11 +9,16 @@ guest stopped, and leave the other VM alone.
 
 from __future__ import annotations
 
+import json
+import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -508,3 +513,44 @@ def test_a_failing_guest_is_reported_and_its_neighbour_finishes(
         healthy.check(runs.healthy)
     finally:
         healthy.close()
+
+
+# -- load --------------------------------------------------------------------------------------
+
+LOAD = Path(__file__).resolve().parents[2] / "benchmarks" / "load.py"
+
+
+def test_load_small_every_vm_finds_everything_and_one_chunk_serves_all(tmp_path: Path) -> None:
+    """benchmarks/load.py, small: 2 VMs in one process, then 2 processes x 2 VMs, one
+    service, 16 buses, all scanning at once. Each VM finds exactly the configured
+    functions, one chunk file serves them all and its Pss over every process adds up to
+    at most the chunk."""
+    out = tmp_path / "load.json"
+    run = subprocess.run(
+        [sys.executable, str(LOAD), "--one-process-vms", "2", "--processes", "2", "--vms", "2",
+         "--buses", "16", "--json", str(out)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(LOAD.parents[1])},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert report["ok"] is True
+    phases = {phase["phase"]: phase for phase in report["phases"]}
+    assert set(phases) == {"one process", "processes"}
+    for phase, vms in (("one process", 2), ("processes", 4)):
+        data = phases[phase]
+        assert data["vms"] == data["vms_found_exactly"] == vms
+        assert data["functions_per_vm"] == len(Topology.default(16))
+        assert data["errors"] == []
+        assert data["chunk_files"] == 1
+        assert 0 < data["chunk_pss_kib_sum"] <= data["chunk_kib"] == 2048
+        # every worker maps the chunk into its window (128 times) plus once on its own
+        workers = list(data["vmhwm_kib_by_worker"])
+        assert len(workers) == data["processes"]
+        for pid in workers:
+            assert data["chunk_mappings_by_process"][pid] == 129
+            assert data["vmhwm_kib_by_worker"][pid] > 0
+        assert "from the hole service" in data["hole_memory_detail"]
+        assert data["duration_seconds"] > data["scan_seconds"] > 0
+        assert data["mem_available_low_kib"] > 0
+        assert all(data["checks"].values())
