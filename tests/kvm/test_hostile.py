@@ -401,7 +401,8 @@ PASSES = 40
 def test_hot_plug_while_a_guest_scans(kvm: Kvm) -> None:
     """A function is plugged and unplugged from another thread, over and over, while a
     ring-3 guest enumerates the window by brute force pass after pass. Each pass finds
-    the fixed functions exactly and the plugged one or not; nothing else ever shows."""
+    the fixed functions exactly and the plugged one or not; nothing else ever shows. A
+    neighbour VM with the same topology scans meanwhile and sees no change at all."""
     topology = Topology.default(BUSES)
     fixed = expected_records(Topology.default(BUSES))
     bdf = Bdf.parse(PLUGGED)
@@ -436,13 +437,25 @@ def test_hot_plug_while_a_guest_scans(kvm: Kvm) -> None:
                 machine.hot_unplug(bdf)
                 changes.release()
 
-        worker = threading.Thread(target=plugger)
-        worker.start()
+        healthy = Healthy(kvm)
+        neighbour: list[RunResult] = []
+        threads = [
+            threading.Thread(target=plugger),
+            threading.Thread(target=lambda: neighbour.append(healthy.machine.run())),
+        ]
+        for thread in threads:
+            thread.start()
         try:
             result = machine.run()
+            stop.set()
+            for thread in threads:
+                thread.join(WATCHDOG_SECONDS)
+            healthy.check(neighbour[0])
         finally:
             stop.set()
-            worker.join(WATCHDOG_SECONDS)
+            for thread in threads:
+                thread.join(WATCHDOG_SECONDS)
+            healthy.close()
         assert result.reason is StopReason.DONE, result.detail
         assert plugs[0] >= PASSES // 4
         assert counts[1::2] == [BUSES * 256] * PASSES
