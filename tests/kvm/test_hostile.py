@@ -508,7 +508,7 @@ def test_a_failing_guest_is_reported_and_its_neighbour_finishes(
     try:
         with PciMachine(kvm, Topology.default(BUSES), options, "fault", params,
                         name=name) as machine:  # fmt: skip
-            runs = run_side_by_side(machine, healthy, stop_after=1.0)
+            runs = run_side_by_side(machine, healthy, stop_after=0.3)
         result = runs.hostile
         assert result.reason in reasons, f"{name}: {result.reason}: {result.detail}"
         assert result.detail
