@@ -30,6 +30,7 @@ _libc.ioctl.restype = ctypes.c_int
 _ioctl_raw = _libc.ioctl
 _KVM_RUN = abi.KVM_RUN
 _decode = exits.decode
+_MMIO_DATA = abi.MMIO_DATA_OFFSET
 _get_ident = threading.get_ident
 
 # The signal used to kick a vCPU thread out of KVM_RUN. Its handler does nothing: the
@@ -306,10 +307,14 @@ class Vcpu(_FdObject):
     def complete_read(self, exit: exits.IoIn | exits.MmioRead, data: bytes) -> None:
         """Give the guest the bytes its port or MMIO read returns (before the next run)."""
         if isinstance(exit, exits.MmioRead):
-            self.run_page[abi.MMIO_DATA_OFFSET : abi.MMIO_DATA_OFFSET + exit.size] = data
+            self.complete_mmio_read(data)
         else:
             offset = struct.unpack_from("<Q", self.run_page, abi.RUN_EXIT_OFFSET + 8)[0]
             self.run_page[offset : offset + len(data)] = data
+
+    def complete_mmio_read(self, data: bytes) -> None:
+        """Give the guest the bytes its MMIO read returns (the run loop's hot path)."""
+        self._run_map[_MMIO_DATA : _MMIO_DATA + len(data)] = data
 
     def request_stop(self) -> None:
         """Make the running (or next) KVM_RUN return ``Interrupted``; callable from any thread."""

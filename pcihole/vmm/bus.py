@@ -90,6 +90,9 @@ class Bus:
         return mapping
 
     def read(self, address: int, size: int) -> int:
+        last = self._last_hit  # the common case, inlined: once per exit
+        if last is not None and last.base <= address and address + size <= last.end:
+            return last.device.read(address - last.base, size)
         mapping = self.find(address, size)
         if mapping is None:
             self.unclaimed += 1
@@ -97,6 +100,10 @@ class Bus:
         return mapping.device.read(address - mapping.base, size)
 
     def write(self, address: int, size: int, value: int) -> None:
+        last = self._last_hit
+        if last is not None and last.base <= address and address + size <= last.end:
+            last.device.write(address - last.base, size, value)
+            return
         mapping = self.find(address, size)
         if mapping is None:
             self.unclaimed += 1

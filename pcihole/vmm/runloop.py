@@ -162,6 +162,7 @@ class RunLoop:
         counts = self.counts
         ports, mmio = self.ports, self.mmio
         complete_read = self.vcpu.complete_read
+        complete_mmio_read = self.vcpu.complete_mmio_read
         # The VM's live set of zones: windows placed or moved mid-run are drained too.
         zones = self.vcpu.vm.coalesced_zones
         drain = self.drain
@@ -180,8 +181,8 @@ class RunLoop:
                 drain()
             # Most frequent kinds first: this chain runs once per exit.
             if isinstance(exit, MmioRead):
-                value = mmio.read(exit.address, exit.size)
-                complete_read(exit, value.to_bytes(exit.size, "little"))
+                size = exit.size
+                complete_mmio_read(mmio.read(exit.address, size).to_bytes(size, "little"))
             elif isinstance(exit, MmioWrite):
                 mmio.write(exit.address, exit.size, int.from_bytes(exit.data, "little"))
             elif isinstance(exit, IoOut):
