@@ -76,6 +76,7 @@ def main() -> int:
     def show(point: dict[str, Any]) -> None:
         print(
             f"{point['strategy']:<6} {point['vms']:>3} VMs  setup {point['setup_seconds']:8.4f} s"
+            f" (holes {point['hole_setup_seconds']:.4f} s/VM)"
             f"  first {point['first_pass_seconds']:8.4f} s  warm {point['warm_pass_seconds']:8.4f}"
             f" s  memory {point['hole_memory_bytes_total'] >> 10:>9} KiB  slots/VM "
             f"{point['memslots_per_vm']:>4}  hole exits/VM {point['exits_per_vm']['hole']}",
@@ -92,6 +93,7 @@ def main() -> int:
     close_shared_hole_memory()
     ratio_table = {
         "setup": ratios(points, "setup_seconds"),
+        "hole_setup": ratios(points, "hole_setup_seconds"),
         "first_pass": ratios(points, "first_pass_seconds"),
         "warm_pass": ratios(points, "warm_pass_seconds"),
     }

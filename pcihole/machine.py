@@ -13,6 +13,7 @@ The ECAM window is covered three ways at once:
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -194,8 +195,11 @@ class EcamWindow:
         self.holes: HoleSlots | None = None
         for function in topology:
             self._index(function)
+        self.hole_setup_seconds = 0.0
+        """Time spent making hole memory ready and its memslots: what `fill` spends filling."""
         try:
             vm = guest.vm
+            started = time.perf_counter()
             self.strategy = make_strategy(
                 options.strategy,
                 window_size=self.size,
@@ -203,6 +207,7 @@ class EcamWindow:
                 backing=options.backing,
                 socket_path=options.socket_path,
             )
+            self.hole_setup_seconds += time.perf_counter() - started
             self.holes = HoleSlots(vm, guest.slots, self.strategy, writes=options.writes)
             guest.on_coalesced(self.hole_writes.record_coalesced)
             if base is not None:
@@ -250,7 +255,9 @@ class EcamWindow:
             for function in self.topology:
                 if self._decodes(function):
                     self._map_mirror(function)
+        started = time.perf_counter()
         self.holes.set_runs(self._runs(), base, drain=self.guest.loop.drain)
+        self.hole_setup_seconds += time.perf_counter() - started
 
     def _unplace(self) -> None:
         if self.base is None:

@@ -8,6 +8,7 @@ collects the figures: exits, memslots, host memory for holes (from smaps), times
 from __future__ import annotations
 
 import itertools
+import statistics
 import struct
 import threading
 import time
@@ -72,6 +73,7 @@ class VmScan:
     device_writes: int
     memslots: int
     pass_seconds: list[float]
+    hole_setup_seconds: float
 
 
 @dataclass
@@ -117,6 +119,9 @@ class ScanReport:
             "hole_memory_bytes_total": self.hole_memory_bytes_total,
             "hole_memory_bytes_per_vm": self.hole_memory_bytes_per_vm,
             "setup_seconds": round(self.setup_seconds, 6),
+            "hole_setup_seconds_per_vm": round(
+                statistics.median(vm.hole_setup_seconds for vm in self.vms), 6
+            ),
             "scan_seconds": round(self.scan_seconds, 6),
             "pass_seconds_per_vm": [[round(s, 6) for s in vm.pass_seconds] for vm in self.vms],
         }
@@ -250,6 +255,7 @@ def _collect(
                 exits.device_writes,
                 machine.memslots,
                 seconds,
+                machine.window.hole_setup_seconds,
             )
         )
     reference = next(iter(scans[0].enumerations.values())).functions
