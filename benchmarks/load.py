@@ -120,6 +120,15 @@ def status_kib(pid: int, field: str) -> int:
     return 0
 
 
+def rollup_kib(pid: int, field: str) -> int:
+    """One counter of /proc/PID/smaps_rollup (summed before rounding, unlike per-VMA Pss)."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
 def chunk_usage(pid: int) -> dict[str, Any]:
     """Pss of the all-ones chunk's mappings in ``pid``, and the chunk files' inodes."""
     pss = hugetlb = mappings = size = 0
@@ -254,7 +263,14 @@ def run_phase(
             done = [read_json(proc) for proc in workers]
             scanned = time.perf_counter()
             usage = {proc.pid: chunk_usage(proc.pid) for proc in [*workers, service]}
+            pss_shmem = {
+                proc.pid: rollup_kib(proc.pid, "Pss_Shmem") for proc in [*workers, service]
+            }
             hwm = {proc.pid: status_kib(proc.pid, "VmHWM") for proc in workers}
+            rss = {
+                proc.pid: {f: status_kib(proc.pid, f) for f in ("RssAnon", "RssFile", "RssShmem")}
+                for proc in workers
+            }
             for proc in workers:
                 tell(proc, "exit")
             for proc in workers:
@@ -276,6 +292,7 @@ def run_phase(
         "every_vm_found_exactly_the_configured_functions": exact == total_vms == processes * vms,
         "one_chunk_file": len(inodes) == 1,
         "chunk_pss_sum_within_one_chunk": pss_total <= chunk_kib,
+        "shmem_pss_sum_within_one_chunk": sum(pss_shmem.values()) <= chunk_kib + len(pss_shmem),
         "no_huge_page_taken_by_the_vms": sampler.low_huge_free == huge_free_at_start,
         "every_vm_shared_the_service_chunk": all(
             "from the hole service" in r["detail"] for r in ready
@@ -300,11 +317,19 @@ def run_phase(
         "chunk_kib": chunk_kib,
         "chunk_pss_kib_sum": pss_total,
         "chunk_pss_kib_by_process": {str(pid): u["pss_kib"] for pid, u in usage.items()},
+        "chunk_pss_note": "per-VMA Pss is rounded down to 1 KiB in smaps, so with hundreds of "
+        "mappings the sum undercounts; pss_shmem_kib_sum (smaps_rollup) does not",
+        "pss_shmem_kib_sum": sum(pss_shmem.values()),
+        "pss_shmem_kib_by_process": {str(pid): kib for pid, kib in pss_shmem.items()},
         "chunk_hugetlb_kib": hugetlb_total,
         "chunk_mappings_by_process": {str(pid): u["mappings"] for pid, u in usage.items()},
         "chunk_files": len(inodes),
         "vmhwm_kib_by_worker": {str(pid): kib for pid, kib in hwm.items()},
         "vmhwm_kib_max": max(hwm.values()),
+        "vmhwm_note": "VmHWM counts the shared chunk once per mapping that touched it (a "
+        "256 MiB window of one 2 MiB memfd shows as up to 256 MiB of RssShmem); RssAnon is "
+        "what the process owns",
+        "rss_kib_by_worker_after_scan": {str(pid): kib for pid, kib in rss.items()},
         "vmhwm_kib_service": status_kib(service.pid, "VmHWM"),
         "mem_available_low_kib": sampler.low_available,
         "shmem_rise_kib": shmem_rise,
@@ -315,7 +340,8 @@ def run_phase(
     print(
         f"{name}: {exact}/{total_vms} VMs found all {phase['functions_per_vm']} functions; "
         f"scan {phase['scan_seconds']} s, run {phase['duration_seconds']} s; chunk Pss "
-        f"{pss_total} KiB in all ({len(inodes)} file); peak RSS {phase['vmhwm_kib_max']} KiB; "
+        f"{pss_total} KiB in all ({len(inodes)} file), Pss_Shmem {sum(pss_shmem.values())} KiB; "
+        f"peak RSS {phase['vmhwm_kib_max']} KiB; "
         f"MemAvailable low {sampler.low_available} KiB; Shmem +{shmem_rise} KiB",
         file=sys.stderr,
     )
