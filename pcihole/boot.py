@@ -626,15 +626,23 @@ def main_boot(
     a JSON account of the run. Bad input: one line on stderr, status 2. A guest that stops
     without debug-exit: the reason on stderr, status ``GUEST_STOPPED_STATUS``.
     """
+    option = "--bios"  # which option the input being checked came from, for the message
     try:
-        image = Path(bios).read_bytes()
+        try:
+            image = Path(bios).read_bytes()
+        except OSError as error:
+            raise BootError(f"{bios}: {error.strerror}") from None
         check_image(image)
+        option = "--device"
         topology = Topology.build(devices, buses) if devices else Topology.qemu_nodefaults(buses)
         if HOST_BRIDGE not in topology:
             topology = Topology(buses, [*topology, _host_bridge_function()])
+        option = "--backing"
         chosen_backing = None if backing == "auto" else Backing.parse(backing)
     except (OSError, BootError, PciError, ValueError) as error:
-        print(f"pcihole boot: error: {error}", file=sys.stderr)
+        text = str(error)  # topology errors already start with the --device text
+        print(f"pcihole boot: error: {text if text.startswith('--') else f'{option}: {text}'}",
+              file=sys.stderr)  # fmt: skip
         return USAGE_STATUS
     sink: BinaryIO | None = None
     try:

@@ -146,7 +146,8 @@ def _topology_factory(args: argparse.Namespace) -> Callable[[], Topology]:
         else:
             Topology.default(args.buses)
     except PciError as error:
-        raise UsageError(f"--device: {error}") from None
+        text = str(error)  # topology errors already start with the --device text
+        raise UsageError(text if text.startswith("--") else f"--device: {text}") from None
     if devices:
         return lambda: Topology.build(devices, args.buses)
     return lambda: Topology.default(args.buses)

@@ -88,6 +88,11 @@ CASES: dict[str, Case] = {
     "bench-plot-missing-dir": case(f"bench --quick --plot {MISSING_DIR}/b.png", "--plot"),
     "bench-json-is-a-dir": case("bench --quick --json /tmp", "--json"),
     # lspci
+    # boot: a missing image, an image of the wrong size, a bad device
+    "boot-no-bios": case("boot", "--bios"),
+    "boot-missing-bios": case(f"boot --bios {MISSING_DIR}/fw.bin", "--bios"),
+    "boot-short-bios": case("boot --bios /proc/self/cmdline", "--bios"),
+    "boot-device": case("boot --bios /proc/self/cmdline --device 00:00.0=nope", "--bios"),
     "lspci-buses-0": case("lspci --buses 0", "--buses"),
     "lspci-buses-257": case("lspci --buses 257", "--buses"),
     "lspci-device": case("lspci --buses 2 --device 00:00.0=host-bridge,x=1", "--device"),
