@@ -69,44 +69,51 @@ def _tool_versions() -> str:
 _versions_cache: str | None = None
 
 
-def build(name: str, *, defines: dict[str, int] | None = None) -> GuestProgram:
-    """Build ``asm/NAME.S`` (cached) and return the program."""
+def build_flat(source: Path, flags: list[str], *, base: int, entry: str, cache_name: str) -> bytes:
+    """``assemble_flat``, cached under a hash of the tools, flags, includes and source."""
     global _versions_cache
-    source = ASM_DIR / f"{name}.S"
-    if not source.is_file():
-        known = sorted(p.stem for p in ASM_DIR.glob("*.S"))
-        raise GuestBuildError(f"no guest program {name!r}; known: {', '.join(known)}")
     if _versions_cache is None:
         _versions_cache = _tool_versions()
-    flags = _defines(defines or {})
     digest = hashlib.sha256()
     digest.update(_versions_cache.encode())
     digest.update("\0".join(flags).encode())
-    for part in [*sorted(ASM_DIR.glob("*.inc")), source]:
+    for part in [*sorted(source.parent.glob("*.inc")), source]:
         digest.update(part.name.encode() + b"\0" + part.read_bytes())
-    cached = cache_dir() / f"{name}-{digest.hexdigest()[:20]}.bin"
+    cached = cache_dir() / f"{cache_name}-{digest.hexdigest()[:20]}.bin"
     if cached.is_file():
-        return GuestProgram(name, cached.read_bytes())
-    code = _assemble_and_link(source, flags)
-    if len(code) > layout.CODE_MAX:
-        raise GuestBuildError(f"{name}: {len(code)} bytes of code, room for {layout.CODE_MAX}")
+        return cached.read_bytes()
+    code = assemble_flat(source, flags, base=base, entry=entry)
     cached.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so a concurrent build never reads half a file.
     with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
         tmp.write(code)
     os.replace(tmp.name, cached)
+    return code
+
+
+def build(name: str, *, defines: dict[str, int] | None = None) -> GuestProgram:
+    """Build ``asm/NAME.S`` (cached) and return the program."""
+    source = ASM_DIR / f"{name}.S"
+    if not source.is_file():
+        known = sorted(p.stem for p in ASM_DIR.glob("*.S"))
+        raise GuestBuildError(f"no guest program {name!r}; known: {', '.join(known)}")
+    flags = _defines(defines or {})
+    code = build_flat(source, flags, base=layout.CODE_ADDR, entry="_start", cache_name=name)
+    if len(code) > layout.CODE_MAX:
+        raise GuestBuildError(f"{name}: {len(code)} bytes of code, room for {layout.CODE_MAX}")
     return GuestProgram(name, code)
 
 
-def _assemble_and_link(source: Path, flags: list[str]) -> bytes:
+def assemble_flat(source: Path, flags: list[str], *, base: int, entry: str) -> bytes:
+    """Preprocess, assemble and link ``source`` into flat binary code that runs at ``base``."""
     with tempfile.TemporaryDirectory(prefix="pcihole-guest-") as work:
         obj = Path(work) / "prog.o"
         binary = Path(work) / "prog.bin"
         steps = [
-            ["gcc", "-c", "-x", "assembler-with-cpp", f"-I{ASM_DIR}", *flags, "-o", str(obj),
-             str(source)],
-            ["ld", "-m", "elf_x86_64", "-nostdlib", f"-Ttext={layout.CODE_ADDR:#x}",
-             "-e", "_start", "--oformat", "binary", "-o", str(binary), str(obj)],
+            ["gcc", "-c", "-x", "assembler-with-cpp", f"-I{source.parent}", *flags,
+             "-o", str(obj), str(source)],
+            ["ld", "-m", "elf_x86_64", "-nostdlib", f"-Ttext={base:#x}", "-e", entry,
+             "--oformat", "binary", "-o", str(binary), str(obj)],
         ]  # fmt: skip
         for step in steps:
             result = subprocess.run(step, capture_output=True, text=True, check=False)

@@ -12,16 +12,12 @@ the layout constants as macros, GNU as, ld to a flat binary, cached by content h
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pcihole import layout
-from pcihole.guest.build import GuestBuildError, _tool_versions, cache_dir
+from pcihole.guest.build import GuestBuildError, build_flat
 
 FIRMWARE_DIR = Path(__file__).parent
 IMAGE_ALIGN = 64 * layout.KiB
@@ -99,20 +95,11 @@ def build_firmware(name: str = "enumerate", options: FirmwareOptions | None = No
         raise GuestBuildError(f"no firmware {name!r}; known: {', '.join(known)}")
     symbols = {**layout.asm_symbols(), **options.defines()}
     flags = [f"-D{key}={value:#x}" for key, value in sorted(symbols.items())]
-    digest = hashlib.sha256()
-    digest.update(_tool_versions().encode())
-    digest.update("\0".join(flags).encode())
-    digest.update(source.read_bytes())
-    cached = cache_dir() / "firmware" / f"{name}-{digest.hexdigest()[:20]}.bin"
-    if cached.is_file():
-        return cached.read_bytes()
-    image = _assemble(source, flags, options.base)
+    image = build_flat(
+        source, flags, base=options.base, entry="reset_vector", cache_name=f"firmware-{name}"
+    )
     if len(image) != options.size:
         raise GuestBuildError(f"{name}: image is {len(image)} bytes, expected {options.size}")
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cached.parent, delete=False) as tmp:
-        tmp.write(image)
-    os.replace(tmp.name, cached)
     return image
 
 
@@ -123,24 +110,6 @@ def write_firmware(
     target = Path(path)
     target.write_bytes(build_firmware(name, options))
     return target
-
-
-def _assemble(source: Path, flags: list[str], base: int) -> bytes:
-    with tempfile.TemporaryDirectory(prefix="pcihole-firmware-") as work:
-        obj = Path(work) / "image.o"
-        binary = Path(work) / "image.bin"
-        steps = [
-            ["gcc", "-c", "-x", "assembler-with-cpp", *flags, "-o", str(obj), str(source)],
-            ["ld", "-m", "elf_x86_64", "-nostdlib", f"-Ttext={base:#x}", "-e", "reset_vector",
-             "--oformat", "binary", "-o", str(binary), str(obj)],
-        ]  # fmt: skip
-        for step in steps:
-            result = subprocess.run(step, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                raise GuestBuildError(
-                    f"{step[0]} failed on {source.name}:\n{result.stderr.strip()}"
-                )
-        return binary.read_bytes()
 
 
 # --- reading what enumerate.S printed ----------------------------------------------------
