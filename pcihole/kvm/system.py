@@ -17,7 +17,6 @@ import signal
 import struct
 import threading
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pcihole.closing import Closeable
@@ -128,10 +127,6 @@ class Memslot:
     size: int
     host_address: int
     flags: int
-
-    @property
-    def readonly(self) -> bool:
-        return bool(self.flags & abi.KVM_MEM_READONLY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,9 +371,3 @@ def _install_kick_handler() -> None:
 
 
 _install_kick_handler()
-
-
-def iter_open_fds() -> Iterator[int]:
-    """This process's open fds (for leak checks)."""
-    for name in os.listdir("/proc/self/fd"):
-        yield int(name)

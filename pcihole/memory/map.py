@@ -98,9 +98,6 @@ class MemoryMap:
                 return region
         return None
 
-    def of_kind(self, kind: RegionKind) -> list[Region]:
-        return [region for region in self.regions if region.kind is kind]
-
 
 class SlotAllocator:
     """Memslot numbers, lowest free first, within the kernel's budget."""
