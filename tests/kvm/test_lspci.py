@@ -7,8 +7,6 @@ identities, bridge bus numbers, BARs and capabilities from it, exactly as from t
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,11 +25,7 @@ from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import BAR0, COMMAND
 from pcihole.pci.lspci import format_lspci_dump
 from pcihole.pci.topology import Topology
-
-LSPCI = shutil.which("lspci")
-needs_lspci = pytest.mark.skipif(
-    LSPCI is None, reason="lspci (pciutils) is not installed: apt-get install pciutils"
-)
+from tests.lspci_judge import needs_lspci, run_lspci, section
 
 CUSTOM = [
     "00:00.0=host-bridge",
@@ -47,21 +41,7 @@ CUSTOM = [
 ]
 
 
-def lspci(text: str, tmp_path: Path, *options: str) -> str:
-    assert LSPCI is not None
-    dump = tmp_path / "pci.dump"
-    dump.write_text(text)
-    result = subprocess.run(
-        [LSPCI, "-F", str(dump), *options], capture_output=True, text=True, check=True
-    )
-    return result.stdout
-
-
-def section(output: str, bdf: str) -> str:
-    for block in output.split("\n\n"):
-        if block.startswith(bdf + " "):
-            return block
-    raise AssertionError(f"{bdf} not in lspci output:\n{output}")
+lspci = run_lspci
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
-
-import pytest
 
 from pcihole.pci import capabilities as caps
 from pcihole.pci.bdf import Bdf
@@ -15,6 +11,7 @@ from pcihole.pci.config import BAR0, COMMAND
 from pcihole.pci.devices import Function
 from pcihole.pci.lspci import format_function, format_lspci_dump
 from pcihole.pci.topology import Topology
+from tests.lspci_judge import needs_lspci, run_lspci, section
 
 
 def parse_dump(text: str) -> dict[str, bytes]:
@@ -63,28 +60,9 @@ def test_dump_round_trips() -> None:
 
 # -- real lspci ----------------------------------------------------------------------------
 
-LSPCI = shutil.which("lspci")
-needs_lspci = pytest.mark.skipif(
-    LSPCI is None, reason="lspci (pciutils) is not installed: apt-get install pciutils"
-)
-
 
 def lspci(functions: list[Function] | Topology, tmp_path: Path, *options: str) -> str:
-    assert LSPCI is not None
-    dump = tmp_path / "pci.dump"
-    dump.write_text(format_lspci_dump(functions))
-    result = subprocess.run(
-        [LSPCI, "-F", str(dump), *options], capture_output=True, text=True, check=True
-    )
-    return result.stdout
-
-
-def section(output: str, bdf: str) -> str:
-    """One function's block of ``lspci -v`` output."""
-    for block in output.split("\n\n"):
-        if block.startswith(bdf + " "):
-            return block
-    raise AssertionError(f"{bdf} not in lspci output:\n{output}")
+    return run_lspci(format_lspci_dump(functions), tmp_path, *options)
 
 
 @needs_lspci
