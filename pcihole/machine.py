@@ -206,6 +206,7 @@ class EcamWindow:
                 readonly_memory=vm.has_readonly_memory,
                 backing=options.backing,
                 socket_path=options.socket_path,
+                free_memslots=guest.slots.free,
             )
             self.hole_setup_seconds += time.perf_counter() - started
             self.holes = HoleSlots(vm, guest.slots, self.strategy, writes=options.writes)

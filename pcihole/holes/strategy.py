@@ -150,9 +150,14 @@ def make_strategy(
     readonly_memory: bool,
     backing: Backing | None = None,
     socket_path: str | None = None,
+    free_memslots: int | None = None,
 ) -> HoleStrategy:
     """The strategy called ``name`` for one VM; falls back to ``trap`` (saying so) where
-    the kernel has no read-only memslots."""
+    the kernel has no read-only memslots.
+
+    With the backing left to choose and ``free_memslots`` known, a THP chunk (one slot per
+    2 MiB of holes) is passed over for a memfd window (one slot per run) when the VM could
+    not afford a slot per 2 MiB of its window."""
     if name not in STRATEGIES:
         raise StrategyError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
     if name != "trap" and not readonly_memory:
@@ -160,7 +165,19 @@ def make_strategy(
         strategy.note = f"{name} needs KVM_CAP_READONLY_MEM, absent here: trapping instead"
         return strategy
     if name == "shared":
-        return SharedStrategy(shared_hole_memory(backing, socket_path))
+        note = ""
+        chunk_slots = -(-window_size // layout.HUGE_PAGE_SIZE)
+        if backing is None and free_memslots is not None and chunk_slots > free_memslots:
+            memory = shared_hole_memory(None, socket_path)
+            if memory.window is None:  # the best backing here has no window: THP
+                backing = Backing.MEMFD
+                note = (
+                    f"a THP chunk would need {chunk_slots} memslots, {free_memslots} free: "
+                    "using a memfd window, one slot per run of holes"
+                )
+        strategy = SharedStrategy(shared_hole_memory(backing, socket_path))
+        strategy.note = note
+        return strategy
     if name == "fill":
         if window_size % mmap.PAGESIZE:
             raise StrategyError(f"window size {window_size:#x} is not page aligned")
