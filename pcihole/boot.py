@@ -40,6 +40,7 @@ from pcihole.holes.strategy import StrategyError
 from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vcpu, Vm, abi
 from pcihole.machine import (
     CONFIG_PORTS,
+    PAGE_SHIFT,
     EcamDevice,
     EcamWindow,
     LegacyConfigPorts,
@@ -293,7 +294,7 @@ class _ReportingEcam(EcamDevice):
 
     def write(self, offset: int, size: int, value: int) -> None:
         super().write(offset, size, value)
-        function = self.window.functions_by_page.get(offset >> 12)
+        function = self.window.functions_by_page.get(offset >> PAGE_SHIFT)
         if function is not None:
             self.on_write(function.bdf)
 

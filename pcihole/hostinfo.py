@@ -50,11 +50,6 @@ def max_map_count() -> int | None:
     return int(text) if text and text.isdigit() else None
 
 
-def map_count() -> int:
-    """Mappings this process holds now (lines of /proc/self/maps)."""
-    return len((_read(Path("/proc/self/maps")) or "").splitlines())
-
-
 def huge_pages() -> dict[str, Any]:
     info = meminfo()
     return {

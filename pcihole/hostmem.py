@@ -13,10 +13,12 @@ raises :class:`HostMemError`, which names the operation and carries ``errno``.
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap as _mmap
 import os
 import weakref
 
+from pcihole import hostinfo
 from pcihole.closing import Closeable
 
 PAGE_SIZE = _mmap.PAGESIZE
@@ -38,7 +40,6 @@ MAP_NORESERVE = 0x4000
 
 MADV_HUGEPAGE = _mmap.MADV_HUGEPAGE
 
-MAX_MAP_COUNT_PATH = "/proc/sys/vm/max_map_count"
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -253,8 +254,10 @@ def memfd_create(name: str, flags: int) -> int:
 
 def max_map_count() -> int:
     """vm.max_map_count: how many mappings one process may hold."""
-    with open(MAX_MAP_COUNT_PATH) as f:
-        return int(f.read())
+    limit = hostinfo.max_map_count()
+    if limit is None:
+        raise HostMemError(f"reading {hostinfo.MAX_MAP_COUNT}", errno.ENOENT)
+    return limit
 
 
 def _maps_lines(pid: int | str = "self") -> list[str]:

@@ -29,6 +29,7 @@ from pcihole.holes.strategy import HoleStrategy, make_strategy
 from pcihole.kvm import CoalescedWrite, Kvm, Vm, abi
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.bdf import Bdf
+from pcihole.pci.config import ACCESS_SIZES
 from pcihole.pci.devices import Function
 from pcihole.pci.ecam import ConfigMechanism1
 from pcihole.pci.topology import Topology
@@ -103,9 +104,7 @@ class EcamDevice:
             return (1 << (8 * size)) - 1
         self.exits.device_reads += 1
         config = function.config
-        if size == 8:
-            return config.read(register, 4) | config.read(register + 4, 4) << 32
-        if size not in (1, 2, 4):  # 3, 5, 6, 7: KVM split an access at the page boundary
+        if size not in ACCESS_SIZES:  # 3, 5, 6, 7: KVM split an access at the page boundary
             return int.from_bytes([config.read(register + i, 1) for i in range(size)], "little")
         return config.read(register, size)
 
@@ -124,10 +123,7 @@ class EcamDevice:
             return
         self.exits.device_writes += 1
         config = function.config
-        if size == 8:
-            changed = config.write(register, 4, value & 0xFFFFFFFF)
-            changed = config.write(register + 4, 4, value >> 32) or changed
-        elif size not in (1, 2, 4):  # a fragment of an access split at the page boundary
+        if size not in ACCESS_SIZES:  # a fragment of an access split at the page boundary
             changed = False
             for i in range(size):
                 changed = config.write(register + i, 1, value >> (8 * i) & 0xFF) or changed
