@@ -231,12 +231,6 @@ class Vm(_FdObject):
         self.vcpus.append(vcpu)
         return vcpu
 
-    def drain_coalesced(self) -> list[CoalescedWrite]:
-        """Writes queued in the VM's coalesced ring, oldest first; the ring is emptied."""
-        if not self.vcpus or not self.coalesced_zones:
-            return []
-        return self.vcpus[0].drain_coalesced()
-
     def close(self) -> None:
         for vcpu in getattr(self, "vcpus", ()):
             vcpu.close()
