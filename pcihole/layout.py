@@ -70,6 +70,33 @@ DEBUGCON_PORT = 0x402
 DEBUG_EXIT_PORT = 0xF4
 """QEMU's isa-debug-exit device."""
 
+# Legacy PC and q35 platform ports (as QEMU's q35 machine places them).
+PIT_PORT = 0x40
+"""i8254 PIT, channels 0-2 and the mode register (KVM_CREATE_PIT2 emulates it in-kernel)."""
+PORT_92 = 0x92
+"""System control port A: bit 0 is a fast reset, bit 1 the A20 gate."""
+CMOS_PORT = 0x70
+"""MC146818 RTC/CMOS: index register at 0x70 (bit 7 masks NMI), data at 0x71."""
+CMOS_PORTS = 2
+SERIAL_COM1_PORT = 0x3F8
+"""16550A UART (COM1): eight registers; its interrupt is ISA IRQ 4."""
+SERIAL_COM1_IRQ = 4
+SERIAL_PORTS = 8
+CMOS_IRQ = 8
+"""The RTC's ISA interrupt."""
+FW_CFG_PORT = 0x510
+"""QEMU's fw_cfg: selector (16 bits) at 0x510, data (8 bits) at 0x511."""
+FW_CFG_DMA_PORT = 0x514
+"""fw_cfg DMA address register: 64 bits, big-endian, written high half then low half."""
+FW_CFG_PORTS = 2
+FW_CFG_DMA_PORTS = 8
+ACPI_PM_BASE = 0x600
+"""Where QEMU's q35 firmware (SeaBIOS) puts the ICH9 ACPI PM block through PMBASE."""
+ACPI_PM_SIZE = 0x80
+"""PM1 event/control, PM timer, GPE0 and the rest of the ICH9 PMIO block."""
+RESET_CONTROL_PORT = 0xCF9
+"""ICH9 reset control register (a write of 0x06 or 0x0e resets the machine)."""
+
 # ---------------------------------------------------------------------------------------
 # PCI: the ECAM (MMCONFIG) window and room for devices.
 ECAM_BASE = 0xB0000000

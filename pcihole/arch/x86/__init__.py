@@ -1,0 +1,1 @@
+"""x86: CPUID policy, reset state, long-mode entry, e820."""

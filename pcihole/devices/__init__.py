@@ -1,0 +1,1 @@
+"""Platform devices, one file each: what a PC around the PCI hierarchy answers."""
