@@ -112,6 +112,10 @@ TEST_MMIO_BASE = 0xD0000000
 """Where tests place small MMIO devices (inside the BAR space, never under a window)."""
 FIRMWARE_TOP = 1 << 32
 """A flat firmware image ends here; the reset vector is its last 16 bytes."""
+KVM_TSS_ADDR = 0xFEFFD000
+"""Three pages KVM may use to run real mode on VMX without unrestricted guest (QEMU's)."""
+KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
+"""The page of KVM's real-mode identity map, just below its TSS (QEMU's)."""
 
 Q35_LOWMEM_MAX = 0xB0000000
 """QEMU q35 keeps RAM below the ECAM window: at most this much sits below 4 GiB."""
