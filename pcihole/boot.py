@@ -20,9 +20,6 @@ reset instead).
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import fcntl
 import json
 import sys
 import time
@@ -32,12 +29,14 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcihole import layout
+from pcihole.arch.x86.cpuid import boot_cpuid
+from pcihole.arch.x86.reset import prepare_real_mode
 from pcihole.closing import Closeable
 from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
 from pcihole.holes.strategy import StrategyError
-from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vcpu, Vm, abi
+from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine import (
     CONFIG_PORTS,
     PAGE_SHIFT,
@@ -62,11 +61,6 @@ LOW_RAM_END = 0xA0000
 HIGH_RAM_START = 1 * layout.MiB
 ISA_BIOS_MAX = 128 * layout.KiB
 """The tail of the image that also appears just below 1 MiB (QEMU's isa-bios alias)."""
-KVM_TSS_ADDR = 0xFEFFD000
-"""Three pages KVM may use to run real mode on VMX without unrestricted guest (QEMU's)."""
-KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
-CAP_SET_IDENTITY_MAP_ADDR = 37
-CAP_GET_TSC_KHZ = 61
 HOST_BRIDGE = Bdf(0, 0, 0)
 DEBUGCON_READBACK = 0xE9
 """What QEMU's isa-debugcon answers to a read (firmware uses it to detect the port)."""
@@ -100,109 +94,6 @@ def decode_pciexbar(value: int) -> tuple[int, int] | None:
         return None
     size = layout.ecam_size(buses)
     return value & PCIEXBAR_BASE_BITS & ~(size - 1), buses
-
-
-# --- CPUID and the few VM ioctls the reset path needs -----------------------------------
-class _CpuidEntry(ctypes.Structure):
-    _fields_ = [
-        ("function", abi.u32),
-        ("index", abi.u32),
-        ("flags", abi.u32),
-        ("eax", abi.u32),
-        ("ebx", abi.u32),
-        ("ecx", abi.u32),
-        ("edx", abi.u32),
-        ("padding", abi.u32 * 3),
-    ]
-
-
-class _CpuidHeader(ctypes.Structure):
-    _fields_ = [("nent", abi.u32), ("padding", abi.u32)]
-
-
-KVM_GET_SUPPORTED_CPUID = abi._iowr(abi.KVMIO, 0x05, _CpuidHeader)
-KVM_SET_CPUID2 = abi._iow(abi.KVMIO, 0x90, _CpuidHeader)
-KVM_GET_TSC_KHZ = abi._io(abi.KVMIO, 0xA3)
-CPUID_TABLE_MAX = 4096
-
-
-def _cpuid_table(entries: int) -> ctypes.Structure:
-    class Table(ctypes.Structure):
-        _fields_ = [("nent", abi.u32), ("padding", abi.u32), ("entries", _CpuidEntry * entries)]
-
-    table = Table()
-    table.nent = entries
-    return table
-
-
-def supported_cpuid(kvm: Kvm) -> ctypes.Structure:
-    """KVM_GET_SUPPORTED_CPUID: every leaf this KVM can give a guest."""
-    entries = 64
-    while True:
-        table = _cpuid_table(entries)
-        try:
-            fcntl.ioctl(kvm.fd, KVM_GET_SUPPORTED_CPUID, table, True)
-            return table
-        except OSError as error:
-            if error.errno != errno.E2BIG or entries >= CPUID_TABLE_MAX:
-                raise KvmError("KVM_GET_SUPPORTED_CPUID", error.errno) from None
-            entries *= 2
-
-
-XSAVE_LEAF = 0xD
-XFEATURES_NEEDING_PERMISSION = (1 << 17) | (1 << 18)
-"""AMX tile state: KVM_SET_CPUID2 refuses it unless the process first asked for it with
-arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM). Firmware has no use for it."""
-
-
-def boot_cpuid(kvm: Kvm) -> ctypes.Structure:
-    """What a booting vCPU is told: every supported leaf, less what needs permissions."""
-    table = supported_cpuid(kvm)
-    for entry in table.entries[: table.nent]:
-        if entry.function == XSAVE_LEAF and entry.index == 0:
-            entry.eax &= ~XFEATURES_NEEDING_PERMISSION
-    return table
-
-
-def set_cpuid(vcpu: Vcpu, table: ctypes.Structure) -> None:
-    """KVM_SET_CPUID2. Without it a guest has no long mode: its WRMSR of EFER.LME faults."""
-    try:
-        fcntl.ioctl(vcpu.fd, KVM_SET_CPUID2, table, True)
-    except OSError as error:
-        raise KvmError("KVM_SET_CPUID2", error.errno) from None
-
-
-def tsc_khz(vcpu: Vcpu) -> int | None:
-    """The guest TSC frequency (KVM_GET_TSC_KHZ), None where KVM cannot tell."""
-    if not vcpu.vm.kvm.check_extension(CAP_GET_TSC_KHZ):
-        return None
-    try:
-        return fcntl.ioctl(vcpu.fd, KVM_GET_TSC_KHZ, 0) or None
-    except OSError:
-        return None
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_ioctl_ulong = _libc.ioctl
-_ioctl_ulong.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
-_ioctl_ulong.restype = ctypes.c_int
-
-
-def _prepare_real_mode(vm: Vm) -> None:
-    """Give KVM the pages it may need to run real mode (before any vCPU exists)."""
-    kvm = vm.kvm
-    try:
-        if kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
-            address = ctypes.c_uint64(KVM_IDENTITY_MAP_ADDR)
-            fcntl.ioctl(vm.fd, abi.KVM_SET_IDENTITY_MAP_ADDR, address, True)
-    except OSError as error:
-        raise KvmError("KVM_SET_IDENTITY_MAP_ADDR", error.errno) from None
-    # An unsigned long argument: fcntl.ioctl would take only a C int.
-    if (
-        kvm.check_extension(abi.Cap.SET_TSS_ADDR)
-        and _ioctl_ulong(vm.fd, abi.KVM_SET_TSS_ADDR, KVM_TSS_ADDR) < 0
-    ):
-        raise KvmError("KVM_SET_TSS_ADDR", ctypes.get_errno())
 
 
 # --- devices ----------------------------------------------------------------------------
@@ -322,7 +213,7 @@ class BootVm(Closeable):
         self.ram: GuestRam | None = None
         self.rom: GuestRam | None = None
         try:
-            _prepare_real_mode(self.vm)
+            prepare_real_mode(self.vm)
             self.slots = SlotAllocator(self.vm.max_memslots)
             self.ram = GuestRam(0, ram_size)
             self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
@@ -357,7 +248,7 @@ class BootVm(Closeable):
             self.mmio.add(self.rom.base, len(image), self.rom_devices[0], "bios")
             self.mmio.add(HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios")
             self.vcpu = self.vm.create_vcpu()
-            set_cpuid(self.vcpu, boot_cpuid(kvm))
+            self.vcpu.set_cpuid2(boot_cpuid(kvm))
             self.loop = RunLoop(self.vcpu, self.ports, self.mmio, report_port=None)
         except BaseException:
             self.close()
@@ -596,7 +487,7 @@ class BootMachine(Closeable):
             "strategy": report.strategy,
             "backing": report.backing,
             "notes": [*report.notes, *self.notes],
-            "tsc_khz": tsc_khz(self.guest.vcpu),
+            "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
         }
 
