@@ -54,6 +54,9 @@ RESULTS_SIZE = 2 * MiB
 SCRATCH_ADDR = RESULTS_ADDR + RESULTS_SIZE
 """Free RAM for guest programs' own use."""
 SCRATCH_SIZE = 1 * MiB
+STOP_FLAG_ADDR = SCRATCH_ADDR + SCRATCH_SIZE - 8
+"""The last u64 of scratch: a test guest that must keep running while the host changes
+something polls it and stops once the host makes it non-zero."""
 RAM_SIZE = SCRATCH_ADDR + SCRATCH_SIZE
 """Test guests need only this much RAM."""
 
