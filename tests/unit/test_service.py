@@ -36,7 +36,7 @@ from pcihole.holes.source import (
     Seal,
     add_seals,
 )
-from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE
+from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 REPO_ROOT = str(Path(hostmem.__file__).resolve().parent.parent)
 CHILD_ENV = {**os.environ, "PYTHONPATH": REPO_ROOT}
