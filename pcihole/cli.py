@@ -329,7 +329,9 @@ def _cmd_serve_holes(args: argparse.Namespace) -> int:
         except KeyError:
             raise UsageError(f"--group: no such group {args.group!r}") from None
     backing = None if args.backing == "auto" else args.backing
-    return main_serve(args.socket, backing, args.group)
+    if args.reserve_hugepage and backing not in (None, "hugetlb"):
+        raise UsageError(f"--reserve-hugepage serves hugetlb, not --backing {backing}")
+    return main_serve(args.socket, backing, args.group, reserve_hugepage=args.reserve_hugepage)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, metavar="PATH")
     serve.add_argument("--backing", choices=["auto", "hugetlb", "memfd"], default="auto")
     serve.add_argument("--group", help="group allowed to connect (socket mode 0660)")
+    serve.add_argument(
+        "--reserve-hugepage",
+        action="store_true",
+        help="as root: add one 2 MiB page to the hugetlb pool for the chunk while serving "
+        "(clients get a hugetlb window: few memslots, 2 MiB first touch); given back at exit",
+    )
     serve.set_defaults(handler=_cmd_serve_holes)
     return parser
 

@@ -135,17 +135,33 @@ KVM_TSS_ADDR = 0xFEFFD000
 KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
 """The page of KVM's real-mode identity map, just below its TSS (QEMU's)."""
 
+Q35_LOWMEM_MAX = 0xB0000000
+"""QEMU q35 keeps RAM below the ECAM window: at most this much sits below 4 GiB."""
+Q35_LOWMEM_SPLIT = 0x80000000
+"""When RAM would reach the window, q35 puts only 2 GiB below 4 GiB (1 GiB aligned) and
+the rest above 4 GiB (``pc_q35_init`` in QEMU 7.2)."""
+ABOVE_4G_BASE = 1 << 32
+"""Where RAM that does not fit below 4 GiB continues."""
+
+
 assert DUMP_ROOM * 4 <= SCRATCH_SIZE, "the dump's address list does not fit in scratch RAM"
 assert TSS_ADDR + TSS_SIZE <= PARAMS_ADDR, "TSS overlaps the parameter block"
 assert PD_END <= CODE_ADDR, "page tables overlap guest code"
 assert CODE_ADDR + CODE_MAX <= KERNEL_STACK_TOP - 0x10000, "code overlaps the ring-0 stack"
 assert ECAM_BASE % ECAM_MAX_SIZE == 0
+assert Q35_LOWMEM_MAX == ECAM_BASE, "q35 low RAM ends where its MMCONFIG window begins"
 assert IDENTITY_MAP_GIB * GiB >= ECAM_BASE + ECAM_MAX_SIZE
 
 
 def ecam_size(buses: int) -> int:
     """Bytes of ECAM window for ``buses`` buses."""
     return buses * ECAM_BUS_SIZE
+
+
+def q35_ram_split(ram_size: int) -> tuple[int, int]:
+    """Bytes of RAM below 4 GiB and above it, split as QEMU's q35 machine splits them."""
+    below = ram_size if ram_size < Q35_LOWMEM_MAX else Q35_LOWMEM_SPLIT
+    return below, ram_size - below
 
 
 def asm_symbols() -> dict[str, int]:
