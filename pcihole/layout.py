@@ -62,6 +62,9 @@ DUMP_ROOM = RESULTS_SIZE // PAGE_SIZE
 """Config pages the ecam_dump guest's result buffer holds (512 with a 2 MiB buffer)."""
 DUMP_LIST_ADDR = SCRATCH_ADDR
 """Where ecam_dump lists the address (u32 bus << 8 | devfn) of each page it copied."""
+STOP_FLAG_ADDR = SCRATCH_ADDR + SCRATCH_SIZE - 8
+"""The last u64 of scratch: a test guest that must keep running while the host changes
+something polls it and stops once the host makes it non-zero."""
 RAM_SIZE = SCRATCH_ADDR + SCRATCH_SIZE
 """Test guests need only this much RAM."""
 

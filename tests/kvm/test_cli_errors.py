@@ -16,21 +16,14 @@ import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from pcihole import cli, layout
+from pcihole import cli
 from pcihole.holes import source as source_mod
+from tests.support import CHILD_ENV, HANG_SECONDS
 
-REPO_ROOT = str(Path(layout.__file__).resolve().parent.parent)
-CHILD_ENV = {
-    **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-    "PYTHONPATH": REPO_ROOT,
-    # compiled once, outside the checkout: a third of each child's start-up otherwise
-    "PYTHONPYCACHEPREFIX": os.path.join(tempfile.gettempdir(), "pcihole-test-pycache"),
-}
-WAIT = 60.0
+WAIT = HANG_SECONDS
 MISSING_DIR = "/nonexistent-pcihole-dir"
 LONG_SOCKET = "/tmp/" + "s" * 120 + ".sock"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -18,6 +17,7 @@ from pcihole.kvm import Kvm, abi
 from pcihole.memory import MemoryMapError
 from pcihole.vmm.guestvm import GuestVm
 from pcihole.vmm.runloop import RunResult, StopReason
+from tests.support import Syncs, Worker, join, raise_stop_flag
 
 HOLE_BASE = layout.TEST_MMIO_BASE
 """Test holes live in the BAR space, 2 MiB aligned, away from RAM and the ECAM window."""
@@ -180,10 +180,13 @@ def test_every_strategy_answers_all_ones(kvm: Kvm, strategy_name: str) -> None:
 
 def test_slots_change_while_a_ring3_guest_scans(kvm: Kvm, hole_memory: HoleMemory) -> None:
     """Delete, shrink, split and re-create hole slots under a scanning guest: it must
-    only ever read all ones (an absent slot exits and the hole device answers)."""
+    only ever read all ones (an absent slot exits and the hole device answers).
+
+    The guest scans round after round until the host raises its stop flag; after each
+    change the host waits for a whole round under the new layout, so every layout is
+    scanned, however fast either side runs."""
     size = 4 * layout.MiB
-    rounds = 400
-    vm = hole_guest(kvm, SharedStrategy(hole_memory), SCAN_LOOP, size, rounds)
+    vm = hole_guest(kvm, SharedStrategy(hole_memory), SCAN_LOOP, size, 0)
     page = layout.PAGE_SIZE
     layouts = [
         [Run(HOLE_BASE, size)],
@@ -192,28 +195,38 @@ def test_slots_change_while_a_ring3_guest_scans(kvm: Kvm, hole_memory: HoleMemor
         [Run(HOLE_BASE, page * 3), Run(HOLE_BASE + page * 4, size - page * 4)],  # split
         [Run(HOLE_BASE, size)],  # re-created
     ]
-    stop = threading.Event()
+    cycles = 2
+    syncs = Syncs()
+    vm.guest.on_sync(syncs.record)
     changes = [0]
 
     def churn() -> None:
-        while not stop.is_set():
-            runs = layouts[changes[0] % len(layouts)]
-            vm.slots.set_runs(runs, HOLE_BASE, drain=vm.guest.loop.drain)
-            changes[0] += 1
+        try:
+            for runs in layouts * cycles:
+                vm.slots.set_runs(runs, HOLE_BASE, drain=vm.guest.loop.drain)
+                changes[0] += 1
+                # the round under way may have begun before the change: wait for the next
+                syncs.wait_for(syncs.count() + 2)
+        finally:
+            raise_stop_flag(vm.guest)
 
     with vm.guest:
-        worker = threading.Thread(target=churn)
+        worker = Worker(churn, "churn")
         worker.start()
         try:
             result = vm.run()
         finally:
-            stop.set()
-            worker.join()
+            syncs.ended()
+            raise_stop_flag(vm.guest)
+            join(worker)
         assert result.reason is StopReason.DONE, result.detail
+        worker.finish()
+        assert changes[0] == len(layouts) * cycles
+        rounds = len(result.syncs)
         assert result.syncs == list(range(1, rounds + 1))
-        assert changes[0] >= 10
-        # some reads hit a gap between slots and were answered by the device
-        assert vm.device.read_exits > 0
+        assert rounds >= 2 * changes[0]
+        # the rounds under the deleted layout read through the device, every page
+        assert vm.device.read_exits >= cycles * size // page
         vm.slots.set_runs([], HOLE_BASE)
         assert vm.guest.vm.memslots.keys() == {0}  # only RAM is left
     hole_memory.source.verify()

@@ -24,6 +24,7 @@ from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.topology import Topology, parse_device_spec
 from pcihole.vmm.runloop import RunResult
+from tests.support import HANG_SECONDS
 
 BASE = [
     "00:00.0=host-bridge",
@@ -34,9 +35,9 @@ BASE = [
 ]
 BUSES = 4
 ALL_ONES = 0xFFFFFFFF
-STOP_FLAG_ADDR = layout.SCRATCH_ADDR
+STOP_FLAG_ADDR = layout.STOP_FLAG_ADDR
 CYCLES = 4
-WAIT_SECONDS = 10.0
+WAIT_SECONDS = HANG_SECONDS
 MODES = [
     ("shared", "mirror"),
     ("fill", "mirror"),

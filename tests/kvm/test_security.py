@@ -20,7 +20,6 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -35,17 +34,11 @@ from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
 from pcihole.vmm.guestvm import run_all
 from pcihole.vmm.runloop import StopReason
+from tests.support import CHILD_ENV, HANG_SECONDS, join
 
 BUSES = 16
 WRITE_HOLES, HAMMER = 1, 2
-REPO_ROOT = str(Path(layout.__file__).resolve().parent.parent)
-CHILD_ENV = {
-    **{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
-    "PYTHONPATH": REPO_ROOT,
-    # compiled once, outside the checkout: a third of each child's start-up otherwise
-    "PYTHONPYCACHEPREFIX": os.path.join(tempfile.gettempdir(), "pcihole-test-pycache"),
-}
-WAIT = 30.0
+WAIT = HANG_SECONDS
 
 
 def snapshots(topology: Topology) -> dict[Bdf, bytes]:
@@ -208,7 +201,7 @@ def served(path: str, source: AllOnesSource, **kwargs: object) -> Iterator[None]
         yield
     finally:
         stop.set()
-        thread.join(WAIT)
+        join(thread, "the service")
 
 
 @pytest.mark.parametrize("backing", [Backing.MEMFD, Backing.HUGETLB])
