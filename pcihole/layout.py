@@ -133,6 +133,29 @@ TEST_MMIO_BASE = 0xD0000000
 """Where tests place small MMIO devices (inside the BAR space, never under a window)."""
 FIRMWARE_TOP = 1 << 32
 """A flat firmware image ends here; the reset vector is its last 16 bytes."""
+
+# ---------------------------------------------------------------------------------------
+# The PC memory map real firmware sees (QEMU 7.2 q35): e820, BIOS areas, ACPI search.
+BDA_EBDA_SEGMENT = 0x40E
+"""BIOS data area word holding the EBDA's segment: the first place ACPI looks for the RSDP."""
+EBDA_RSDP_SEARCH_SIZE = 1 * KiB
+"""ACPI searches only the EBDA's first KiB."""
+BIOS_AREA_START = 0xE0000
+"""Read-only BIOS area below 1 MiB: ACPI's second RSDP search range, 16-byte steps."""
+BIOS_AREA_END = 0x100000
+Q35_LOW_RAM_MAX = 0xB0000000
+"""q35 keeps at most this much RAM below 4 GiB: MMCONFIG and the 32-bit PCI hole follow
+(QEMU's pc_q35_init; it is ECAM_BASE, where the MCH puts MMCONFIG by default)."""
+Q35_LOW_RAM_SPLIT = 2 * GiB
+"""With Q35_LOW_RAM_MAX or more RAM, QEMU keeps only 2 GiB low so that guest 1 GiB
+boundaries stay 1 GiB aligned in host memory; the rest goes above 4 GiB."""
+HIGH_RAM_BASE = 4 * GiB
+"""RAM that does not fit below the PCI hole continues here."""
+KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
+"""KVM's private pages (KVM_SET_IDENTITY_MAP_ADDR, then KVM_SET_TSS_ADDR's three pages),
+where QEMU puts them, just below the 16 MiB of the BIOS and APIC range; reserved in e820."""
+KVM_TSS_ADDR = KVM_IDENTITY_MAP_ADDR + PAGE_SIZE
+KVM_PRIVATE_SIZE = 4 * PAGE_SIZE
 KVM_TSS_ADDR = 0xFEFFD000
 """Three pages KVM may use to run real mode on VMX without unrestricted guest (QEMU's)."""
 KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
@@ -154,6 +177,7 @@ assert CODE_ADDR + CODE_MAX <= KERNEL_STACK_TOP - 0x10000, "code overlaps the ri
 assert ECAM_BASE % ECAM_MAX_SIZE == 0
 assert Q35_LOWMEM_MAX == ECAM_BASE, "q35 low RAM ends where its MMCONFIG window begins"
 assert IDENTITY_MAP_GIB * GiB >= ECAM_BASE + ECAM_MAX_SIZE
+assert Q35_LOW_RAM_MAX <= ECAM_BASE, "q35 low RAM overlaps MMCONFIG"
 
 
 def ecam_size(buses: int) -> int:
