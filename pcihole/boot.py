@@ -31,6 +31,7 @@ from typing import Any, BinaryIO
 from pcihole import layout
 from pcihole.arch.x86.cpuid import boot_cpuid
 from pcihole.arch.x86.reset import prepare_real_mode
+from pcihole.chipset import pam
 from pcihole.chipset.mch import HOST_BRIDGE, Mch
 from pcihole.closing import Closeable
 from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit
@@ -41,7 +42,7 @@ from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
 from pcihole.holes.strategy import StrategyError
-from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vm, abi
+from pcihole.kvm import Cap, CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine import (
     CONFIG_PORTS,
     EcamWindow,
@@ -50,10 +51,12 @@ from pcihole.machine import (
     MachineOptions,
 )
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
+from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
-from pcihole.vmm.bus import Bus, BusError
+from pcihole.q35 import LPC, Q35Platform
+from pcihole.vmm.bus import Bus, BusDevice, BusError
 from pcihole.vmm.runloop import RunLoop, RunResult
 
 GUEST_STOPPED_STATUS = 70
@@ -93,24 +96,11 @@ class BootVm(Closeable):
             self.ram = GuestRam(0, ram_size)
             self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
             self.rom.write(self.rom.base, image)
-            alias_size = min(layout.ISA_BIOS_MAX, len(image))
             high = layout.HIGH_RAM_START
             regions = [
                 (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
                 (
-                    Region(
-                        RegionKind.ROM, layout.HIGH_RAM_START - alias_size, alias_size, "isa-bios"
-                    ),
-                    self.rom.host_address + len(image) - alias_size,
-                    abi.KVM_MEM_READONLY,
-                ),
-                (
-                    Region(
-                        RegionKind.RAM,
-                        layout.HIGH_RAM_START,
-                        ram_size - layout.HIGH_RAM_START,
-                        "ram-high",
-                    ),
+                    Region(RegionKind.RAM, high, ram_size - high, "ram-high"),
                     self.ram.host_address + high,
                     0,
                 ),
@@ -120,18 +110,17 @@ class BootVm(Closeable):
                     abi.KVM_MEM_READONLY,
                 ),
             ]
-            self.memory_map = MemoryMap(region for region, _, _ in regions)
+            shadow = Region(RegionKind.ROM, pam.SHADOW_BASE, pam.SHADOW_SIZE, "pam-shadow")
+            self.memory_map = MemoryMap([*(region for region, _, _ in regions), shadow])
             self.ports = Bus("port")
             self.mmio = Bus("mmio")
-            self.rom_devices = [RomDevice(image), RomDevice(image[len(image) - alias_size :])]
+            self.rom_devices = [RomDevice(image)]
             for (region, host_address, flags), slot in zip(
                 regions, self.slots.allocate(len(regions), purpose="RAM and firmware"), strict=True
             ):
                 self.vm.set_memory_region(slot, region.start, region.size, host_address, flags)
             self.mmio.add(self.rom.base, len(image), self.rom_devices[0], "bios")
-            self.mmio.add(
-                layout.HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios"
-            )
+            self.has_irqchip = _create_interrupt_controllers(self.vm)
             self.vcpu = self.vm.create_vcpu()
             self.vcpu.set_cpuid2(boot_cpuid(kvm))
             self.loop = RunLoop(self.vcpu, self.ports, self.mmio, report_port=None)
@@ -158,6 +147,17 @@ class BootVm(Closeable):
             if memory is not None:
                 memory.close()
         self.ram = self.rom = None
+
+
+def _create_interrupt_controllers(vm: Vm) -> bool:
+    """KVM's PIC, IOAPIC, local APIC and PIT in the kernel, as QEMU's default
+    ``kernel-irqchip`` (before any vCPU). False where this KVM has none."""
+    if not vm.kvm.check_extension(Cap.IRQCHIP):
+        return False
+    vm.create_irqchip()
+    if vm.kvm.check_extension(Cap.PIT2):
+        vm.create_pit2()
+    return True
 
 
 def check_image(image: bytes) -> None:
@@ -230,6 +230,8 @@ class BootMachine(Closeable):
         socket_path: str | None = None,
         ram_size: int = layout.BOOT_RAM_SIZE,
         console: BinaryIO | None = None,
+        serial: Callable[[bytes], None] | None = None,
+        until: bytes | None = None,
         name: str = "boot",
     ) -> None:
         self.topology = topology or Topology.qemu_nodefaults()
@@ -249,21 +251,56 @@ class BootMachine(Closeable):
         self.placements: list[tuple[int | None, int]] = []
         self._started = time.perf_counter()
         self.guest = BootVm(kvm, image, ram_size=ram_size, name=name)
+        self.stop_reason: str | None = None
         try:
-            written = self.mch.config_written
+            assert self.guest.ram is not None
+            self.platform = Q35Platform(
+                self.guest.vm,
+                self.guest.ports,
+                self.guest.mmio,
+                self.guest.ram,
+                self.guest.slots,
+                image,
+                on_stop=self.stop,
+                serial=serial,
+            )
+            written = self._config_written
             self.window = EcamWindow(
                 self.guest, self.topology, self.options, base=None, on_config_write=written
             )
             self.legacy = LegacyConfigPorts(self.window, on_write=written)
             ports = self.guest.ports
-            ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config")
+            config_ports = self.platform.config_ports(self.legacy)
+            ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
             self.console = DebugConsole(console, self._stamp)
-            ports.add(layout.DEBUGCON_PORT, 1, self.console, "debugcon")
+            self.until = until
+            ports.add(
+                layout.DEBUGCON_PORT, 1, _Watched(self.console, self._console_written), "debugcon"
+            )
             self.debug_exit = DebugExit(self.guest.request_stop)
             ports.add(layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit, "debug-exit")
         except BaseException:
             self.close()
             raise
+
+    # --- chipset --------------------------------------------------------------------------
+    def _config_written(self, bdf: Bdf) -> None:
+        self.mch.config_written(bdf)
+        function = self.topology.get(bdf)
+        if bdf == HOST_BRIDGE and function is not None:
+            self.platform.host_bridge_written(function.config)
+        elif bdf == LPC and function is not None:
+            self.platform.lpc_written(function.config)
+
+    def stop(self, reason: str) -> None:
+        """End the run (the guest powered off or reset, a time limit, a signal, ``until``)."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self.guest.request_stop()
+
+    def _console_written(self) -> None:
+        if self.until is not None and self.console.output.endswith(self.until):
+            self.stop(f"the console printed {self.until.decode(errors='replace')!r}")
 
     # --- PCIEXBAR ------------------------------------------------------------------------
     def place_window(self, base: int | None, buses: int) -> None:
@@ -327,7 +364,15 @@ class BootMachine(Closeable):
                 "legacy_ports": self.legacy.exits,
             },
             "hole_writes": self.window.hole_writes.count,
-            "rom_writes": sum(device.writes for device in self.guest.rom_devices),
+            "rom_writes": sum(device.writes for device in self.guest.rom_devices)
+            + self.platform.shadow.dropped_writes,
+            "pam": {
+                "registers": list(self.platform.shadow.registers),
+                "changes": self.platform.shadow.changes,
+                "exits": self.platform.shadow.exits,
+            },
+            "irq_line_changes": dict(sorted(self.platform.irq_lines.items())),
+            "stop_reason": self.stop_reason,
             "unclaimed": {"mmio": self.guest.mmio.unclaimed, "ports": self.guest.ports.unclaimed},
             "window": {
                 "base": self.window.base,
@@ -346,7 +391,25 @@ class BootMachine(Closeable):
         window: EcamWindow | None = getattr(self, "window", None)
         if window is not None:
             window.close()
+        platform: Q35Platform | None = getattr(self, "platform", None)
+        if platform is not None:
+            platform.close()
         self.guest.close()
+
+
+class _Watched:
+    """A port device that tells ``after_write`` of every write it passed on."""
+
+    def __init__(self, device: BusDevice, after_write: Callable[[], None]) -> None:
+        self.device = device
+        self.after_write = after_write
+
+    def read(self, offset: int, size: int) -> int:
+        return self.device.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.device.write(offset, size, value)
+        self.after_write()
 
 
 def main_boot(

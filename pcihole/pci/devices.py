@@ -32,6 +32,9 @@ INTA = 1
 """Interrupt pin register value for INTA#."""
 PCIEXBAR = 0x60
 """q35 host bridge: where the ECAM (MMCONFIG) window sits, 64 bits; decoded by ``pcihole.boot``."""
+MCH_PAM0 = 0x90
+"""PAM0-PAM6: plain bytes on QEMU's MCH, decoded by ``pcihole.chipset.pam``."""
+MCH_PAM_REGISTERS = 7
 PCIEXBAR_DEFAULT = 0xB0000000
 """QEMU's reset value: the base firmware is expected to use, the window still disabled."""
 PCIEXBAR_WRITABLE = 0xF_FC00_0007
@@ -112,6 +115,7 @@ def _host_bridge(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
         subsystem_id=QEMU_SUBSYSTEM,
     )
     config.define(PCIEXBAR, 8, PCIEXBAR_DEFAULT, writable=PCIEXBAR_WRITABLE)
+    config.define(MCH_PAM0, MCH_PAM_REGISTERS, 0, writable=(1 << 8 * MCH_PAM_REGISTERS) - 1)
     return config
 
 
