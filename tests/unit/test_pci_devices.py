@@ -80,9 +80,18 @@ def test_virtio_net() -> None:
     assert bars[4].kind is BarKind.MEMORY64 and bars[4].prefetchable
     assert bars[1].kind is BarKind.MEMORY32
     msix = config.find_capability(caps.CapabilityId.MSIX)
-    assert msix is not None and config.read(msix + 2, 2) & 0x7FF == 2  # 3 vectors
+    assert msix is not None and config.read(msix + 2, 2) & 0x7FF == 3  # 4 vectors, as QEMU
     vendor = [at for at, cap in config.capabilities() if cap == caps.CapabilityId.VENDOR_SPECIFIC]
-    assert [config.read(at + 3, 1) for at in vendor] == [1, 3, 4, 2]  # common, ISR, device, notify
+    # Newest first, as QEMU links them: PCI window, notify, device, ISR, common.
+    assert [config.read(at + 3, 1) for at in vendor] == [5, 2, 4, 3, 1]
+
+
+def test_virtio_on_the_root_bus_is_transitional() -> None:
+    config = build("virtio-net", Bdf(0, 2, 0)).config
+    assert (config.device_id, config.revision, config.read(0x2E, 2)) == (0x1000, 0, 1)
+    assert config.bars[0].index == 0 and config.bars[0].kind is BarKind.IO
+    assert config.find_capability(caps.CapabilityId.PCI_EXPRESS) is None
+    assert config.snapshot()[0x100:] == b"\xff" * 0xF00
 
 
 def test_endpoints_on_bus_0_are_integrated() -> None:
@@ -115,7 +124,7 @@ def test_ich9_set() -> None:
         (
             "root-port",
             {"bus": 1, "speed": 2},
-            r"does not take speed \(it takes: bus, subordinate\)",
+            r"does not take speed \(it takes: bus, chassis, slot, subordinate\)",
         ),
         ("root-port", {}, "root-port needs bus="),
         ("root-port", {"bus": 256}, "not a bus number"),
