@@ -195,6 +195,14 @@ def _print_scan(report: ScanReport) -> None:
         f"host memory for holes: {data['hole_memory_bytes_total']} bytes in all, "
         f"{data['hole_memory_bytes_per_vm']} per VM"
     )
+    kernel = data["kernel_memory"]["per_vm_bytes"]
+    fields = ", ".join(
+        f"{name} {kernel[name] >> 10} KiB" for name in data["kernel_memory"]["fields"]
+    )
+    print(
+        f"kernel memory per VM (peak over set-up and scan, host-wide /proc/meminfo): "
+        f"{kernel['total'] >> 10} KiB ({fields})"
+    )
     print(f"setup {data['setup_seconds']:.4f} s, scan {data['scan_seconds']:.4f} s")
 
 
@@ -282,7 +290,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(
             f"{point['strategy']:<6} {point['buses']:>3} buses {point['vms']:>3} VMs: "
             f"scan {point['first_pass_seconds']:.4f} s/VM, hole memory "
-            f"{point['hole_memory_bytes_total'] >> 10} KiB, {point['memslots_per_vm']} slots/VM",
+            f"{point['hole_memory_bytes_total'] >> 10} KiB, {point['memslots_per_vm']} slots/VM, "
+            f"kernel {point['kernel_memory_bytes_per_vm']['total'] >> 10} KiB/VM",
             flush=True,
         )
 

@@ -163,7 +163,11 @@ class MeminfoSampler:
         return self
 
     def stop(self) -> KernelMemory:
-        """Take a last sample (the VMs still exist), stop the thread, keep the result."""
+        """Take a last sample (the VMs still exist), stop the thread, keep the result.
+
+        Stopping again returns the first result."""
+        if self.result is not None:
+            return self.result
         self._stop.set()
         if self._thread is not None:
             self._thread.join()

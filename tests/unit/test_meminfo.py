@@ -115,3 +115,12 @@ def test_sampler_takes_baseline_first_and_a_last_sample_at_stop() -> None:
 
 def test_default_fields_are_the_documented_three() -> None:
     assert KERNEL_FIELDS == ("VmallocUsed", "SecPageTables", "PageTables")
+
+
+def test_stopping_twice_keeps_the_first_result() -> None:
+    readings = iter([{"VmallocUsed": 0}, {"VmallocUsed": 4096}, {"VmallocUsed": 1 << 30}])
+    sampler = MeminfoSampler(interval=3600, read=lambda: next(readings))
+    sampler.start()
+    first = sampler.stop()
+    assert sampler.stop() is first
+    assert first.peak_rise["total"] == 4096
