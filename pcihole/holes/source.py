@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 from pcihole import hostinfo, hostmem
 from pcihole.closing import Closeable
-from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE, HostMemError, Mapping
+from pcihole.hostmem import HostMemError, Mapping
+from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 ALL_ONES = 0xFF
 
