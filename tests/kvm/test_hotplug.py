@@ -60,12 +60,15 @@ def make_function(place: str, cycle: int) -> Function:
     return MODELS[model].build(Bdf.parse(address))
 
 
-BASE_RUNS = [(0x1000, 0xDF000), (0xE2000, 0x16000), (0xF9000, 0x7000), (0x101000, 0x2FF000)]
-"""Hole runs of BASE in a 4-bus window (offset, size): around 00:00.0, 00:1c.0-1, 00:1f.0
-and 01:00.0."""
+BASE_RUNS = [
+    (0x1000, 0xDF000), (0xE2000, 0x16000), (0xF9000, 0x1000), (0xFC000, 0x4000),
+    (0x101000, 0x2FF000),
+]  # fmt: skip
+"""Hole runs of BASE and the q35 built-ins in a 4-bus window (offset, size): around
+00:00.0, 00:1c.0-1, 00:1f.0, 00:1f.2-3 and 01:00.0."""
 PLUGGED_RUNS = {
     "root-bus": [(0x1000, 0x17000), (0x19000, 0xC7000), *BASE_RUNS[1:]],  # 00:03.0 at 0x18000
-    "behind-root-port": [*BASE_RUNS[:3], (0x101000, 0xFF000), (0x201000, 0x1FF000)],  # 0x200000
+    "behind-root-port": [*BASE_RUNS[:4], (0x101000, 0xFF000), (0x201000, 0x1FF000)],  # 0x200000
 }
 
 

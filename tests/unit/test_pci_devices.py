@@ -183,7 +183,7 @@ def guest_walk_extended(config: ConfigSpace) -> list[tuple[int, int]]:
     while at:
         assert 0x100 <= at < 0x1000 and at not in dict(found), f"pointer to {at:#x}"
         header = config.read(at, 4)
-        if header == 0:
+        if header in (0, 0xFFFF_FFFF):  # none; all ones: a conventional function (as Linux)
             break
         found.append((at, header & 0xFFFF))
         at = header >> 20 & ~3
