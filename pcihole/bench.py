@@ -74,7 +74,7 @@ def measure_point(
                 "pass_seconds_per_vm": per_vm,
                 "hole_memory_bytes_total": report["hole_memory_bytes_total"],
                 "hole_memory_bytes_per_vm": report["hole_memory_bytes_per_vm"],
-                "kernel_memory_bytes_during_setup": report["kernel_memory_bytes_during_setup"],
+                "kernel_memory_bytes_per_vm": report["kernel_memory"]["per_vm_bytes"],
                 "exits_per_vm": report["exits_per_vm"],
                 "memslots_per_vm": report["memslots_per_vm"],
                 "backing": report["backing"],
@@ -95,12 +95,22 @@ def measure_point(
         point[key + "_spread"] = [min(values), max(values)]
     last = samples[-1]
     for key in ("hole_memory_bytes_total", "hole_memory_bytes_per_vm", "exits_per_vm",
-                "memslots_per_vm", "backing", "kernel_memory_bytes_during_setup"):  # fmt: skip
+                "memslots_per_vm", "backing"):  # fmt: skip
         point[key] = last[key]
-    slots = last["memslots_per_vm"] * vms
-    kernel = last["kernel_memory_bytes_during_setup"]
-    point["kernel_bytes_per_memslot_estimate"] = int(kernel / slots) if slots else None
+    point.update(kernel_medians(samples))
     return point
+
+
+def kernel_medians(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median per-VM kernel memory by /proc/meminfo field over the repeats (each field on
+    its own: host-wide noise lands in different repeats), and the spread of the total."""
+    by_field = [sample["kernel_memory_bytes_per_vm"] for sample in samples]
+    medians = {name: int(statistics.median(vm[name] for vm in by_field)) for name in by_field[0]}
+    totals = [vm["total"] for vm in by_field]
+    return {
+        "kernel_memory_bytes_per_vm": medians,
+        "kernel_memory_bytes_per_vm_spread": [min(totals), max(totals)],
+    }
 
 
 def sweep(

@@ -20,9 +20,6 @@ reset instead).
 
 from __future__ import annotations
 
-import ctypes
-import errno
-import fcntl
 import json
 import sys
 import time
@@ -32,271 +29,40 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcihole import layout
+from pcihole.arch.x86.cpuid import boot_cpuid
+from pcihole.arch.x86.reset import prepare_real_mode
+from pcihole.chipset.mch import HOST_BRIDGE, Mch
 from pcihole.closing import Closeable
+from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit
+from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
+from pcihole.devices.rom import RomDevice
+from pcihole.errors import BadInput
 from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
 from pcihole.holes.strategy import StrategyError
-from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vcpu, Vm, abi
+from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine import (
     CONFIG_PORTS,
-    PAGE_SHIFT,
-    EcamDevice,
     EcamWindow,
     LegacyConfigPorts,
     MachineError,
     MachineOptions,
 )
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
-from pcihole.pci.bdf import Bdf
-from pcihole.pci.devices import MODELS, PCIEXBAR, Function
+from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
 from pcihole.vmm.bus import Bus, BusError
 from pcihole.vmm.runloop import RunLoop, RunResult
 
-BOOT_RAM_SIZE = 128 * layout.MiB
-"""QEMU's default -m."""
-LOW_RAM_END = 0xA0000
-"""Conventional memory ends at 640 KiB; the VGA window and option ROM space follow."""
-HIGH_RAM_START = 1 * layout.MiB
-ISA_BIOS_MAX = 128 * layout.KiB
-"""The tail of the image that also appears just below 1 MiB (QEMU's isa-bios alias)."""
-KVM_TSS_ADDR = 0xFEFFD000
-"""Three pages KVM may use to run real mode on VMX without unrestricted guest (QEMU's)."""
-KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
-CAP_SET_IDENTITY_MAP_ADDR = 37
-CAP_GET_TSC_KHZ = 61
-HOST_BRIDGE = Bdf(0, 0, 0)
-DEBUGCON_READBACK = 0xE9
-"""What QEMU's isa-debugcon answers to a read (firmware uses it to detect the port)."""
-DEBUG_EXIT_SIZE = 4
 GUEST_STOPPED_STATUS = 70
 """Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
 USAGE_STATUS = 2
 
-# PCIEXBAR (q35 MCH, config 0x60): enable bit 0, length bits 2:1, base bits 35:26.
-PCIEXBAR_ENABLE = 1
-PCIEXBAR_LENGTH_SHIFT = 1
-PCIEXBAR_LENGTH_BUSES = {0: 256, 1: 128, 2: 64}
-"""Length code -> buses decoded (1 MiB each); code 3 is reserved (no window here)."""
-PCIEXBAR_BASE_BITS = (1 << 36) - 1
 
-
-class BootError(Exception):
+class BootError(BadInput):
     """The image or the machine is unusable; the message says why."""
-
-
-def decode_pciexbar(value: int) -> tuple[int, int] | None:
-    """``(base, buses)`` of the window a PCIEXBAR value asks for, None when disabled.
-
-    The base keeps the address bits the length allows: 35:28 for 256 MiB, 35:27 for
-    128 MiB, 35:26 for 64 MiB, so a window is always aligned to its size.
-    """
-    if not value & PCIEXBAR_ENABLE:
-        return None
-    buses = PCIEXBAR_LENGTH_BUSES.get(value >> PCIEXBAR_LENGTH_SHIFT & 3)
-    if buses is None:
-        return None
-    size = layout.ecam_size(buses)
-    return value & PCIEXBAR_BASE_BITS & ~(size - 1), buses
-
-
-# --- CPUID and the few VM ioctls the reset path needs -----------------------------------
-class _CpuidEntry(ctypes.Structure):
-    _fields_ = [
-        ("function", abi.u32),
-        ("index", abi.u32),
-        ("flags", abi.u32),
-        ("eax", abi.u32),
-        ("ebx", abi.u32),
-        ("ecx", abi.u32),
-        ("edx", abi.u32),
-        ("padding", abi.u32 * 3),
-    ]
-
-
-class _CpuidHeader(ctypes.Structure):
-    _fields_ = [("nent", abi.u32), ("padding", abi.u32)]
-
-
-KVM_GET_SUPPORTED_CPUID = abi._iowr(abi.KVMIO, 0x05, _CpuidHeader)
-KVM_SET_CPUID2 = abi._iow(abi.KVMIO, 0x90, _CpuidHeader)
-KVM_GET_TSC_KHZ = abi._io(abi.KVMIO, 0xA3)
-CPUID_TABLE_MAX = 4096
-
-
-def _cpuid_table(entries: int) -> ctypes.Structure:
-    class Table(ctypes.Structure):
-        _fields_ = [("nent", abi.u32), ("padding", abi.u32), ("entries", _CpuidEntry * entries)]
-
-    table = Table()
-    table.nent = entries
-    return table
-
-
-def supported_cpuid(kvm: Kvm) -> ctypes.Structure:
-    """KVM_GET_SUPPORTED_CPUID: every leaf this KVM can give a guest."""
-    entries = 64
-    while True:
-        table = _cpuid_table(entries)
-        try:
-            fcntl.ioctl(kvm.fd, KVM_GET_SUPPORTED_CPUID, table, True)
-            return table
-        except OSError as error:
-            if error.errno != errno.E2BIG or entries >= CPUID_TABLE_MAX:
-                raise KvmError("KVM_GET_SUPPORTED_CPUID", error.errno) from None
-            entries *= 2
-
-
-XSAVE_LEAF = 0xD
-XFEATURES_NEEDING_PERMISSION = (1 << 17) | (1 << 18)
-"""AMX tile state: KVM_SET_CPUID2 refuses it unless the process first asked for it with
-arch_prctl(ARCH_REQ_XCOMP_GUEST_PERM). Firmware has no use for it."""
-
-
-def boot_cpuid(kvm: Kvm) -> ctypes.Structure:
-    """What a booting vCPU is told: every supported leaf, less what needs permissions."""
-    table = supported_cpuid(kvm)
-    for entry in table.entries[: table.nent]:
-        if entry.function == XSAVE_LEAF and entry.index == 0:
-            entry.eax &= ~XFEATURES_NEEDING_PERMISSION
-    return table
-
-
-def set_cpuid(vcpu: Vcpu, table: ctypes.Structure) -> None:
-    """KVM_SET_CPUID2. Without it a guest has no long mode: its WRMSR of EFER.LME faults."""
-    try:
-        fcntl.ioctl(vcpu.fd, KVM_SET_CPUID2, table, True)
-    except OSError as error:
-        raise KvmError("KVM_SET_CPUID2", error.errno) from None
-
-
-def tsc_khz(vcpu: Vcpu) -> int | None:
-    """The guest TSC frequency (KVM_GET_TSC_KHZ), None where KVM cannot tell."""
-    if not vcpu.vm.kvm.check_extension(CAP_GET_TSC_KHZ):
-        return None
-    try:
-        return fcntl.ioctl(vcpu.fd, KVM_GET_TSC_KHZ, 0) or None
-    except OSError:
-        return None
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_ioctl_ulong = _libc.ioctl
-_ioctl_ulong.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
-_ioctl_ulong.restype = ctypes.c_int
-
-
-def _prepare_real_mode(vm: Vm) -> None:
-    """Give KVM the pages it may need to run real mode (before any vCPU exists)."""
-    kvm = vm.kvm
-    try:
-        if kvm.check_extension(CAP_SET_IDENTITY_MAP_ADDR):
-            address = ctypes.c_uint64(KVM_IDENTITY_MAP_ADDR)
-            fcntl.ioctl(vm.fd, abi.KVM_SET_IDENTITY_MAP_ADDR, address, True)
-    except OSError as error:
-        raise KvmError("KVM_SET_IDENTITY_MAP_ADDR", error.errno) from None
-    # An unsigned long argument: fcntl.ioctl would take only a C int.
-    if (
-        kvm.check_extension(abi.Cap.SET_TSS_ADDR)
-        and _ioctl_ulong(vm.fd, abi.KVM_SET_TSS_ADDR, KVM_TSS_ADDR) < 0
-    ):
-        raise KvmError("KVM_SET_TSS_ADDR", ctypes.get_errno())
-
-
-# --- devices ----------------------------------------------------------------------------
-class RomDevice:
-    """Behind a read-only image slot: reads do not exit; writes do, and are dropped."""
-
-    def __init__(self, image: bytes) -> None:
-        self.image = image
-        self.writes = 0
-
-    def read(self, offset: int, size: int) -> int:
-        return int.from_bytes(self.image[offset : offset + size], "little")
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.writes += 1
-
-
-Stamp = tuple[float, int, int]
-"""(seconds since the run started, exits so far, ECAM exits so far)."""
-
-
-class DebugConsole:
-    """QEMU's isa-debugcon: each byte written goes out; reads answer 0xe9.
-
-    Each line is kept as a ``ConsoleLine`` with ``clock``'s stamps at its first byte and
-    at its newline, so a guest can time what happens between two lines it prints.
-    """
-
-    def __init__(
-        self, sink: BinaryIO | None = None, clock: Callable[[], Stamp] | None = None
-    ) -> None:
-        self.sink = sink
-        self.clock = clock or (lambda: (0.0, 0, 0))
-        self.output = bytearray()
-        self.lines: list[ConsoleLine] = []
-        self._line = bytearray()
-        self._first: Stamp = (0.0, 0, 0)
-
-    def read(self, offset: int, size: int) -> int:
-        return DEBUGCON_READBACK
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        byte = value & 0xFF
-        if not self._line:
-            self._first = self.clock()
-        self.output.append(byte)
-        self._line.append(byte)
-        if byte == 0x0A:
-            self._end_line()
-
-    def _end_line(self) -> None:
-        line = bytes(self._line)
-        self._line.clear()
-        if self.sink is not None:
-            self.sink.write(line)
-            self.sink.flush()
-        text = line.decode("utf-8", "replace").rstrip("\n")
-        self.lines.append(ConsoleLine(text, *self.clock(), *self._first))
-
-    def flush(self) -> None:
-        """Hand on a last line without its newline."""
-        if self._line:
-            self._end_line()
-
-
-class DebugExit:
-    """QEMU's isa-debug-exit: a write of ``value`` ends the machine with status
-    ``(value << 1) | 1``. Reads answer 0."""
-
-    def __init__(self, stop: Callable[[], None]) -> None:
-        self.stop = stop
-        self.value: int | None = None
-
-    def read(self, offset: int, size: int) -> int:
-        return 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        if self.value is None:
-            self.value = value
-            self.stop()
-
-
-class _ReportingEcam(EcamDevice):
-    """The window's ECAM device, telling ``on_write`` which function a write reached."""
-
-    def __init__(self, window: EcamWindow, on_write: Callable[[Bdf], None]) -> None:
-        super().__init__(window)
-        self.on_write = on_write
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        super().write(offset, size, value)
-        function = self.window.functions_by_page.get(offset >> PAGE_SHIFT)
-        if function is not None:
-            self.on_write(function.bdf)
 
 
 # --- the VM ------------------------------------------------------------------------------
@@ -308,7 +74,7 @@ class BootVm(Closeable):
     """
 
     def __init__(
-        self, kvm: Kvm, image: bytes, *, ram_size: int = BOOT_RAM_SIZE, name: str = "boot"
+        self, kvm: Kvm, image: bytes, *, ram_size: int = layout.BOOT_RAM_SIZE, name: str = "boot"
     ) -> None:
         check_image(image)
         if ram_size % layout.PAGE_SIZE or not 2 * layout.MiB <= ram_size <= layout.ECAM_BASE:
@@ -322,22 +88,30 @@ class BootVm(Closeable):
         self.ram: GuestRam | None = None
         self.rom: GuestRam | None = None
         try:
-            _prepare_real_mode(self.vm)
+            prepare_real_mode(self.vm)
             self.slots = SlotAllocator(self.vm.max_memslots)
             self.ram = GuestRam(0, ram_size)
             self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
             self.rom.write(self.rom.base, image)
-            alias_size = min(ISA_BIOS_MAX, len(image))
+            alias_size = min(layout.ISA_BIOS_MAX, len(image))
+            high = layout.HIGH_RAM_START
             regions = [
-                (Region(RegionKind.RAM, 0, LOW_RAM_END, "ram"), self.ram.host_address, 0),
+                (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
                 (
-                    Region(RegionKind.ROM, HIGH_RAM_START - alias_size, alias_size, "isa-bios"),
+                    Region(
+                        RegionKind.ROM, layout.HIGH_RAM_START - alias_size, alias_size, "isa-bios"
+                    ),
                     self.rom.host_address + len(image) - alias_size,
                     abi.KVM_MEM_READONLY,
                 ),
                 (
-                    Region(RegionKind.RAM, HIGH_RAM_START, ram_size - HIGH_RAM_START, "ram-high"),
-                    self.ram.host_address + HIGH_RAM_START,
+                    Region(
+                        RegionKind.RAM,
+                        layout.HIGH_RAM_START,
+                        ram_size - layout.HIGH_RAM_START,
+                        "ram-high",
+                    ),
+                    self.ram.host_address + high,
                     0,
                 ),
                 (
@@ -355,9 +129,11 @@ class BootVm(Closeable):
             ):
                 self.vm.set_memory_region(slot, region.start, region.size, host_address, flags)
             self.mmio.add(self.rom.base, len(image), self.rom_devices[0], "bios")
-            self.mmio.add(HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios")
+            self.mmio.add(
+                layout.HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios"
+            )
             self.vcpu = self.vm.create_vcpu()
-            set_cpuid(self.vcpu, boot_cpuid(kvm))
+            self.vcpu.set_cpuid2(boot_cpuid(kvm))
             self.loop = RunLoop(self.vcpu, self.ports, self.mmio, report_port=None)
         except BaseException:
             self.close()
@@ -393,34 +169,6 @@ def check_image(image: bytes) -> None:
 
 
 # --- the machine ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ConsoleLine:
-    """One line of debug console output and the machine's counters around it."""
-
-    text: str
-    seconds: float
-    """When its newline came, since the run started."""
-    exits: int
-    """Every exit so far, the newline's own OUT included."""
-    config_exits: int
-    """ECAM accesses that exited so far (holes and present functions)."""
-    first_seconds: float
-    """The same three when the line's first byte came."""
-    first_exits: int
-    first_config_exits: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "seconds": round(self.seconds, 6),
-            "exits": self.exits,
-            "config_exits": self.config_exits,
-            "first_seconds": round(self.first_seconds, 6),
-            "first_exits": self.first_exits,
-            "first_config_exits": self.first_config_exits,
-        }
-
-
 @dataclass(frozen=True)
 class Interval:
     """What happened between two console lines."""
@@ -480,15 +228,15 @@ class BootMachine(Closeable):
         writes: str = "coalesce",
         backing: Backing | None = None,
         socket_path: str | None = None,
-        ram_size: int = BOOT_RAM_SIZE,
+        ram_size: int = layout.BOOT_RAM_SIZE,
         console: BinaryIO | None = None,
         name: str = "boot",
     ) -> None:
         self.topology = topology or Topology.qemu_nodefaults()
-        bridge = self.topology.get(HOST_BRIDGE)
-        if bridge is None or bridge.model != "host-bridge":
-            raise BootError(f"q35 firmware needs the host bridge at {HOST_BRIDGE}")
-        self.host_bridge = bridge
+        try:
+            self.mch = Mch(self.topology, self.place_window)
+        except ValueError as error:
+            raise BootError(str(error)) from None
         self.options = MachineOptions(
             buses=self.topology.buses,
             strategy=strategy,
@@ -502,10 +250,11 @@ class BootMachine(Closeable):
         self._started = time.perf_counter()
         self.guest = BootVm(kvm, image, ram_size=ram_size, name=name)
         try:
-            self.window = EcamWindow(self.guest, self.topology, self.options, base=None)
-            self.window.ecam = _ReportingEcam(self.window, self._config_written)
-            self.legacy = LegacyConfigPorts(self.window)
-            self.legacy.on_write = self._config_written
+            written = self.mch.config_written
+            self.window = EcamWindow(
+                self.guest, self.topology, self.options, base=None, on_config_write=written
+            )
+            self.legacy = LegacyConfigPorts(self.window, on_write=written)
             ports = self.guest.ports
             ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config")
             self.console = DebugConsole(console, self._stamp)
@@ -517,18 +266,11 @@ class BootMachine(Closeable):
             raise
 
     # --- PCIEXBAR ------------------------------------------------------------------------
-    def _config_written(self, bdf: Bdf) -> None:
-        if bdf == HOST_BRIDGE:
-            self.apply_pciexbar()
-
-    def apply_pciexbar(self) -> None:
-        """Make the window match the host bridge's PCIEXBAR (called after every write to it).
+    def place_window(self, base: int | None, buses: int) -> None:
+        """Move the window where the MCH says (after every write to its PCIEXBAR).
 
         A window that cannot go where firmware asks (over RAM or the image) is not decoded.
         """
-        wanted = decode_pciexbar(self.host_bridge.config.read(PCIEXBAR, 8))
-        base, buses = (None, self.options.buses) if wanted is None else wanted
-        buses = min(buses, self.options.buses)
         if (base, layout.ecam_size(buses)) == (self.window.base, self.window.size):
             return
         try:
@@ -596,7 +338,7 @@ class BootMachine(Closeable):
             "strategy": report.strategy,
             "backing": report.backing,
             "notes": [*report.notes, *self.notes],
-            "tsc_khz": tsc_khz(self.guest.vcpu),
+            "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
         }
 
@@ -618,7 +360,7 @@ def main_boot(
     writes: str = "coalesce",
     backing: str = "auto",
     socket_path: str | None = None,
-    ram_mib: int = BOOT_RAM_SIZE // layout.MiB,
+    ram_mib: int = layout.BOOT_RAM_SIZE // layout.MiB,
     stats: str | None = None,
 ) -> int:
     """``pcihole boot``: run ``bios`` and return the process exit status.
@@ -694,6 +436,5 @@ __all__ = [
     "BootVm",
     "ConsoleLine",
     "Interval",
-    "decode_pciexbar",
     "main_boot",
 ]

@@ -195,6 +195,14 @@ def _print_scan(report: ScanReport) -> None:
         f"host memory for holes: {data['hole_memory_bytes_total']} bytes in all, "
         f"{data['hole_memory_bytes_per_vm']} per VM"
     )
+    kernel = data["kernel_memory"]["per_vm_bytes"]
+    fields = ", ".join(
+        f"{name} {kernel[name] >> 10} KiB" for name in data["kernel_memory"]["fields"]
+    )
+    print(
+        f"kernel memory per VM (peak over set-up and scan, host-wide /proc/meminfo): "
+        f"{kernel['total'] >> 10} KiB ({fields})"
+    )
     print(f"setup {data['setup_seconds']:.4f} s, scan {data['scan_seconds']:.4f} s")
 
 
@@ -282,7 +290,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(
             f"{point['strategy']:<6} {point['buses']:>3} buses {point['vms']:>3} VMs: "
             f"scan {point['first_pass_seconds']:.4f} s/VM, hole memory "
-            f"{point['hole_memory_bytes_total'] >> 10} KiB, {point['memslots_per_vm']} slots/VM",
+            f"{point['hole_memory_bytes_total'] >> 10} KiB, {point['memslots_per_vm']} slots/VM, "
+            f"kernel {point['kernel_memory_bytes_per_vm']['total'] >> 10} KiB/VM",
             flush=True,
         )
 
@@ -329,7 +338,9 @@ def _cmd_serve_holes(args: argparse.Namespace) -> int:
         except KeyError:
             raise UsageError(f"--group: no such group {args.group!r}") from None
     backing = None if args.backing == "auto" else args.backing
-    return main_serve(args.socket, backing, args.group)
+    if args.reserve_hugepage and backing not in (None, "hugetlb"):
+        raise UsageError(f"--reserve-hugepage serves hugetlb, not --backing {backing}")
+    return main_serve(args.socket, backing, args.group, reserve_hugepage=args.reserve_hugepage)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -394,6 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--socket", required=True, metavar="PATH")
     serve.add_argument("--backing", choices=["auto", "hugetlb", "memfd"], default="auto")
     serve.add_argument("--group", help="group allowed to connect (socket mode 0660)")
+    serve.add_argument(
+        "--reserve-hugepage",
+        action="store_true",
+        help="as root: add one 2 MiB page to the hugetlb pool for the chunk while serving "
+        "(clients get a hugetlb window: few memslots, 2 MiB first touch); given back at exit",
+    )
     serve.set_defaults(handler=_cmd_serve_holes)
     return parser
 

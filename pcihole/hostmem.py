@@ -20,11 +20,9 @@ import weakref
 
 from pcihole import hostinfo
 from pcihole.closing import Closeable
+from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
-PAGE_SIZE = _mmap.PAGESIZE
-"""The host's base page size (4 KiB on x86-64)."""
-HUGE_PAGE_SIZE = 2 << 20
-"""x86-64 large page (PMD) size: hugetlb pages, THP, and window alignment."""
+assert _mmap.PAGESIZE == PAGE_SIZE, "guest pages and host pages must be the same size"
 
 PROT_NONE = 0
 PROT_READ = _mmap.PROT_READ

@@ -1,8 +1,9 @@
 """Every guest-physical address pcihole uses, in one place.
 
 Each constant says why it is where it is; later ones are derived from earlier ones.
-The guest assembly receives the same values through ``--defsym`` (see
-``pcihole.guest.build``), so the host and the guest can never disagree.
+The guest assembly receives the same values as preprocessor definitions (``-D``, see
+``asm_symbols`` and ``pcihole.guest.build``), so the host and the guest can never
+disagree.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-PAGE_SIZE = 4 * KiB
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
 """The smallest unit of a memslot and of a PCI function's configuration space."""
 HUGE_PAGE_SIZE = 2 * MiB
 """x86 large page: hole windows keep host and guest addresses congruent modulo this."""
@@ -54,8 +56,27 @@ RESULTS_SIZE = 2 * MiB
 SCRATCH_ADDR = RESULTS_ADDR + RESULTS_SIZE
 """Free RAM for guest programs' own use."""
 SCRATCH_SIZE = 1 * MiB
+RECURSIVE_RESULTS_OFFSET = RESULTS_SIZE // 2
+"""The scan guest's recursive results follow its brute-force ones, halfway in."""
+DUMP_ROOM = RESULTS_SIZE // PAGE_SIZE
+"""Config pages the ecam_dump guest's result buffer holds (512 with a 2 MiB buffer)."""
+DUMP_LIST_ADDR = SCRATCH_ADDR
+"""Where ecam_dump lists the address (u32 bus << 8 | devfn) of each page it copied."""
+STOP_FLAG_ADDR = SCRATCH_ADDR + SCRATCH_SIZE - 8
+"""The last u64 of scratch: a test guest that must keep running while the host changes
+something polls it and stops once the host makes it non-zero."""
 RAM_SIZE = SCRATCH_ADDR + SCRATCH_SIZE
 """Test guests need only this much RAM."""
+
+# ---------------------------------------------------------------------------------------
+# Firmware machines (``pcihole boot``): a PC's memory below 4 GiB, as QEMU's q35 lays it out.
+BOOT_RAM_SIZE = 128 * MiB
+"""QEMU's default -m."""
+LOW_RAM_END = 0xA0000
+"""Conventional memory ends at 640 KiB; the VGA window and option ROM space follow."""
+HIGH_RAM_START = 1 * MiB
+ISA_BIOS_MAX = 128 * KiB
+"""The tail of the image that also appears just below 1 MiB (QEMU's isa-bios alias)."""
 
 # ---------------------------------------------------------------------------------------
 # Port I/O.
@@ -113,16 +134,61 @@ TEST_MMIO_BASE = 0xD0000000
 FIRMWARE_TOP = 1 << 32
 """A flat firmware image ends here; the reset vector is its last 16 bytes."""
 
+# ---------------------------------------------------------------------------------------
+# The PC memory map real firmware sees (QEMU 7.2 q35): e820, BIOS areas, ACPI search.
+BDA_EBDA_SEGMENT = 0x40E
+"""BIOS data area word holding the EBDA's segment: the first place ACPI looks for the RSDP."""
+EBDA_RSDP_SEARCH_SIZE = 1 * KiB
+"""ACPI searches only the EBDA's first KiB."""
+BIOS_AREA_START = 0xE0000
+"""Read-only BIOS area below 1 MiB: ACPI's second RSDP search range, 16-byte steps."""
+BIOS_AREA_END = 0x100000
+Q35_LOW_RAM_MAX = 0xB0000000
+"""q35 keeps at most this much RAM below 4 GiB: MMCONFIG and the 32-bit PCI hole follow
+(QEMU's pc_q35_init; it is ECAM_BASE, where the MCH puts MMCONFIG by default)."""
+Q35_LOW_RAM_SPLIT = 2 * GiB
+"""With Q35_LOW_RAM_MAX or more RAM, QEMU keeps only 2 GiB low so that guest 1 GiB
+boundaries stay 1 GiB aligned in host memory; the rest goes above 4 GiB."""
+HIGH_RAM_BASE = 4 * GiB
+"""RAM that does not fit below the PCI hole continues here."""
+KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
+"""KVM's private pages (KVM_SET_IDENTITY_MAP_ADDR, then KVM_SET_TSS_ADDR's three pages),
+where QEMU puts them, just below the 16 MiB of the BIOS and APIC range; reserved in e820."""
+KVM_TSS_ADDR = KVM_IDENTITY_MAP_ADDR + PAGE_SIZE
+KVM_PRIVATE_SIZE = 4 * PAGE_SIZE
+KVM_TSS_ADDR = 0xFEFFD000
+"""Three pages KVM may use to run real mode on VMX without unrestricted guest (QEMU's)."""
+KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
+"""The page of KVM's real-mode identity map, just below its TSS (QEMU's)."""
+
+Q35_LOWMEM_MAX = 0xB0000000
+"""QEMU q35 keeps RAM below the ECAM window: at most this much sits below 4 GiB."""
+Q35_LOWMEM_SPLIT = 0x80000000
+"""When RAM would reach the window, q35 puts only 2 GiB below 4 GiB (1 GiB aligned) and
+the rest above 4 GiB (``pc_q35_init`` in QEMU 7.2)."""
+ABOVE_4G_BASE = 1 << 32
+"""Where RAM that does not fit below 4 GiB continues."""
+
+
+assert DUMP_ROOM * 4 <= SCRATCH_SIZE, "the dump's address list does not fit in scratch RAM"
 assert TSS_ADDR + TSS_SIZE <= PARAMS_ADDR, "TSS overlaps the parameter block"
 assert PD_END <= CODE_ADDR, "page tables overlap guest code"
 assert CODE_ADDR + CODE_MAX <= KERNEL_STACK_TOP - 0x10000, "code overlaps the ring-0 stack"
 assert ECAM_BASE % ECAM_MAX_SIZE == 0
+assert Q35_LOWMEM_MAX == ECAM_BASE, "q35 low RAM ends where its MMCONFIG window begins"
 assert IDENTITY_MAP_GIB * GiB >= ECAM_BASE + ECAM_MAX_SIZE
+assert Q35_LOW_RAM_MAX <= ECAM_BASE, "q35 low RAM overlaps MMCONFIG"
 
 
 def ecam_size(buses: int) -> int:
     """Bytes of ECAM window for ``buses`` buses."""
     return buses * ECAM_BUS_SIZE
+
+
+def q35_ram_split(ram_size: int) -> tuple[int, int]:
+    """Bytes of RAM below 4 GiB and above it, split as QEMU's q35 machine splits them."""
+    below = ram_size if ram_size < Q35_LOWMEM_MAX else Q35_LOWMEM_SPLIT
+    return below, ram_size - below
 
 
 def asm_symbols() -> dict[str, int]:

@@ -23,6 +23,7 @@ from pcihole.guest.build import GuestBuildError
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.strategy import StrategyError
 from pcihole.kvm import Kvm, KvmError
+from pcihole.layout import DUMP_LIST_ADDR, DUMP_ROOM
 from pcihole.machine import MachineError, MachineOptions, PciMachine
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import CLASS_CODE, CONFIG_SPACE_SIZE, REVISION_ID
@@ -32,14 +33,8 @@ from pcihole.pci.topology import Topology
 from pcihole.vmm.runloop import GuestError
 
 DUMP_PROGRAM = "ecam_dump"
-DUMP_ROOM = layout.RESULTS_SIZE // layout.PAGE_SIZE
-"""Config pages the guest's result buffer holds (512 with a 2 MiB buffer)."""
-DUMP_LIST_ADDR = layout.SCRATCH_ADDR
-"""Where the guest lists the address (u32 bus << 8 | devfn) of each page it copied."""
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
-
-assert DUMP_ROOM * 4 <= layout.SCRATCH_SIZE, "the address list does not fit in scratch RAM"
 
 
 class LspciError(Exception):

@@ -18,8 +18,9 @@ from typing import Any
 
 from pcihole import layout
 from pcihole.holes.accounting import resident_bytes
-from pcihole.hostinfo import meminfo
+from pcihole.host.meminfo import KernelMemory, MeminfoSampler
 from pcihole.kvm import Kvm
+from pcihole.layout import RECURSIVE_RESULTS_OFFSET
 from pcihole.machine import MachineOptions, PciMachine, shared_hole_memory_bytes
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
@@ -27,7 +28,6 @@ from pcihole.vmm.runloop import RunResult
 
 MODES = {"brute": 0, "recursive": 1, "both": 2}
 RECORD = struct.Struct("<IIII")
-RECURSIVE_RESULTS_OFFSET = layout.RESULTS_SIZE // 2
 
 
 class ScanError(Exception):
@@ -88,10 +88,18 @@ class ScanReport:
     notes: list[str]
     setup_seconds: float
     scan_seconds: float
-    kernel_memory_bytes: int
     hole_memory_bytes_total: int
     hole_memory_bytes_per_vm: int
     functions: list[FoundFunction] = field(default_factory=list)
+    kernel_memory: KernelMemory | None = None
+    """Kernel memory the run held at its peak (memslot arrays, page tables), host-wide."""
+
+    @property
+    def kernel_memory_bytes_per_vm(self) -> dict[str, int]:
+        """Peak rise of each kernel field (and ``total``) over set-up and scan, per VM."""
+        if self.kernel_memory is None:
+            return {}
+        return self.kernel_memory.per_vm(len(self.vms))
 
     def as_json(self) -> dict[str, Any]:
         first = self.vms[0]
@@ -115,9 +123,17 @@ class ScanReport:
                 "device_reads": max(vm.device_exits - vm.device_writes for vm in self.vms),
             },
             "memslots_per_vm": max(vm.memslots for vm in self.vms),
-            "kernel_memory_bytes_during_setup": self.kernel_memory_bytes,
             "hole_memory_bytes_total": self.hole_memory_bytes_total,
             "hole_memory_bytes_per_vm": self.hole_memory_bytes_per_vm,
+            # The kernel's share beside the user memory above: KVM's memslot arrays and
+            # page tables, peak rise over set-up and the scan (see pcihole/host/meminfo.py).
+            "kernel_memory_bytes_total": (
+                self.kernel_memory.peak_rise["total"] if self.kernel_memory else None
+            ),
+            "kernel_memory_bytes_per_vm": self.kernel_memory_bytes_per_vm.get("total"),
+            "kernel_memory": (
+                self.kernel_memory.as_json(len(self.vms)) if self.kernel_memory else None
+            ),
             "setup_seconds": round(self.setup_seconds, 6),
             "hole_setup_seconds_per_vm": round(
                 statistics.median(vm.hole_setup_seconds for vm in self.vms), 6
@@ -125,16 +141,6 @@ class ScanReport:
             "scan_seconds": round(self.scan_seconds, 6),
             "pass_seconds_per_vm": [[round(s, 6) for s in vm.pass_seconds] for vm in self.vms],
         }
-
-
-KERNEL_MEMORY_FIELDS = ("Slab", "VmallocUsed", "PageTables", "SecPageTables", "KernelStack")
-"""Where KVM's memslot arrays, page tables and vCPU state live (approximate: host-wide)."""
-
-
-def kernel_memory_bytes() -> int:
-    """Host kernel memory of the kinds VMs and memslots use, now (from /proc/meminfo)."""
-    info = meminfo()
-    return sum(info.get(name, 0) for name in KERNEL_MEMORY_FIELDS) * 1024
 
 
 def _read_functions(machine: PciMachine, offset: int, count: int) -> list[FoundFunction]:
@@ -167,8 +173,10 @@ def run_scan(
     make_topology = topology or (lambda: Topology.default(options.buses))
     params = [layout.ECAM_BASE, options.buses, MODES[mode], passes]
     machines: list[PciMachine] = []
+    # Sampled from before the first VM until the scan ends (the VMs still exist then).
+    sampler = MeminfoSampler()
     try:
-        kernel_before = kernel_memory_bytes()
+        sampler.start()
         started = time.perf_counter()
         for index in range(vms):
             machines.append(
@@ -177,14 +185,15 @@ def run_scan(
             if progress:
                 progress(f"built VM {index + 1}/{vms}")
         setup_seconds = time.perf_counter() - started
-        kernel_bytes = kernel_memory_bytes() - kernel_before
         results, pass_times, scan_seconds = _run_all(machines, passes, mode)
+        kernel = sampler.stop()
         report = _collect(machines, results, pass_times, options, mode, passes)
         report.setup_seconds = setup_seconds
-        report.kernel_memory_bytes = kernel_bytes
+        report.kernel_memory = kernel
         report.scan_seconds = scan_seconds
         return report
     finally:
+        sampler.stop()
         for machine in machines:
             machine.close()
 
@@ -279,7 +288,6 @@ def _collect(
         notes=report.notes,
         setup_seconds=0.0,
         scan_seconds=0.0,
-        kernel_memory_bytes=0,
         hole_memory_bytes_total=per_vm_total + shared,
         hole_memory_bytes_per_vm=per_vm_total // len(machines),
         functions=reference,

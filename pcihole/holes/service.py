@@ -36,6 +36,8 @@ from pcihole.holes.source import (
     AllOnesSource,
     Backing,
     HoleSourceError,
+    HugePageReservation,
+    reserve_huge_pages,
     seal_text,
 )
 
@@ -394,18 +396,96 @@ def _describe(source: AllOnesSource, *, reason: bool = True) -> str:
 # -- command ------------------------------------------------------------------------------
 
 
-def main_serve(socket_path: str, backing: str | None, group: str | None) -> int:
-    """``pcihole serve-holes``: create a shareable source and serve it until SIGTERM/SIGINT."""
+class _Stopped(Exception):
+    """SIGTERM/SIGINT arrived before the service was listening."""
+
+
+@contextlib.contextmanager
+def _raise_on_signals() -> Iterator[None]:
+    """Turn SIGTERM/SIGINT into :class:`_Stopped` (main thread only), so that what the
+    command holds (a reserved huge page) is given back by its ``finally`` blocks."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise _Stopped(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def main_serve(
+    socket_path: str, backing: str | None, group: str | None, *, reserve_hugepage: bool = False
+) -> int:
+    """``pcihole serve-holes``: create a shareable source and serve it until SIGTERM/SIGINT.
+
+    With ``reserve_hugepage`` (root), first grow the 2 MiB hugetlb pool by one page, serve
+    a hugetlb source from it, and shrink the pool by that page again when stopping, so that
+    clients get a hugetlb window (one memslot per run of holes, 2 MiB first touch) without
+    anyone setting ``vm.nr_hugepages`` by hand.
+    """
     try:
         wanted = Backing.parse(backing) if backing else None
-        if wanted is Backing.THP:
-            print(
-                "serve-holes: thp has no fd and cannot be shared; use hugetlb or memfd",
-                file=sys.stderr,
-            )
-            return 2
+    except ValueError as exc:
+        print(f"serve-holes: {exc}", file=sys.stderr)
+        return 1
+    if wanted is Backing.THP:
+        print(
+            "serve-holes: thp has no fd and cannot be shared; use hugetlb or memfd", file=sys.stderr
+        )
+        return 2
+    if reserve_hugepage and wanted not in (None, Backing.HUGETLB):
+        print(
+            f"serve-holes: --reserve-hugepage serves hugetlb, not {wanted.value}", file=sys.stderr
+        )
+        return 2
+    reservation: HugePageReservation | None = None
+    try:
+        with _raise_on_signals():
+            try:
+                if reserve_hugepage:
+                    reservation = reserve_huge_pages(1)
+                    before = reservation.before
+                    print(
+                        f"serve-holes: reserved one 2 MiB huge page ({reservation.path}: "
+                        f"{before} -> {before + 1}); it is given back when the service stops",
+                        flush=True,
+                    )
+                    wanted = Backing.HUGETLB
+                return _serve_new_source(socket_path, wanted, group)
+            finally:
+                if reservation is not None:
+                    _give_back(reservation)
+    except _Stopped as stopped:
+        print(f"serve-holes: stopped by {stopped} before serving", file=sys.stderr)
+        return 1
+    except HoleSourceError as exc:
+        print(f"serve-holes: {exc}", file=sys.stderr)
+        return 1
+
+
+def _give_back(reservation: HugePageReservation) -> None:
+    try:
+        now, after = reservation.release()
+    except HoleSourceError as exc:
+        print(f"serve-holes: {exc}", file=sys.stderr)
+        return
+    print(
+        f"serve-holes: gave back the huge page it reserved ({reservation.path}: {now} -> {after})",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _serve_new_source(socket_path: str, wanted: Backing | None, group: str | None) -> int:
+    try:
         source = AllOnesSource.create(wanted, shareable=True)
-    except (ValueError, HoleSourceError, OSError) as exc:
+    except (HoleSourceError, OSError) as exc:
         print(f"serve-holes: {exc}", file=sys.stderr)
         return 1
     with source:

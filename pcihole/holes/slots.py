@@ -62,28 +62,6 @@ class HoleWrites:
             self.record(write.address, write.size, write.data)
 
 
-class HoleDevice:
-    """A bus device for a hole region: what exits there reads all ones, writes are recorded.
-
-    Sits under hole slots so that while they change (or under ``trap``) the guest still
-    sees master-abort semantics.
-    """
-
-    def __init__(self, base: int, writes: HoleWrites) -> None:
-        self.base = base
-        self.writes = writes
-        self.read_exits = 0
-        self.write_exits = 0
-
-    def read(self, offset: int, size: int) -> int:
-        self.read_exits += 1
-        return (1 << (8 * size)) - 1
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.write_exits += 1
-        self.writes.record(self.base + offset, size, value.to_bytes(size, "little"))
-
-
 class HoleSlots:
     """The hole memslots (and zones) of one VM under one strategy."""
 

@@ -25,10 +25,12 @@ import os
 import stat
 import weakref
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from pcihole import hostinfo, hostmem
 from pcihole.closing import Closeable
-from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE, HostMemError, Mapping
+from pcihole.hostmem import HostMemError, Mapping
+from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 ALL_ONES = 0xFF
 
@@ -65,6 +67,7 @@ MAX_CHUNK = 1 << 30
 THP_ENABLED_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
 HUGEPAGES_FREE_PATH = "/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages"
 HUGEPAGES_NR_PATH = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+NR_HUGEPAGES_SYSCTL = "/proc/sys/vm/nr_hugepages"
 
 _MFD_HUGE_2MB = getattr(os, "MFD_HUGE_2MB", 21 << 26)
 
@@ -112,37 +115,84 @@ def free_huge_pages() -> int:
     return info.get("HugePages_Free", 0)
 
 
+def huge_page_pool_path() -> str:
+    """The file that sizes the 2 MiB hugetlb pool: the per-size sysfs file, or the sysctl
+    when sysfs lacks it and the default huge page size is 2 MiB."""
+    if os.path.exists(HUGEPAGES_NR_PATH):
+        return HUGEPAGES_NR_PATH
+    if hostinfo.meminfo().get("Hugepagesize") == HUGE_PAGE_SIZE >> 10:
+        return NR_HUGEPAGES_SYSCTL
+    raise HoleSourceError("this host has no 2 MiB hugetlb pool")
+
+
+def _read_pool(path: str) -> int:
+    with open(path) as f:
+        return int(f.read())
+
+
+def _write_pool(path: str, pages: int) -> None:
+    with open(path, "w") as f:
+        f.write(f"{pages}\n")
+
+
+@dataclass
+class HugePageReservation:
+    """Pages this process added to the 2 MiB hugetlb pool, to give back exactly once."""
+
+    path: str
+    before: int
+    """Pool size before we grew it."""
+    added: int
+    """Pages we added (and will remove): never more than the kernel really gave."""
+
+    def release(self) -> tuple[int, int]:
+        """Shrink the pool by what we added; returns (pool before, pool after).
+
+        Relative to the pool as it is now, so pages others added meanwhile stay. A page
+        still mapped somewhere becomes a surplus page the kernel frees when it is unmapped.
+        """
+        added, self.added = self.added, 0
+        try:
+            now = _read_pool(self.path)
+            if added:
+                _write_pool(self.path, max(now - added, 0))
+            return now, _read_pool(self.path)
+        except (OSError, ValueError) as exc:
+            raise HoleSourceError(f"cannot shrink the 2 MiB hugetlb pool: {exc}") from None
+
+
+def reserve_huge_pages(count: int = 1) -> HugePageReservation:
+    """Grow the host's 2 MiB hugetlb pool by ``count`` pages (root). The kernel may find
+    fewer free 2 MiB frames: then what it did add is given back and
+    :class:`HoleSourceError` raised."""
+    path = huge_page_pool_path()
+    try:
+        before = _read_pool(path)
+        _write_pool(path, before + count)
+        after = _read_pool(path)
+    except (OSError, ValueError) as exc:
+        raise HoleSourceError(f"cannot grow the 2 MiB hugetlb pool ({path}): {exc}") from None
+    reservation = HugePageReservation(path, before, max(min(after - before, count), 0))
+    if reservation.added < count:
+        reservation.release()
+        raise HoleSourceError(
+            f"kernel could not find {count} free 2 MiB frame(s) for the hugetlb pool"
+        )
+    return reservation
+
+
 @contextlib.contextmanager
 def extra_huge_pages(count: int = 1) -> Iterator[int]:
-    """Grow the host's 2 MiB hugetlb pool by ``count`` pages while the block runs (root).
+    """Grow the 2 MiB hugetlb pool by ``count`` pages while the block runs (root).
 
-    Yields the number of free 2 MiB pages. Afterwards the pool shrinks by ``count`` again
-    (relative, so that others growing the pool meanwhile keep their pages). Raises
-    :class:`HoleSourceError` when the pool cannot be changed or the pages cannot be had.
+    Yields the number of free 2 MiB pages; afterwards gives back what was added.
     """
-
-    def write_pool(n: int) -> None:
-        with open(HUGEPAGES_NR_PATH, "w") as f:
-            f.write(f"{n}\n")
-
-    def read_pool() -> int:
-        with open(HUGEPAGES_NR_PATH) as f:
-            return int(f.read())
-
+    reservation = reserve_huge_pages(count)
     try:
-        before = read_pool()
-        write_pool(before + count)
-    except OSError as exc:
-        raise HoleSourceError(f"cannot grow the 2 MiB hugetlb pool: {exc}") from None
-    try:
-        if read_pool() < before + count:
-            raise HoleSourceError(
-                f"kernel could not find {count} free 2 MiB page(s) for the hugetlb pool"
-            )
         yield free_huge_pages()
     finally:
-        with contextlib.suppress(OSError):
-            write_pool(max(read_pool() - count, 0))
+        with contextlib.suppress(HoleSourceError):
+            reservation.release()
 
 
 def thp_mode() -> str | None:

@@ -17,7 +17,8 @@ import time
 from pcihole import hostmem
 from pcihole.closing import Closeable
 from pcihole.holes.source import AllOnesSource
-from pcihole.hostmem import HUGE_PAGE_SIZE, HostMemError, Mapping
+from pcihole.hostmem import HostMemError, Mapping
+from pcihole.layout import HUGE_PAGE_SIZE
 
 WINDOW_ALIGN = HUGE_PAGE_SIZE
 """Window starts are ``phase`` modulo this, so a 2 MiB-aligned guest run maps on 2 MiB pages."""
@@ -151,10 +152,6 @@ class HoleWindow(Closeable):
         if not 0 <= offset < self.size:
             raise HoleWindowError(f"offset {offset:#x} outside a {self.size:#x}-byte window")
         return self.address + offset
-
-    def host_address_for(self, guest_base: int, guest_address: int) -> int:
-        """Host address backing ``guest_address`` when the window starts at ``guest_base``."""
-        return self.host_address(guest_address - guest_base)
 
     def close(self) -> None:
         """Unmap the whole window. Safe to repeat."""

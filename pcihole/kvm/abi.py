@@ -185,6 +185,87 @@ class kvm_run_fail_entry(ctypes.Structure):
     _fields_ = [("hardware_entry_failure_reason", u64), ("cpu", u32)]
 
 
+class kvm_cpuid_entry2(ctypes.Structure):
+    _fields_ = [
+        ("function", u32),
+        ("index", u32),
+        ("flags", u32),
+        ("eax", u32),
+        ("ebx", u32),
+        ("ecx", u32),
+        ("edx", u32),
+        ("padding", u32 * 3),
+    ]
+
+
+class kvm_cpuid2(ctypes.Structure):
+    """The head of a CPUID table; ``nent`` entries follow (see ``cpuid2_table``)."""
+
+    _fields_ = [("nent", u32), ("padding", u32)]
+
+
+def cpuid2_table(entries: int) -> ctypes.Structure:
+    """A ``kvm_cpuid2`` with room for ``entries`` entries, ``nent`` set to that room."""
+
+    class Table(ctypes.Structure):
+        _fields_ = [("nent", u32), ("padding", u32), ("entries", kvm_cpuid_entry2 * entries)]
+
+    table = Table()
+    table.nent = entries
+    return table
+
+
+class kvm_pit_config(ctypes.Structure):
+    _fields_ = [("flags", u32), ("pad", u32 * 15)]
+
+
+class kvm_irq_level(ctypes.Structure):
+    """``irq`` shares a union with ``status`` (KVM_IRQ_LINE_STATUS); pcihole writes irq."""
+
+    _fields_ = [("irq", u32), ("level", u32)]
+
+
+class kvm_vcpu_events_exception(ctypes.Structure):
+    _fields_ = [
+        ("injected", u8),
+        ("nr", u8),
+        ("has_error_code", u8),
+        ("pending", u8),
+        ("error_code", u32),
+    ]
+
+
+class kvm_vcpu_events_interrupt(ctypes.Structure):
+    _fields_ = [("injected", u8), ("nr", u8), ("soft", u8), ("shadow", u8)]
+
+
+class kvm_vcpu_events_nmi(ctypes.Structure):
+    _fields_ = [("injected", u8), ("pending", u8), ("masked", u8), ("pad", u8)]
+
+
+class kvm_vcpu_events_smi(ctypes.Structure):
+    _fields_ = [("smm", u8), ("pending", u8), ("smm_inside_nmi", u8), ("latched_init", u8)]
+
+
+class kvm_vcpu_events(ctypes.Structure):
+    _fields_ = [
+        ("exception", kvm_vcpu_events_exception),
+        ("interrupt", kvm_vcpu_events_interrupt),
+        ("nmi", kvm_vcpu_events_nmi),
+        ("sipi_vector", u32),
+        ("flags", u32),
+        ("smi", kvm_vcpu_events_smi),
+        ("triple_fault_pending", u8),
+        ("reserved", u8 * 26),
+        ("exception_has_payload", u8),
+        ("exception_payload", u64),
+    ]
+
+
+class kvm_mp_state(ctypes.Structure):
+    _fields_ = [("mp_state", u32)]
+
+
 # Sizes from the kernel's uapi headers (x86_64): a mismatch means a typo above.
 _EXPECTED_SIZES: dict[type, int] = {
     kvm_userspace_memory_region: 32,
@@ -199,6 +280,12 @@ _EXPECTED_SIZES: dict[type, int] = {
     kvm_run_header: 32,
     kvm_run_io: 16,
     kvm_run_mmio: 24,
+    kvm_cpuid_entry2: 40,
+    kvm_cpuid2: 8,
+    kvm_pit_config: 64,
+    kvm_irq_level: 8,
+    kvm_vcpu_events: 64,
+    kvm_mp_state: 4,
 }
 for _struct, _size in _EXPECTED_SIZES.items():
     if ctypes.sizeof(_struct) != _size:
@@ -220,18 +307,28 @@ KVM_GET_API_VERSION = _io(KVMIO, 0x00)
 KVM_CREATE_VM = _io(KVMIO, 0x01)
 KVM_CHECK_EXTENSION = _io(KVMIO, 0x03)
 KVM_GET_VCPU_MMAP_SIZE = _io(KVMIO, 0x04)
+KVM_GET_SUPPORTED_CPUID = _iowr(KVMIO, 0x05, kvm_cpuid2)
 KVM_CREATE_VCPU = _io(KVMIO, 0x41)
 KVM_SET_USER_MEMORY_REGION = _iow(KVMIO, 0x46, kvm_userspace_memory_region)
 KVM_SET_TSS_ADDR = _io(KVMIO, 0x47)
 KVM_SET_IDENTITY_MAP_ADDR = _iow(KVMIO, 0x48, u64)
 KVM_SET_USER_MEMORY_REGION2 = _iow(KVMIO, 0x49, kvm_userspace_memory_region2)
+KVM_CREATE_IRQCHIP = _io(KVMIO, 0x60)
+KVM_IRQ_LINE = _iow(KVMIO, 0x61, kvm_irq_level)
 KVM_REGISTER_COALESCED_MMIO = _iow(KVMIO, 0x67, kvm_coalesced_mmio_zone)
 KVM_UNREGISTER_COALESCED_MMIO = _iow(KVMIO, 0x68, kvm_coalesced_mmio_zone)
+KVM_CREATE_PIT2 = _iow(KVMIO, 0x77, kvm_pit_config)
 KVM_RUN = _io(KVMIO, 0x80)
 KVM_GET_REGS = _ior(KVMIO, 0x81, kvm_regs)
 KVM_SET_REGS = _iow(KVMIO, 0x82, kvm_regs)
 KVM_GET_SREGS = _ior(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _iow(KVMIO, 0x84, kvm_sregs)
+KVM_SET_CPUID2 = _iow(KVMIO, 0x90, kvm_cpuid2)
+KVM_GET_MP_STATE = _ior(KVMIO, 0x98, kvm_mp_state)
+KVM_SET_MP_STATE = _iow(KVMIO, 0x99, kvm_mp_state)
+KVM_GET_VCPU_EVENTS = _ior(KVMIO, 0x9F, kvm_vcpu_events)
+KVM_SET_VCPU_EVENTS = _iow(KVMIO, 0xA0, kvm_vcpu_events)
+KVM_GET_TSC_KHZ = _io(KVMIO, 0xA3)
 
 KVM_API_VERSION = 12
 """The only API version there has ever been; anything else is refused."""
@@ -244,10 +341,32 @@ KVM_MEM_READONLY = 1 << 1
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
 
+KVM_PIT_SPEAKER_DUMMY = 1
+"""kvm_pit_config.flags: the PC speaker port (0x61) is a dummy in the kernel too."""
+
+CPUID_TABLE_MAX = 4096
+"""Entries KVM_GET_SUPPORTED_CPUID may return at most (the kernel's KVM_MAX_CPUID_ENTRIES
+is 256; this leaves room for kernels to grow)."""
+
+
+class MpState(enum.IntEnum):
+    """kvm_mp_state.mp_state values for x86."""
+
+    RUNNABLE = 0
+    UNINITIALIZED = 1
+    INIT_RECEIVED = 2
+    HALTED = 3
+    """The vCPU executed HLT and waits for an interrupt (in-kernel irqchip only)."""
+    SIPI_RECEIVED = 4
+    AP_RESET_HOLD = 9
+    SUSPENDED = 10
+
 
 class Cap(enum.IntEnum):
     """KVM capabilities pcihole asks about (KVM_CHECK_EXTENSION numbers, uapi kvm.h)."""
 
+    IRQCHIP = 0
+    """KVM_CREATE_IRQCHIP: PIC, IOAPIC and local APICs in the kernel."""
     USER_MEMORY = 3
     """KVM_SET_USER_MEMORY_REGION exists."""
     SET_TSS_ADDR = 4
@@ -255,9 +374,19 @@ class Cap(enum.IntEnum):
     """Recommended vCPUs per VM."""
     NR_MEMSLOTS = 10
     """Memslots per address space: the hole planner's budget."""
+    MP_STATE = 14
+    """KVM_GET/SET_MP_STATE."""
     COALESCED_MMIO = 15
     """Page offset of the coalesced MMIO ring in the vCPU mmap (0 = absent)."""
+    PIT2 = 33
+    """KVM_CREATE_PIT2: the i8254 timer in the kernel."""
     IOEVENTFD = 36
+    SET_IDENTITY_MAP_ADDR = 37
+    """KVM_SET_IDENTITY_MAP_ADDR (real mode on VMX without unrestricted guest)."""
+    VCPU_EVENTS = 41
+    """KVM_GET/SET_VCPU_EVENTS: pending exceptions, interrupts, NMIs."""
+    GET_TSC_KHZ = 61
+    """KVM_GET_TSC_KHZ."""
     MAX_VCPUS = 66
     SYNC_REGS = 74
     READONLY_MEM = 81

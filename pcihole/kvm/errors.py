@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno as errno_codes
 import os
 
+from pcihole.errors import EnvironmentProblem
 
-class KvmError(Exception):
+
+class KvmError(EnvironmentProblem):
     """A KVM operation failed; the message names the operation and the errno text."""
 
     def __init__(self, operation: str, errno: int | None = None, detail: str = "") -> None:
@@ -17,3 +20,14 @@ class KvmError(Exception):
         if detail:
             text += f": {detail}"
         super().__init__(text)
+
+
+def open_advice(path: str, errno: int | None) -> str:
+    """What to do when ``path`` (/dev/kvm) cannot be opened, for the error's message."""
+    if errno == errno_codes.ENOENT:
+        return (f"{path} is missing: load the kvm module (modprobe kvm_intel or kvm_amd) "
+                "and check that virtualization is enabled in the firmware")  # fmt: skip
+    if errno in (errno_codes.EACCES, errno_codes.EPERM):
+        return (f"no permission on {path}: add the user to the kvm group "
+                "(usermod -aG kvm USER, then log in again)")  # fmt: skip
+    return f"{path} cannot be opened"

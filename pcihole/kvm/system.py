@@ -17,11 +17,12 @@ import signal
 import struct
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pcihole.closing import Closeable
 from pcihole.kvm import abi, exits
-from pcihole.kvm.errors import KvmError
+from pcihole.kvm.errors import KvmError, open_advice
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
@@ -37,7 +38,7 @@ _get_ident = threading.get_ident
 KICK_SIGNAL = signal.SIGUSR1
 
 
-def _ioctl(fd: int, request: int, arg: int | ctypes.Structure, what: str) -> int:
+def _ioctl(fd: int, request: int, arg: int | ctypes.Structure | ctypes.c_uint64, what: str) -> int:
     """ioctl that raises ``KvmError`` naming ``what``; returns the ioctl's result.
 
     A struct argument is passed by address and updated in place (for _IOR/_IOWR)."""
@@ -84,7 +85,7 @@ class Kvm(_FdObject):
         try:
             fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as error:
-            raise KvmError(f"open {path}", error.errno) from None
+            raise KvmError(f"open {path}", error.errno, open_advice(path, error.errno)) from None
         super().__init__(fd)
         self.path = path
         version = _ioctl(fd, abi.KVM_GET_API_VERSION, 0, "KVM_GET_API_VERSION")
@@ -99,6 +100,21 @@ class Kvm(_FdObject):
         """KVM_CHECK_EXTENSION: 0 when absent, else a capability-specific value."""
         name = cap.name if isinstance(cap, abi.Cap) else str(int(cap))
         return _ioctl(self.fd, abi.KVM_CHECK_EXTENSION, int(cap), f"KVM_CHECK_EXTENSION({name})")
+
+    def supported_cpuid(self) -> list[abi.kvm_cpuid_entry2]:
+        """KVM_GET_SUPPORTED_CPUID: every leaf this KVM can give a guest, as it gives them."""
+        entries = 64
+        while True:
+            table = abi.cpuid2_table(entries)
+            try:
+                fcntl.ioctl(self.fd, abi.KVM_GET_SUPPORTED_CPUID, table, True)
+            except OSError as error:
+                # E2BIG: the table was too small; the kernel does not say how small.
+                if error.errno != errno_codes.E2BIG or entries >= abi.CPUID_TABLE_MAX:
+                    raise KvmError("KVM_GET_SUPPORTED_CPUID", error.errno) from None
+                entries *= 2
+                continue
+            return [table.entries[i] for i in range(table.nent)]
 
     def capabilities(self) -> dict[str, int]:
         """Every capability pcihole knows, by name, with the value this kernel gives."""
@@ -150,6 +166,7 @@ class Vm(_FdObject):
         self.has_readonly_memory = kvm.check_extension(abi.Cap.READONLY_MEM) > 0
         self.coalesced_mmio_page = kvm.check_extension(abi.Cap.COALESCED_MMIO)
         self.has_memory_region2 = kvm.check_extension(abi.Cap.USER_MEMORY2) > 0
+        self.has_irqchip = False
         self.memslots: dict[int, Memslot] = {}
         self.coalesced_zones: set[tuple[int, int]] = set()
         self.vcpus: list[Vcpu] = []
@@ -222,6 +239,38 @@ class Vm(_FdObject):
         )
         self.coalesced_zones.discard((address, size))
 
+    # --- the x86 platform in the kernel ----------------------------------------------------
+    def set_tss_addr(self, address: int) -> None:
+        """KVM_SET_TSS_ADDR: three pages KVM may use to run real mode on VMX (before vCPUs)."""
+        # An unsigned long argument by value: fcntl.ioctl would take only a C int.
+        if _ioctl_raw(self.fd, abi.KVM_SET_TSS_ADDR, address) < 0:
+            raise KvmError(f"KVM_SET_TSS_ADDR {address:#x}", ctypes.get_errno())
+
+    def set_identity_map_addr(self, address: int) -> None:
+        """KVM_SET_IDENTITY_MAP_ADDR: the page KVM's real-mode identity map goes in."""
+        value = ctypes.c_uint64(address)
+        _ioctl(
+            self.fd, abi.KVM_SET_IDENTITY_MAP_ADDR, value, f"KVM_SET_IDENTITY_MAP_ADDR {address:#x}"
+        )
+
+    def create_irqchip(self) -> None:
+        """KVM_CREATE_IRQCHIP: two 8259 PICs, an IOAPIC and a local APIC per vCPU, in the
+        kernel (before any vCPU exists)."""
+        _ioctl(self.fd, abi.KVM_CREATE_IRQCHIP, 0, "KVM_CREATE_IRQCHIP")
+        self.has_irqchip = True
+
+    def create_pit2(self, flags: int = abi.KVM_PIT_SPEAKER_DUMMY) -> None:
+        """KVM_CREATE_PIT2: the i8254 on ports 0x40-0x43 in the kernel (after the irqchip:
+        it raises IRQ 0 there)."""
+        config = abi.kvm_pit_config(flags=flags)
+        _ioctl(self.fd, abi.KVM_CREATE_PIT2, config, "KVM_CREATE_PIT2")
+
+    def irq_line(self, irq: int, level: int) -> None:
+        """KVM_IRQ_LINE: drive GSI ``irq`` to ``level`` (1 raised, 0 lowered); an edge is
+        a raise then a lower."""
+        line = abi.kvm_irq_level(irq=irq, level=level)
+        _ioctl(self.fd, abi.KVM_IRQ_LINE, line, f"KVM_IRQ_LINE {irq}={level}")
+
     # --- vCPUs --------------------------------------------------------------------------
     def create_vcpu(self, index: int | None = None) -> Vcpu:
         index = len(self.vcpus) if index is None else index
@@ -276,6 +325,37 @@ class Vcpu(_FdObject):
 
     def set_sregs(self, sregs: abi.kvm_sregs) -> None:
         _ioctl(self.fd, abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    def set_cpuid2(self, entries: Sequence[abi.kvm_cpuid_entry2]) -> None:
+        """KVM_SET_CPUID2: what CPUID tells the guest. Without it a guest has no long mode
+        (its WRMSR of EFER.LME faults)."""
+        table = abi.cpuid2_table(len(entries))
+        for i, entry in enumerate(entries):
+            table.entries[i] = entry
+        _ioctl(self.fd, abi.KVM_SET_CPUID2, table, "KVM_SET_CPUID2")
+
+    def tsc_khz(self) -> int | None:
+        """The guest TSC frequency (KVM_GET_TSC_KHZ), None where KVM cannot tell."""
+        if not self.vm.kvm.check_extension(abi.Cap.GET_TSC_KHZ):
+            return None
+        return _ioctl(self.fd, abi.KVM_GET_TSC_KHZ, 0, "KVM_GET_TSC_KHZ") or None
+
+    def get_vcpu_events(self) -> abi.kvm_vcpu_events:
+        events = abi.kvm_vcpu_events()
+        _ioctl(self.fd, abi.KVM_GET_VCPU_EVENTS, events, "KVM_GET_VCPU_EVENTS")
+        return events
+
+    def set_vcpu_events(self, events: abi.kvm_vcpu_events) -> None:
+        _ioctl(self.fd, abi.KVM_SET_VCPU_EVENTS, events, "KVM_SET_VCPU_EVENTS")
+
+    def get_mp_state(self) -> abi.MpState:
+        state = abi.kvm_mp_state()
+        _ioctl(self.fd, abi.KVM_GET_MP_STATE, state, "KVM_GET_MP_STATE")
+        return abi.MpState(state.mp_state)
+
+    def set_mp_state(self, state: abi.MpState) -> None:
+        value = abi.kvm_mp_state(mp_state=state)
+        _ioctl(self.fd, abi.KVM_SET_MP_STATE, value, f"KVM_SET_MP_STATE {state.name}")
 
     # --- running --------------------------------------------------------------------------
     def run(self) -> exits.Exit:
@@ -334,13 +414,6 @@ class Vcpu(_FdObject):
             first = (first + 1) % entries
         struct.pack_into("<I", page, base, first)
         return writes
-
-    def ring_pending(self) -> int:
-        """How many writes wait in the coalesced ring."""
-        if not self._ring_offset:
-            return 0
-        first, last = _RING_HEAD.unpack_from(self.run_page, self._ring_offset)
-        return int((last - first) % self._ring_entries)
 
     @property
     def ring_capacity(self) -> int:

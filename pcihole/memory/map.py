@@ -91,13 +91,6 @@ class MemoryMap:
             raise MemoryMapError(f"{region.describe()} is not in the map")
         return MemoryMap(r for r in self.regions if r != region)
 
-    def find(self, address: int) -> Region | None:
-        """The region holding ``address``, if any."""
-        for region in self.regions:
-            if region.start <= address < region.end:
-                return region
-        return None
-
 
 class SlotAllocator:
     """Memslot numbers, lowest free first, within the kernel's budget."""

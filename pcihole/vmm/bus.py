@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from pcihole.bits import all_ones
+
 
 class BusError(Exception):
     """A device range is invalid or overlaps another; an access straddles devices."""
@@ -96,7 +98,7 @@ class Bus:
         mapping = self.find(address, size)
         if mapping is None:
             self.unclaimed += 1
-            return (1 << (8 * size)) - 1
+            return all_ones(size)
         return mapping.device.read(address - mapping.base, size)
 
     def write(self, address: int, size: int, value: int) -> None:

@@ -12,9 +12,9 @@ from pcihole.boot import (
     GUEST_STOPPED_STATUS,
     USAGE_STATUS,
     BootMachine,
-    decode_pciexbar,
     main_boot,
 )
+from pcihole.chipset.mch import decode_pciexbar
 from pcihole.guest.firmware import FirmwareOptions, build_firmware, exit_status, parse_output
 from pcihole.kvm import Kvm
 from pcihole.pci.devices import PCIEXBAR
@@ -98,7 +98,7 @@ def test_ecam_is_not_decoded_until_pciexbar_enables_it(kvm: Kvm) -> None:
         assert mmio.read(layout.ECAM_BASE, 4) == 0xFFFFFFFF
         assert mmio.unclaimed == unclaimed + 1  # nobody answered: not config space
         ports = machine.legacy
-        bridge_pciexbar = encode_config_address(machine.host_bridge.bdf, PCIEXBAR)
+        bridge_pciexbar = encode_config_address(machine.mch.host_bridge.bdf, PCIEXBAR)
         ports.write(0, 4, bridge_pciexbar)
         assert ports.read(4, 4) == layout.ECAM_BASE  # QEMU's reset value, not enabled
         ports.write(4, 4, layout.ECAM_BASE | 1)
@@ -118,7 +118,7 @@ def test_moving_pciexbar_replans_holes_at_the_new_base(kvm: Kvm) -> None:
         window = machine.window
         ecam = window.ecam
         ports = machine.legacy
-        ports.write(0, 4, encode_config_address(machine.host_bridge.bdf, PCIEXBAR))
+        ports.write(0, 4, encode_config_address(machine.mch.host_bridge.bdf, PCIEXBAR))
         ports.write(4, 4, layout.ECAM_BASE | 1)
         old = hole_slot_ranges(machine)
         assert old[0][0] >= layout.ECAM_BASE and old[-1][1] == layout.ECAM_BASE + 256 * MIB

@@ -17,6 +17,7 @@ from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.pci.topology import Topology
 from pcihole.scan import run_scan
+from tests.support import CHILD_ENV, HANG_SECONDS, pcihole_command, run_pcihole
 
 BUSES = 16
 EXPECTED = ["00:00.0", "00:1c.0", "00:1c.1", "00:1f.0", "00:1f.2", "00:1f.3", "01:00.0", "02:00.0"]
@@ -67,17 +68,15 @@ def test_ring0_scan_finds_the_same(kvm: Kvm) -> None:
 
 
 def test_cli_json_and_bad_input() -> None:
-    command = [sys.executable, "-m", "pcihole", "scan", "--buses", "4", "--vms", "2", "--json"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True)
+    out = run_pcihole("scan", "--buses", "4", "--vms", "2", "--json")
+    assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
     for key in ("strategy", "backing", "vms", "buses", "probes_per_vm", "functions_found",
                 "exits_per_vm", "memslots_per_vm", "hole_memory_bytes_total",
                 "hole_memory_bytes_per_vm", "setup_seconds", "scan_seconds"):  # fmt: skip
         assert key in data
     assert data["vms"] == 2
-    bad = subprocess.run(
-        [sys.executable, "-m", "pcihole", "scan", "--buses", "0"], capture_output=True, text=True
-    )
+    bad = run_pcihole("scan", "--buses", "0")
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "--buses" in bad.stderr
 
@@ -107,16 +106,15 @@ with Kvm() as kvm:
 def test_processes_running_vms_share_one_copy(kvm: Kvm, tmp_path: object) -> None:
     socket_path = os.path.join(str(tmp_path), "holes.sock")
     service = subprocess.Popen(
-        [sys.executable, "-m", "pcihole", "serve-holes", "--socket", socket_path,
-         "--backing", "memfd"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        pcihole_command("serve-holes", "--socket", socket_path, "--backing", "memfd"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
     )  # fmt: skip
     try:
         assert service.stdout is not None
         assert "serving" in service.stdout.readline()
         sharers = [
             subprocess.Popen([sys.executable, "-c", SHARER, socket_path], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True, env=CHILD_ENV)
             for _ in range(3)
         ]  # fmt: skip
         details = [p.stdout.readline() for p in sharers if p.stdout]
@@ -140,10 +138,10 @@ def test_processes_running_vms_share_one_copy(kvm: Kvm, tmp_path: object) -> Non
             assert p.stdin is not None
             p.stdin.write("\n")
             p.stdin.close()
-            assert p.wait(timeout=30) == 0
+            assert p.wait(timeout=HANG_SECONDS) == 0
     finally:
         service.terminate()
-        service.wait(timeout=10)
+        service.wait(timeout=HANG_SECONDS)
 
 
 def _rollup(pid: int) -> dict[str, int]:

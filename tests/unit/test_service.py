@@ -36,10 +36,8 @@ from pcihole.holes.source import (
     Seal,
     add_seals,
 )
-from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE
-
-REPO_ROOT = str(Path(hostmem.__file__).resolve().parent.parent)
-CHILD_ENV = {**os.environ, "PYTHONPATH": REPO_ROOT}
+from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
+from tests.support import CHILD_ENV, join
 
 
 @pytest.fixture
@@ -88,8 +86,7 @@ def service(sock_path: str) -> Iterator[Running]:
             yield Running(sock_path, src, results)
         finally:
             stop.set()
-            thread.join(10)
-            assert not thread.is_alive()
+            join(thread, "the service")
     assert not os.path.exists(sock_path), "socket file left behind"
 
 
@@ -152,7 +149,7 @@ def test_many_clients_at_once(service: Running) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(20)
+        join(t)
     assert errors == []
 
 
@@ -175,7 +172,7 @@ def test_mode_and_group(sock_path: str) -> None:
             assert st.st_gid == group.gr_gid
         finally:
             stop.set()
-            thread.join(10)
+            join(thread)
     with AllOnesSource.create(Backing.MEMFD) as src, pytest.raises(HoleServiceError, match="group"):
         serve(sock_path, src, group="no-such-group-pcihole", stop_event=threading.Event())
 
@@ -209,7 +206,7 @@ def test_refusals_and_servings_are_counted(sock_path: str) -> None:
         connect(sock_path).close()
         connect(sock_path).close()
         stop.set()
-        thread.join(10)
+        join(thread)
     assert (results[0].served, results[0].refused) == (2, 1)
 
 
@@ -232,7 +229,7 @@ def test_stale_socket_is_replaced(sock_path: str) -> None:
         thread, stop, _ = _start(sock_path, src)
         connect(sock_path).close()
         stop.set()
-        thread.join(10)
+        join(thread)
     assert not os.path.exists(sock_path)
 
 
@@ -322,7 +319,7 @@ def test_client_refuses_a_bad_service(sock_path: str, case: str) -> None:
         with pytest.raises(HoleServiceError, match=expected):
             connect(sock_path, timeout=5)
     finally:
-        thread.join(5)
+        join(thread)
     assert _open_fds() == before, "received fds leaked"
     listener.close()
 
@@ -446,7 +443,7 @@ def test_three_processes_share_one_huge_page(sock_path: str) -> None:
                     _release(kids)
             finally:
                 stop.set()
-                thread.join(10)
+                join(thread)
     finally:
         pool.__exit__(None, None, None)
 

@@ -1,6 +1,6 @@
 /* Misbehaving guests. PARAM(1) picks one:
  * 0: #UD (ud2)   1: #GP (non-canonical load)   2: #PF (load above the identity map)
- * 3: loop forever   4: triple fault (load an empty IDT, then fault)
+ * 3: loop forever (counting at RESULTS_ADDR)   4: triple fault (load an empty IDT, then fault)
  * 5: assertion failure   6: jump into the address in PARAM(2) (execute from there) */
 #include "runtime.inc"
 
@@ -32,7 +32,8 @@ do_pf:
     mov rax, [rbx]
     GUEST_DONE
 do_loop:
-    inc rcx
+    /* counts its rounds at RESULTS_ADDR, so the host can see it is in the loop */
+    inc qword ptr [RESULTS_ADDR]
     jmp do_loop
 do_triple:
     /* Needs ring 0: lidt with a zero limit, then any exception cannot be delivered. */

@@ -6,8 +6,9 @@
  *     across the 2 MiB boundary at PARAM(4)), `rep movsb` out of the hole, and a read
  *     after a write: everything must be all ones.
  *  2: a write storm: PARAM(4) writes of u32 i at base + (i * 8) mod size, i = 0, 1, ...
- *  3: scan loop: PARAM(4) rounds, each reading a u64 from every 4 KiB page of the region
- *     and syncing the round number; any value but all ones fails. */
+ *  3: scan loop: rounds, each reading a u64 from every 4 KiB page of the region and
+ *     syncing the round number; any value but all ones fails. It stops after PARAM(4)
+ *     rounds, or, when PARAM(4) is 0, once the host sets the u64 at STOP_FLAG_ADDR. */
 #include "runtime.inc"
 
 #define BASE r15
@@ -136,6 +137,12 @@ scan_loop:
     jb 9b
     inc r12
     GUEST_SYNC(r12)
+    test r13, r13
+    jz 10f
     cmp r12, r13
     jb 8b
+    GUEST_DONE
+10:
+    cmp qword ptr [STOP_FLAG_ADDR], 0
+    je 8b
     GUEST_DONE

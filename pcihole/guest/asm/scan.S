@@ -3,7 +3,8 @@
  *   PARAM(3) 0 = brute force over every bus/device/function, 1 = recursive (Linux order:
  *            function 0 first, other functions only when multi-function, bridges followed
  *            by their secondary bus), 2 = both, brute force first
- *   PARAM(4) passes (later passes run over warm mappings)
+ *   PARAM(4) passes (later passes run over warm mappings); 0: pass after pass until the
+ *            host sets the u64 at STOP_FLAG_ADDR (checked after each pass)
  * After each enumeration: sync(functions found), then sync(vendor-ID probes made).
  * Each function found is a 16-byte record: u32 bdf (bus << 8 | devfn), then the dwords at
  * config offsets 0x00 (IDs), 0x08 (class, revision), 0x0c (header). Brute force writes
@@ -55,8 +56,14 @@ recursive:
     GUEST_SYNC(PROBES)
 pass_done:
     pop rbx
+    test rbx, rbx
+    jz until_stopped
     dec rbx
     jnz pass
+    GUEST_DONE
+until_stopped:
+    cmp qword ptr [STOP_FLAG_ADDR], 0
+    je pass
     GUEST_DONE
 
 /* record(rdi = ECAM offset of a present function): append its record. */

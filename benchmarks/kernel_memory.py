@@ -1,0 +1,179 @@
+"""The kernel's share of hole memory: what each strategy and backing costs per VM.
+
+Many VMs (16 by default) scan a 256-bus window by brute force at ring 3 in one process,
+while a thread samples /proc/meminfo every 5 ms (pcihole/host/meminfo.py): per VM =
+(peak - baseline) / VMs of VmallocUsed (KVM's per-memslot arrays), SecPageTables (KVM's
+page tables for the guests) and PageTables (the host's page tables of this process's
+mappings), median of the repeats. The host is shared: other processes move these fields
+too, which is why the VMs are many and the figure is a median.
+
+Also counts, on a fresh VM, the vmalloc pages each memslot of a given size costs, by
+allocating function (/proc/vmallocinfo, root only): the per-slot arithmetic behind it.
+
+The hugetlb point gets its one huge page from ``pcihole serve-holes --reserve-hugepage``
+(root), as a host would run it.
+
+    python benchmarks/kernel_memory.py --json docs/kernel_memory.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pcihole import hostinfo, hostmem
+from pcihole.bench import fits_in_memory, measure_point, options_for
+from pcihole.holes.memory import close_shared_hole_memory
+from pcihole.holes.source import Backing
+from pcihole.kvm import Kvm, abi
+
+BUSES = 256
+REPO_ROOT = str(Path(hostmem.__file__).resolve().parent.parent)
+SLOT_SIZES = (4 << 10, 2 << 20, 64 << 20, 256 << 20)
+CONFIGS: tuple[tuple[str, str, Backing | None], ...] = (
+    ("trap", "trap (nothing mapped)", None),
+    ("fill", "fill (private 0xff per VM)", None),
+    ("shared", "shared, THP chunk (one slot per 2 MiB)", Backing.THP),
+    ("shared", "shared, memfd window (4 KiB pages)", Backing.MEMFD),
+    ("shared", "shared, hugetlb window (serve-holes --reserve-hugepage)", Backing.HUGETLB),
+)
+
+
+@contextlib.contextmanager
+def hugetlb_service() -> Iterator[tuple[str | None, str]]:
+    """A ``serve-holes --reserve-hugepage`` service for the run: (socket, what it said)."""
+    if os.geteuid() != 0:
+        yield None, "skipped: reserving a huge page needs root"
+        return
+    with tempfile.TemporaryDirectory(prefix="ph-kmem-", dir="/tmp") as tmp:
+        path = os.path.join(tmp, "holes.sock")
+        env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pcihole", "serve-holes", "--socket", path,
+             "--reserve-hugepage"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        said = proc.stdout.readline().strip()
+        serving = proc.stdout.readline().strip()
+        try:
+            if not serving.startswith("serving"):
+                yield None, f"skipped: {said} {serving} {proc.stderr.read()}".strip()
+            else:
+                yield path, said
+        finally:
+            close_shared_hole_memory()  # our mappings of the page go before it is given back
+            proc.terminate()
+            proc.wait(30)
+
+
+def slot_cost_by_caller(kvm: Kvm) -> list[dict[str, Any]]:
+    """vmalloc bytes per read-only memslot of each size, by allocating function."""
+    if not os.access("/proc/vmallocinfo", os.R_OK):
+        return []
+    rows = []
+    count = 16
+    for size in SLOT_SIZES:
+        chunk = hostmem.map_anonymous(size, align=2 << 20)
+        with chunk, kvm.create_vm() as vm:
+            before = _vmalloc_by_caller()
+            for slot in range(count):
+                vm.set_memory_region(slot, (1 << 36) + slot * (1 << 30), size, chunk.address,
+                                     abi.KVM_MEM_READONLY)  # fmt: skip
+            after = _vmalloc_by_caller()
+        by_caller = {k: (after[k] - before[k]) // count for k in after if after[k] != before[k]}
+        rows.append({"slot_bytes": size, "vmalloc_bytes_per_slot": by_caller,
+                     "total_bytes_per_slot": sum(by_caller.values())})  # fmt: skip
+    return rows
+
+
+def _vmalloc_by_caller() -> collections.Counter[str]:
+    found: collections.Counter[str] = collections.Counter()
+    with open("/proc/vmallocinfo") as info:
+        for line in info:
+            fields = line.split()
+            pages = next((int(f[6:]) for f in fields if f.startswith("pages=")), 0)
+            if len(fields) > 2:
+                found[fields[2].split("+")[0]] += pages * 4096
+    return found
+
+
+def measure_configs(kvm: Kvm, vms: int, repeats: int, trap_repeats: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for strategy, label, backing in CONFIGS:
+        close_shared_hole_memory()
+        service = hugetlb_service() if backing is Backing.HUGETLB else contextlib.nullcontext()
+        with service as served:
+            socket_path, note = served if served else (None, "")
+            if note.startswith("skipped") or (why := fits_in_memory(strategy, vms, BUSES)):
+                rows.append({"label": label, "note": note or why})
+                print(f"{label}: {rows[-1]['note']}", flush=True)
+                continue
+            options = options_for(strategy, BUSES, backing=backing, socket_path=socket_path)
+            count = trap_repeats if strategy == "trap" else repeats
+            point = measure_point(kvm, options, vms, count, passes=1)
+        point.pop("samples", None)
+        rows.append({"label": label, "note": note, **point})
+        show(rows[-1])
+    close_shared_hole_memory()
+    trap = next((r for r in rows if r.get("strategy") == "trap"), None)
+    for row in rows:
+        if trap and "kernel_memory_bytes_per_vm" in row:
+            row["kernel_bytes_per_vm_above_trap"] = (
+                row["kernel_memory_bytes_per_vm"]["total"]
+                - trap["kernel_memory_bytes_per_vm"]["total"]
+            )
+    return rows
+
+
+def show(row: dict[str, Any]) -> None:
+    kib = {k: v >> 10 for k, v in row["kernel_memory_bytes_per_vm"].items()}
+    print(f"{row['label']:<58} slots/VM {row['memslots_per_vm']:>4}  kernel KiB/VM {kib}  "
+          f"first pass {row['first_pass_seconds']:.4f} s", flush=True)  # fmt: skip
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="FILE")
+    parser.add_argument("--vms", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trap-repeats", type=int, default=1,
+                        help="trap costs ~3.5 s of CPU per VM")  # fmt: skip
+    args = parser.parse_args()
+    started = time.perf_counter()
+    with Kvm() as kvm:
+        slots = slot_cost_by_caller(kvm)
+        for row in slots:
+            print(f"one {row['slot_bytes'] >> 10} KiB slot: {row['total_bytes_per_slot'] >> 10} "
+                  f"KiB of vmalloc {row['vmalloc_bytes_per_slot']}")  # fmt: skip
+        rows = measure_configs(kvm, args.vms, args.repeats, args.trap_repeats)
+    result = {
+        "benchmark": "kernel_memory",
+        "buses": BUSES,
+        "vms": args.vms,
+        "repeats": args.repeats,
+        "trap_repeats": args.trap_repeats,
+        "fields": ["VmallocUsed", "SecPageTables", "PageTables"],
+        "configs": rows,
+        "memslot_vmalloc_by_size": slots,
+        "duration_seconds": round(time.perf_counter() - started, 1),
+        "host": hostinfo.collect(),
+    }
+    if args.json:
+        with open(args.json, "w") as out:
+            json.dump(result, out, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
