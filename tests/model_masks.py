@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import CONFIG_SPACE_SIZE, ConfigSpace
-from pcihole.pci.devices import MODELS
+from pcihole.pci.devices import MODELS, Function
 
 Masks = dict[int, tuple[int, int]]
 ON_BUS_1 = Bdf(1, 0, 0)
@@ -190,3 +190,30 @@ MASKS: dict[str, Masks] = {
         **free(0x104, 0x1000),
     },
 }
+
+
+class PlainConfig:
+    """A function's config bytes under its table's masks: what a plain model of PCI makes
+    of guest writes (writable bits take the value, ones clear W1C bits), to judge the
+    monitor's models by without asking them."""
+
+    def __init__(self, data: bytes, masks: Masks) -> None:
+        self.data = bytearray(data)
+        self.masks = masks
+
+    def read(self, offset: int, size: int) -> int:
+        return int.from_bytes(self.data[offset : offset + size], "little")
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        writable, w1c = masks_over(self.masks, offset, size)
+        old = self.read(offset, size)
+        new = (old & ~writable | value & writable) & ~(value & w1c)
+        self.data[offset : offset + size] = new.to_bytes(size, "little")
+
+    def snapshot(self) -> bytes:
+        return bytes(self.data)
+
+
+def plain_config(function: Function) -> PlainConfig:
+    """``function``'s bytes as built, under its model's table."""
+    return PlainConfig(function.config.snapshot(), MASKS[function.model])

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pcihole.cli import main
 from pcihole.kvm import Kvm
 from pcihole.lspci_cmd import (
     DUMP_ROOM,
@@ -18,7 +19,6 @@ from pcihole.lspci_cmd import (
     format_pages,
     guest_config_pages,
     lspci_text,
-    main_lspci,
 )
 from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
@@ -179,17 +179,22 @@ def test_too_many_functions_for_the_result_buffer_is_an_error(kvm: Kvm) -> None:
 
 
 def test_main_prints_the_dump_and_rejects_bad_devices(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_lspci(["00:00.0=host-bridge", "00:02.0=nvme"], 1, vm_view=False) == 0
+    assert (
+        main(
+            ["lspci", "--device", "00:00.0=host-bridge", "--device", "00:02.0=nvme", "--buses", "1"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.findall(r"^\S\S:\S\S\.\S", out, re.MULTILINE) == [
         "00:00.0", "00:02.0", "00:1f.0", "00:1f.2", "00:1f.3"]  # -device adds to q35's
-    assert main_lspci(["01:00.0=nvme"], 2, vm_view=False) == 2
+    assert main(["lspci", "--device", "01:00.0=nvme", "--buses", "2"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "no bridge leading to it" in captured.err
-    assert main_lspci(["00:00.0=no-such-model"], 1, vm_view=False) == 2
+    assert main(["lspci", "--device", "00:00.0=no-such-model", "--buses", "1"]) == 2
     assert "unknown model" in capsys.readouterr().err
 
 
 def test_main_vm_view(kvm: Kvm, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_lspci(None, 3, vm_view=True) == 0
+    assert main(["lspci", "--buses", "3", "--vm-view"]) == 0
     assert capsys.readouterr().out == format_lspci_dump(Topology.default(3))
