@@ -20,174 +20,42 @@ reset instead).
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcihole import layout
 from pcihole.arch.x86.cpuid import boot_cpuid
 from pcihole.arch.x86.reset import prepare_real_mode
+from pcihole.chipset.mch import Mch
 from pcihole.closing import Closeable
+from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit
+from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
+from pcihole.devices.rom import RomDevice
+from pcihole.errors import BadInput
 from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
-from pcihole.holes.strategy import StrategyError
 from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine import (
     CONFIG_PORTS,
-    PAGE_SHIFT,
-    EcamDevice,
     EcamWindow,
     LegacyConfigPorts,
     MachineError,
     MachineOptions,
 )
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
-from pcihole.pci.bdf import Bdf
-from pcihole.pci.devices import MODELS, PCIEXBAR, Function
-from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
 from pcihole.vmm.bus import Bus, BusError
 from pcihole.vmm.runloop import RunLoop, RunResult
 
-BOOT_RAM_SIZE = 128 * layout.MiB
-"""QEMU's default -m."""
-LOW_RAM_END = 0xA0000
-"""Conventional memory ends at 640 KiB; the VGA window and option ROM space follow."""
-HIGH_RAM_START = 1 * layout.MiB
-ISA_BIOS_MAX = 128 * layout.KiB
-"""The tail of the image that also appears just below 1 MiB (QEMU's isa-bios alias)."""
-HOST_BRIDGE = Bdf(0, 0, 0)
-DEBUGCON_READBACK = 0xE9
-"""What QEMU's isa-debugcon answers to a read (firmware uses it to detect the port)."""
-DEBUG_EXIT_SIZE = 4
 GUEST_STOPPED_STATUS = 70
 """Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
-USAGE_STATUS = 2
-
-# PCIEXBAR (q35 MCH, config 0x60): enable bit 0, length bits 2:1, base bits 35:26.
-PCIEXBAR_ENABLE = 1
-PCIEXBAR_LENGTH_SHIFT = 1
-PCIEXBAR_LENGTH_BUSES = {0: 256, 1: 128, 2: 64}
-"""Length code -> buses decoded (1 MiB each); code 3 is reserved (no window here)."""
-PCIEXBAR_BASE_BITS = (1 << 36) - 1
 
 
-class BootError(Exception):
+class BootError(BadInput):
     """The image or the machine is unusable; the message says why."""
-
-
-def decode_pciexbar(value: int) -> tuple[int, int] | None:
-    """``(base, buses)`` of the window a PCIEXBAR value asks for, None when disabled.
-
-    The base keeps the address bits the length allows: 35:28 for 256 MiB, 35:27 for
-    128 MiB, 35:26 for 64 MiB, so a window is always aligned to its size.
-    """
-    if not value & PCIEXBAR_ENABLE:
-        return None
-    buses = PCIEXBAR_LENGTH_BUSES.get(value >> PCIEXBAR_LENGTH_SHIFT & 3)
-    if buses is None:
-        return None
-    size = layout.ecam_size(buses)
-    return value & PCIEXBAR_BASE_BITS & ~(size - 1), buses
-
-
-# --- devices ----------------------------------------------------------------------------
-class RomDevice:
-    """Behind a read-only image slot: reads do not exit; writes do, and are dropped."""
-
-    def __init__(self, image: bytes) -> None:
-        self.image = image
-        self.writes = 0
-
-    def read(self, offset: int, size: int) -> int:
-        return int.from_bytes(self.image[offset : offset + size], "little")
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.writes += 1
-
-
-Stamp = tuple[float, int, int]
-"""(seconds since the run started, exits so far, ECAM exits so far)."""
-
-
-class DebugConsole:
-    """QEMU's isa-debugcon: each byte written goes out; reads answer 0xe9.
-
-    Each line is kept as a ``ConsoleLine`` with ``clock``'s stamps at its first byte and
-    at its newline, so a guest can time what happens between two lines it prints.
-    """
-
-    def __init__(
-        self, sink: BinaryIO | None = None, clock: Callable[[], Stamp] | None = None
-    ) -> None:
-        self.sink = sink
-        self.clock = clock or (lambda: (0.0, 0, 0))
-        self.output = bytearray()
-        self.lines: list[ConsoleLine] = []
-        self._line = bytearray()
-        self._first: Stamp = (0.0, 0, 0)
-
-    def read(self, offset: int, size: int) -> int:
-        return DEBUGCON_READBACK
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        byte = value & 0xFF
-        if not self._line:
-            self._first = self.clock()
-        self.output.append(byte)
-        self._line.append(byte)
-        if byte == 0x0A:
-            self._end_line()
-
-    def _end_line(self) -> None:
-        line = bytes(self._line)
-        self._line.clear()
-        if self.sink is not None:
-            self.sink.write(line)
-            self.sink.flush()
-        text = line.decode("utf-8", "replace").rstrip("\n")
-        self.lines.append(ConsoleLine(text, *self.clock(), *self._first))
-
-    def flush(self) -> None:
-        """Hand on a last line without its newline."""
-        if self._line:
-            self._end_line()
-
-
-class DebugExit:
-    """QEMU's isa-debug-exit: a write of ``value`` ends the machine with status
-    ``(value << 1) | 1``. Reads answer 0."""
-
-    def __init__(self, stop: Callable[[], None]) -> None:
-        self.stop = stop
-        self.value: int | None = None
-
-    def read(self, offset: int, size: int) -> int:
-        return 0
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        if self.value is None:
-            self.value = value
-            self.stop()
-
-
-class _ReportingEcam(EcamDevice):
-    """The window's ECAM device, telling ``on_write`` which function a write reached."""
-
-    def __init__(self, window: EcamWindow, on_write: Callable[[Bdf], None]) -> None:
-        super().__init__(window)
-        self.on_write = on_write
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        super().write(offset, size, value)
-        function = self.window.functions_by_page.get(offset >> PAGE_SHIFT)
-        if function is not None:
-            self.on_write(function.bdf)
 
 
 # --- the VM ------------------------------------------------------------------------------
@@ -199,7 +67,7 @@ class BootVm(Closeable):
     """
 
     def __init__(
-        self, kvm: Kvm, image: bytes, *, ram_size: int = BOOT_RAM_SIZE, name: str = "boot"
+        self, kvm: Kvm, image: bytes, *, ram_size: int = layout.BOOT_RAM_SIZE, name: str = "boot"
     ) -> None:
         check_image(image)
         if ram_size % layout.PAGE_SIZE or not 2 * layout.MiB <= ram_size <= layout.ECAM_BASE:
@@ -218,17 +86,25 @@ class BootVm(Closeable):
             self.ram = GuestRam(0, ram_size)
             self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
             self.rom.write(self.rom.base, image)
-            alias_size = min(ISA_BIOS_MAX, len(image))
+            alias_size = min(layout.ISA_BIOS_MAX, len(image))
+            high = layout.HIGH_RAM_START
             regions = [
-                (Region(RegionKind.RAM, 0, LOW_RAM_END, "ram"), self.ram.host_address, 0),
+                (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
                 (
-                    Region(RegionKind.ROM, HIGH_RAM_START - alias_size, alias_size, "isa-bios"),
+                    Region(
+                        RegionKind.ROM, layout.HIGH_RAM_START - alias_size, alias_size, "isa-bios"
+                    ),
                     self.rom.host_address + len(image) - alias_size,
                     abi.KVM_MEM_READONLY,
                 ),
                 (
-                    Region(RegionKind.RAM, HIGH_RAM_START, ram_size - HIGH_RAM_START, "ram-high"),
-                    self.ram.host_address + HIGH_RAM_START,
+                    Region(
+                        RegionKind.RAM,
+                        layout.HIGH_RAM_START,
+                        ram_size - layout.HIGH_RAM_START,
+                        "ram-high",
+                    ),
+                    self.ram.host_address + high,
                     0,
                 ),
                 (
@@ -246,7 +122,9 @@ class BootVm(Closeable):
             ):
                 self.vm.set_memory_region(slot, region.start, region.size, host_address, flags)
             self.mmio.add(self.rom.base, len(image), self.rom_devices[0], "bios")
-            self.mmio.add(HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios")
+            self.mmio.add(
+                layout.HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios"
+            )
             self.vcpu = self.vm.create_vcpu()
             self.vcpu.set_cpuid2(boot_cpuid(kvm))
             self.loop = RunLoop(self.vcpu, self.ports, self.mmio, report_port=None)
@@ -284,34 +162,6 @@ def check_image(image: bytes) -> None:
 
 
 # --- the machine ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ConsoleLine:
-    """One line of debug console output and the machine's counters around it."""
-
-    text: str
-    seconds: float
-    """When its newline came, since the run started."""
-    exits: int
-    """Every exit so far, the newline's own OUT included."""
-    config_exits: int
-    """ECAM accesses that exited so far (holes and present functions)."""
-    first_seconds: float
-    """The same three when the line's first byte came."""
-    first_exits: int
-    first_config_exits: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "seconds": round(self.seconds, 6),
-            "exits": self.exits,
-            "config_exits": self.config_exits,
-            "first_seconds": round(self.first_seconds, 6),
-            "first_exits": self.first_exits,
-            "first_config_exits": self.first_config_exits,
-        }
-
-
 @dataclass(frozen=True)
 class Interval:
     """What happened between two console lines."""
@@ -371,15 +221,15 @@ class BootMachine(Closeable):
         writes: str = "coalesce",
         backing: Backing | None = None,
         socket_path: str | None = None,
-        ram_size: int = BOOT_RAM_SIZE,
+        ram_size: int = layout.BOOT_RAM_SIZE,
         console: BinaryIO | None = None,
         name: str = "boot",
     ) -> None:
         self.topology = topology or Topology.qemu_nodefaults()
-        bridge = self.topology.get(HOST_BRIDGE)
-        if bridge is None or bridge.model != "host-bridge":
-            raise BootError(f"q35 firmware needs the host bridge at {HOST_BRIDGE}")
-        self.host_bridge = bridge
+        try:
+            self.mch = Mch(self.topology, self.place_window)
+        except ValueError as error:
+            raise BootError(str(error)) from None
         self.options = MachineOptions(
             buses=self.topology.buses,
             strategy=strategy,
@@ -393,10 +243,11 @@ class BootMachine(Closeable):
         self._started = time.perf_counter()
         self.guest = BootVm(kvm, image, ram_size=ram_size, name=name)
         try:
-            self.window = EcamWindow(self.guest, self.topology, self.options, base=None)
-            self.window.ecam = _ReportingEcam(self.window, self._config_written)
-            self.legacy = LegacyConfigPorts(self.window)
-            self.legacy.on_write = self._config_written
+            written = self.mch.config_written
+            self.window = EcamWindow(
+                self.guest, self.topology, self.options, base=None, on_config_write=written
+            )
+            self.legacy = LegacyConfigPorts(self.window, on_write=written)
             ports = self.guest.ports
             ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config")
             self.console = DebugConsole(console, self._stamp)
@@ -408,18 +259,11 @@ class BootMachine(Closeable):
             raise
 
     # --- PCIEXBAR ------------------------------------------------------------------------
-    def _config_written(self, bdf: Bdf) -> None:
-        if bdf == HOST_BRIDGE:
-            self.apply_pciexbar()
-
-    def apply_pciexbar(self) -> None:
-        """Make the window match the host bridge's PCIEXBAR (called after every write to it).
+    def place_window(self, base: int | None, buses: int) -> None:
+        """Move the window where the MCH says (after every write to its PCIEXBAR).
 
         A window that cannot go where firmware asks (over RAM or the image) is not decoded.
         """
-        wanted = decode_pciexbar(self.host_bridge.config.read(PCIEXBAR, 8))
-        base, buses = (None, self.options.buses) if wanted is None else wanted
-        buses = min(buses, self.options.buses)
         if (base, layout.ecam_size(buses)) == (self.window.base, self.window.size):
             return
         try:
@@ -498,86 +342,6 @@ class BootMachine(Closeable):
         self.guest.close()
 
 
-def main_boot(
-    bios: str,
-    devices: list[str] | None,
-    strategy: str = "shared",
-    debugcon: str | None = None,
-    buses: int = layout.ECAM_MAX_BUSES,
-    *,
-    present: str = "mirror",
-    writes: str = "coalesce",
-    backing: str = "auto",
-    socket_path: str | None = None,
-    ram_mib: int = BOOT_RAM_SIZE // layout.MiB,
-    stats: str | None = None,
-) -> int:
-    """``pcihole boot``: run ``bios`` and return the process exit status.
-
-    Debug console bytes go to ``debugcon`` (a file) or stdout; ``stats`` names a file for
-    a JSON account of the run. Bad input: one line on stderr, status 2. A guest that stops
-    without debug-exit: the reason on stderr, status ``GUEST_STOPPED_STATUS``.
-    """
-    option = "--bios"  # which option the input being checked came from, for the message
-    try:
-        try:
-            image = Path(bios).read_bytes()
-        except OSError as error:
-            raise BootError(f"{bios}: {error.strerror}") from None
-        check_image(image)
-        option = "--device"
-        topology = Topology.build(devices, buses) if devices else Topology.qemu_nodefaults(buses)
-        if HOST_BRIDGE not in topology:
-            topology = Topology(buses, [*topology, _host_bridge_function()])
-        option = "--backing"
-        chosen_backing = None if backing == "auto" else Backing.parse(backing)
-    except (OSError, BootError, PciError, ValueError) as error:
-        text = str(error)  # topology errors already start with the --device text
-        print(f"pcihole boot: error: {text if text.startswith('--') else f'{option}: {text}'}",
-              file=sys.stderr)  # fmt: skip
-        return USAGE_STATUS
-    sink: BinaryIO | None = None
-    try:
-        sink = open(debugcon, "wb") if debugcon else sys.stdout.buffer  # noqa: SIM115
-        with (
-            Kvm() as kvm,
-            BootMachine(
-                kvm,
-                image,
-                topology,
-                strategy=strategy,
-                present=present,
-                writes=writes,
-                backing=chosen_backing,
-                socket_path=socket_path,
-                ram_size=ram_mib * layout.MiB,
-                console=sink,
-            ) as machine,
-        ):
-            result = machine.run()
-            if stats:
-                Path(stats).write_text(json.dumps(machine.stats(result), indent=2) + "\n")
-    except (OSError, BootError, MachineError, StrategyError, HoleSlotError, KvmError) as error:
-        print(f"pcihole boot: error: {error}", file=sys.stderr)
-        return USAGE_STATUS
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if sink is not None and sink is not sys.stdout.buffer:
-            sink.close()
-    if result.exit_value is None:
-        print(
-            f"pcihole boot: guest stopped without debug-exit: {result.run.reason.value}: "
-            f"{result.run.detail}",
-            file=sys.stderr,
-        )
-    return result.status
-
-
-def _host_bridge_function() -> Function:
-    return MODELS["host-bridge"].build(HOST_BRIDGE)
-
-
 __all__ = [
     "BootError",
     "BootMachine",
@@ -585,6 +349,4 @@ __all__ = [
     "BootVm",
     "ConsoleLine",
     "Interval",
-    "decode_pciexbar",
-    "main_boot",
 ]

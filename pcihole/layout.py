@@ -1,8 +1,9 @@
 """Every guest-physical address pcihole uses, in one place.
 
 Each constant says why it is where it is; later ones are derived from earlier ones.
-The guest assembly receives the same values through ``--defsym`` (see
-``pcihole.guest.build``), so the host and the guest can never disagree.
+The guest assembly receives the same values as preprocessor definitions (``-D``, see
+``asm_symbols`` and ``pcihole.guest.build``), so the host and the guest can never
+disagree.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 
-PAGE_SIZE = 4 * KiB
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
 """The smallest unit of a memslot and of a PCI function's configuration space."""
 HUGE_PAGE_SIZE = 2 * MiB
 """x86 large page: hole windows keep host and guest addresses congruent modulo this."""
@@ -54,11 +56,27 @@ RESULTS_SIZE = 2 * MiB
 SCRATCH_ADDR = RESULTS_ADDR + RESULTS_SIZE
 """Free RAM for guest programs' own use."""
 SCRATCH_SIZE = 1 * MiB
+RECURSIVE_RESULTS_OFFSET = RESULTS_SIZE // 2
+"""The scan guest's recursive results follow its brute-force ones, halfway in."""
+DUMP_ROOM = RESULTS_SIZE // PAGE_SIZE
+"""Config pages the ecam_dump guest's result buffer holds (512 with a 2 MiB buffer)."""
+DUMP_LIST_ADDR = SCRATCH_ADDR
+"""Where ecam_dump lists the address (u32 bus << 8 | devfn) of each page it copied."""
 STOP_FLAG_ADDR = SCRATCH_ADDR + SCRATCH_SIZE - 8
 """The last u64 of scratch: a test guest that must keep running while the host changes
 something polls it and stops once the host makes it non-zero."""
 RAM_SIZE = SCRATCH_ADDR + SCRATCH_SIZE
 """Test guests need only this much RAM."""
+
+# ---------------------------------------------------------------------------------------
+# Firmware machines (``pcihole boot``): a PC's memory below 4 GiB, as QEMU's q35 lays it out.
+BOOT_RAM_SIZE = 128 * MiB
+"""QEMU's default -m."""
+LOW_RAM_END = 0xA0000
+"""Conventional memory ends at 640 KiB; the VGA window and option ROM space follow."""
+HIGH_RAM_START = 1 * MiB
+ISA_BIOS_MAX = 128 * KiB
+"""The tail of the image that also appears just below 1 MiB (QEMU's isa-bios alias)."""
 
 # ---------------------------------------------------------------------------------------
 # Port I/O.
@@ -152,6 +170,7 @@ ABOVE_4G_BASE = 1 << 32
 """Where RAM that does not fit below 4 GiB continues."""
 
 
+assert DUMP_ROOM * 4 <= SCRATCH_SIZE, "the dump's address list does not fit in scratch RAM"
 assert TSS_ADDR + TSS_SIZE <= PARAMS_ADDR, "TSS overlaps the parameter block"
 assert PD_END <= CODE_ADDR, "page tables overlap guest code"
 assert CODE_ADDR + CODE_MAX <= KERNEL_STACK_TOP - 0x10000, "code overlaps the ring-0 stack"

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pcihole import layout
+from pcihole.bits import all_ones
 from pcihole.closing import Closeable
+from pcihole.errors import BadInput
 from pcihole.guest.build import GuestProgram
 from pcihole.holes.accounting import resident_bytes
 from pcihole.holes.planner import Run, hole_runs
@@ -38,10 +40,9 @@ from pcihole.vmm.guestvm import GuestVm
 from pcihole.vmm.runloop import RunLoop, RunResult
 
 PRESENT_MODES = ("mirror", "trap")
-PAGE_SHIFT = 12
 
 
-class MachineError(Exception):
+class MachineError(BadInput):
     """A machine could not be built or changed; the message says what and why."""
 
 
@@ -85,11 +86,17 @@ class ConfigExits:
         return self.device_reads + self.device_writes
 
 
+ConfigWritten = Callable[[Bdf], None]
+"""Told which function a guest's config write changed (after its mirror is refreshed)."""
+
+
 class EcamDevice:
     """The MMIO device under the whole ECAM window: what still exits ends here."""
 
-    def __init__(self, window: EcamWindow) -> None:
+    def __init__(self, window: EcamWindow, on_write: ConfigWritten | None = None) -> None:
         self.window = window
+        self.on_write = on_write
+        """Told of every write that changed a function's registers (the chipset listens)."""
         self.exits = ConfigExits()
 
     def read(self, offset: int, size: int) -> int:
@@ -98,10 +105,10 @@ class EcamDevice:
             first = layout.PAGE_SIZE - register
             low = self.read(offset, first)
             return low | self.read(offset + first, size - first) << (8 * first)
-        function = self.window.functions_by_page.get(offset >> PAGE_SHIFT)
+        function = self.window.functions_by_page.get(offset >> layout.PAGE_SHIFT)
         if function is None:
             self.exits.hole_reads += 1
-            return (1 << (8 * size)) - 1
+            return all_ones(size)
         self.exits.device_reads += 1
         config = function.config
         if size not in ACCESS_SIZES:  # 3, 5, 6, 7: KVM split an access at the page boundary
@@ -115,7 +122,7 @@ class EcamDevice:
             self.write(offset, first, value & ((1 << (8 * first)) - 1))
             self.write(offset + first, size - first, value >> (8 * first))
             return
-        function = self.window.functions_by_page.get(offset >> PAGE_SHIFT)
+        function = self.window.functions_by_page.get(offset >> layout.PAGE_SHIFT)
         if function is None:
             self.exits.hole_writes += 1
             base = self.window.base or 0  # the device is on the bus only while placed
@@ -131,6 +138,8 @@ class EcamDevice:
             changed = config.write(register, size, value)
         if changed:
             self.window.refresh_mirror(function.bdf)
+            if self.on_write is not None:
+                self.on_write(function.bdf)
 
 
 @dataclass
@@ -174,6 +183,7 @@ class EcamWindow:
         topology: Topology,
         options: MachineOptions,
         base: int | None = layout.ECAM_BASE,
+        on_config_write: ConfigWritten | None = None,
     ) -> None:
         if topology.buses != options.buses:
             raise MachineError(f"topology has {topology.buses} buses, options say {options.buses}")
@@ -185,7 +195,7 @@ class EcamWindow:
         self.functions_by_page: dict[int, Function] = {}
         self.mirrors: dict[Bdf, Mirror] = {}
         self.hole_writes = HoleWrites()
-        self.ecam = EcamDevice(self)
+        self.ecam = EcamDevice(self, on_config_write)
         self._lock = threading.RLock()
         self.strategy: HoleStrategy | None = None
         self.holes: HoleSlots | None = None
@@ -280,7 +290,7 @@ class EcamWindow:
         return function.bdf.ecam_offset < self.size
 
     def _index(self, function: Function) -> None:
-        self.functions_by_page[function.bdf.ecam_offset >> PAGE_SHIFT] = function
+        self.functions_by_page[function.bdf.ecam_offset >> layout.PAGE_SHIFT] = function
 
     def _map_mirror(self, function: Function) -> None:
         assert self.base is not None
@@ -334,7 +344,7 @@ class EcamWindow:
                 if self.options.present == "mirror" and self._decodes(function):
                     self._map_mirror(function)
             except BaseException:
-                self.functions_by_page.pop(function.bdf.ecam_offset >> PAGE_SHIFT, None)
+                self.functions_by_page.pop(function.bdf.ecam_offset >> layout.PAGE_SHIFT, None)
                 self.topology.remove(function.bdf)
                 self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
                 raise
@@ -352,7 +362,7 @@ class EcamWindow:
             changed = self.topology.remove(bdf)
             if bdf in self.mirrors:
                 self._unmap_mirror(bdf)
-            self.functions_by_page.pop(bdf.ecam_offset >> PAGE_SHIFT, None)
+            self.functions_by_page.pop(bdf.ecam_offset >> layout.PAGE_SHIFT, None)
             if self.base is None:
                 return
             self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
@@ -394,10 +404,10 @@ class LegacyConfigPorts:
     ECAM page, and ``on_write`` hears of them (the host bridge's PCIEXBAR, for one).
     """
 
-    def __init__(self, window: EcamWindow) -> None:
+    def __init__(self, window: EcamWindow, on_write: ConfigWritten | None = None) -> None:
         self.window = window
         self.mechanism = ConfigMechanism1(window.topology.config_at)
-        self.on_write: Callable[[Bdf], None] | None = None
+        self.on_write = on_write
         self.exits = 0
 
     def read(self, offset: int, size: int) -> int:

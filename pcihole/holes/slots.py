@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from pcihole.errors import BadInput
 from pcihole.holes.planner import Piece, Run
 from pcihole.holes.strategy import HoleStrategy
 from pcihole.kvm import CoalescedWrite, KvmError, Vm, abi
@@ -24,7 +25,7 @@ from pcihole.memory import MemoryMapError, SlotAllocator
 WRITE_MODES = ("coalesce", "exit")
 
 
-class HoleSlotError(Exception):
+class HoleSlotError(BadInput):
     """Hole memslots or zones could not be set; the message says what and why."""
 
 
@@ -60,28 +61,6 @@ class HoleWrites:
     def record_coalesced(self, writes: Iterable[CoalescedWrite]) -> None:
         for write in writes:
             self.record(write.address, write.size, write.data)
-
-
-class HoleDevice:
-    """A bus device for a hole region: what exits there reads all ones, writes are recorded.
-
-    Sits under hole slots so that while they change (or under ``trap``) the guest still
-    sees master-abort semantics.
-    """
-
-    def __init__(self, base: int, writes: HoleWrites) -> None:
-        self.base = base
-        self.writes = writes
-        self.read_exits = 0
-        self.write_exits = 0
-
-    def read(self, offset: int, size: int) -> int:
-        self.read_exits += 1
-        return (1 << (8 * size)) - 1
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.write_exits += 1
-        self.writes.record(self.base + offset, size, value.to_bytes(size, "little"))
 
 
 class HoleSlots:

@@ -29,7 +29,9 @@ from dataclasses import dataclass
 
 from pcihole import hostinfo, hostmem
 from pcihole.closing import Closeable
-from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE, HostMemError, Mapping
+from pcihole.errors import EnvironmentProblem
+from pcihole.hostmem import HostMemError, Mapping
+from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 ALL_ONES = 0xFF
 
@@ -71,7 +73,7 @@ NR_HUGEPAGES_SYSCTL = "/proc/sys/vm/nr_hugepages"
 _MFD_HUGE_2MB = getattr(os, "MFD_HUGE_2MB", 21 << 26)
 
 
-class HoleSourceError(Exception):
+class HoleSourceError(EnvironmentProblem):
     """An all-ones source could not be created, or is not what it must be."""
 
 

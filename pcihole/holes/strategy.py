@@ -15,6 +15,7 @@ import mmap
 from typing import ClassVar
 
 from pcihole import hostmem, layout
+from pcihole.errors import BadInput
 from pcihole.holes.memory import HoleMemory, shared_hole_memory
 from pcihole.holes.planner import Piece, Run, plan_pieces
 from pcihole.holes.source import Backing
@@ -160,7 +161,7 @@ def thp_choice_note(chunk_slots: int) -> str:
     )
 
 
-class StrategyError(ValueError):
+class StrategyError(BadInput, ValueError):
     """Unknown strategy name or impossible options."""
 
 

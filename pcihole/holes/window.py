@@ -16,8 +16,10 @@ import time
 
 from pcihole import hostmem
 from pcihole.closing import Closeable
+from pcihole.errors import EnvironmentProblem
 from pcihole.holes.source import AllOnesSource
-from pcihole.hostmem import HUGE_PAGE_SIZE, HostMemError, Mapping
+from pcihole.hostmem import HostMemError, Mapping
+from pcihole.layout import HUGE_PAGE_SIZE
 
 WINDOW_ALIGN = HUGE_PAGE_SIZE
 """Window starts are ``phase`` modulo this, so a 2 MiB-aligned guest run maps on 2 MiB pages."""
@@ -25,7 +27,7 @@ DEFAULT_MAP_HEADROOM = 1024
 """Mappings left free for everything else the process does (libraries, threads, KVM)."""
 
 
-class HoleWindowError(Exception):
+class HoleWindowError(EnvironmentProblem):
     """A window cannot be built (no fd, bad size or phase, not enough mappings left)."""
 
 
@@ -151,10 +153,6 @@ class HoleWindow(Closeable):
         if not 0 <= offset < self.size:
             raise HoleWindowError(f"offset {offset:#x} outside a {self.size:#x}-byte window")
         return self.address + offset
-
-    def host_address_for(self, guest_base: int, guest_address: int) -> int:
-        """Host address backing ``guest_address`` when the window starts at ``guest_base``."""
-        return self.host_address(guest_address - guest_base)
 
     def close(self) -> None:
         """Unmap the whole window. Safe to repeat."""

@@ -11,10 +11,11 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from pcihole.errors import BadInput
 from pcihole.layout import PAGE_SIZE
 
 
-class MemoryMapError(ValueError):
+class MemoryMapError(BadInput, ValueError):
     """A region or a map is invalid, or slots ran out; the message says which and why."""
 
 
@@ -90,13 +91,6 @@ class MemoryMap:
         if region not in self.regions:
             raise MemoryMapError(f"{region.describe()} is not in the map")
         return MemoryMap(r for r in self.regions if r != region)
-
-    def find(self, address: int) -> Region | None:
-        """The region holding ``address``, if any."""
-        for region in self.regions:
-            if region.start <= address < region.end:
-                return region
-        return None
 
 
 class SlotAllocator:

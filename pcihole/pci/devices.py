@@ -52,7 +52,8 @@ class Function:
     bridge_buses: range | None = None
     """Buses a bridge leads to (secondary..subordinate) as built; None for an endpoint.
 
-    Fixed at build time: the ECAM layout follows it even if a guest renumbers buses.
+    Fixed at build time: it names the segment behind the bridge (the functions built on
+    bus ``bridge_buses[0]``); which bus numbers reach them is the guest's, see ``routing``.
     """
 
 

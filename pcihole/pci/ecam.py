@@ -1,6 +1,7 @@
-"""Decoding configuration accesses: ECAM (memory-mapped) and mechanism #1 (ports CF8/CFC).
+"""Decoding configuration accesses: ECAM offsets and mechanism #1 (ports CF8/CFC).
 
-Both end in a lookup ``Bdf -> ConfigSpace | None``; ``None`` is a hole, where reads return
+The ECAM device itself is ``pcihole.machine``'s ``EcamDevice``. Both end in a lookup
+``Bdf -> ConfigSpace | None``; ``None`` is a hole, where reads return
 all ones (master abort) and writes vanish. A write that changed a function's registers
 returns that function's address, so the caller can mirror its page again.
 """
@@ -10,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pcihole import layout
+from pcihole.bits import all_ones
 from pcihole.pci.bdf import (
     BUSES,
     ECAM_BUS_MASK,
@@ -26,11 +29,6 @@ from pcihole.pci.errors import EcamError
 
 Lookup = Callable[[Bdf], ConfigSpace | None]
 """Finds the configuration space at an address; None where no function exists."""
-
-
-def all_ones(size: int) -> int:
-    """What a read of ``size`` bytes from a missing function returns."""
-    return (1 << 8 * size) - 1
 
 
 def ecam_decode(offset: int) -> tuple[Bdf, int]:
@@ -52,42 +50,6 @@ def ecam_encode(bdf: Bdf, register: int = 0) -> int:
     return bdf.ecam_offset | register
 
 
-class Ecam:
-    """An ECAM window of ``buses`` buses at guest-physical ``base``."""
-
-    def __init__(self, base: int, buses: int, lookup: Lookup) -> None:
-        if not 1 <= buses <= BUSES:
-            raise EcamError(f"bus count {buses} is not in 1-{BUSES}")
-        self.base = base
-        self.buses = buses
-        self.size = buses << ECAM_BUS_SHIFT
-        self._lookup = lookup
-
-    def __contains__(self, address: object) -> bool:
-        return isinstance(address, int) and self.base <= address < self.base + self.size
-
-    def _decode(self, address: int, size: int) -> tuple[Bdf, int]:
-        if address not in self:
-            raise EcamError(f"address {address:#x} is outside the ECAM window")
-        bdf, register = ecam_decode(address - self.base)
-        if register + size > CONFIG_SPACE_SIZE:
-            raise EcamError(f"{size}-byte access at {address:#x} crosses a function's page")
-        return bdf, register
-
-    def read(self, address: int, size: int) -> int:
-        bdf, register = self._decode(address, size)
-        config = self._lookup(bdf)
-        return all_ones(size) if config is None else config.read(register, size)
-
-    def write(self, address: int, size: int, value: int) -> Bdf | None:
-        """Apply a guest write; returns the function whose registers changed, if any."""
-        bdf, register = self._decode(address, size)
-        config = self._lookup(bdf)
-        if config is not None and config.write(register, size, value):
-            return bdf
-        return None
-
-
 # Mechanism #1: the dword written to port CF8.
 CF8_ENABLE = 1 << 31
 CF8_EXTENDED_REGISTER_SHIFT = 24
@@ -102,8 +64,8 @@ CF8_FUNCTION_MASK = 0x7
 CF8_REGISTER_MASK = 0xFC
 """Bits 7:2: a dword-aligned register; the low two bits come from which CFC port is used."""
 
-CONFIG_ADDRESS_PORT = 0xCF8
-CONFIG_DATA_PORT = 0xCFC
+CONFIG_ADDRESS_PORT = layout.PCI_CONFIG_ADDRESS_PORT
+CONFIG_DATA_PORT = layout.PCI_CONFIG_DATA_PORT
 PORTS = range(CONFIG_ADDRESS_PORT, CONFIG_DATA_PORT + 4)
 """All eight ports the mechanism answers."""
 

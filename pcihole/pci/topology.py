@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 from pcihole.pci import capabilities as caps
 from pcihole.pci.bdf import BUSES, Bdf
-from pcihole.pci.config import ConfigSpace
+from pcihole.pci.config import PRIMARY_BUS, ConfigSpace
 from pcihole.pci.devices import MODELS, DeviceModel, Function
 from pcihole.pci.errors import BdfError, DeviceError, TopologyError
+from pcihole.pci.routing import set_ari_forwarding
 
 SPEC_FORMAT = "BB:DD.F=MODEL[,key=value...]"
 _NUMBER_RE = re.compile(r"0x[0-9a-f]+|[0-9]+", re.IGNORECASE)
@@ -183,8 +184,10 @@ class Topology:
         validate(candidates, buses)
         self._buses = buses
         self._functions = {function.bdf: function for function in candidates}
+        self._bridges_reset = False
         self._mark_multifunction(self._functions)
         self._update_slots(announce=False)  # cold-plugged: present, but no change events
+        self._program_forwarding()
 
     @classmethod
     def build(cls, specs: Iterable[str], buses: int) -> Topology:
@@ -253,6 +256,7 @@ class Topology:
         validate(candidates, self._buses)
         self._functions[function.bdf] = function
         changed = {*self._mark_multifunction(self._functions), *self._update_slots(announce=True)}
+        changed.update(self._program_forwarding())
         changed.discard(function.bdf)
         return [function.bdf, *sorted(changed)]
 
@@ -271,6 +275,38 @@ class Topology:
             raise TopologyError(f"cannot remove it: {error}", removed.spec) from error
         del self._functions[bdf]
         return [bdf, *self._update_slots(announce=True)]
+
+    def reset_bridges(self) -> list[Bdf]:
+        """Bridges as they come out of reset, as QEMU's do: secondary = subordinate = 0,
+        ARI forwarding off, so nothing behind them answers until firmware numbers them.
+
+        Without firmware (``scan``, ``demo``, ``lspci``) bridges stay as ``--device`` built
+        them, as firmware would have programmed them. Returns the bridges that changed.
+        """
+        self._bridges_reset = True
+        changed = []
+        for bdf, function in sorted(self._functions.items()):
+            if function.bridge_buses is not None:
+                config = function.config
+                moved = config.read(PRIMARY_BUS, 4) & 0xFFFFFF != 0
+                config.set_bus_numbers(0, 0, 0)
+                if set_ari_forwarding(function, False) or moved:
+                    changed.append(bdf)
+        return changed
+
+    def _program_forwarding(self) -> list[Bdf]:
+        """Firmware's part, for guests without firmware: a PCIe port with functions beyond
+        device 0 behind it gets ARI forwarding, so they answer. Returns the ports changed."""
+        if self._bridges_reset:
+            return []
+        beyond_zero = {bdf.bus for bdf in self._functions if bdf.device}
+        return [
+            bdf
+            for bdf, function in sorted(self._functions.items())
+            if function.bridge_buses is not None
+            and function.bridge_buses[0] in beyond_zero
+            and set_ari_forwarding(function, True)
+        ]
 
     def _update_slots(self, *, announce: bool) -> list[Bdf]:
         """Make each slot's presence bits match whether its secondary bus has a function."""

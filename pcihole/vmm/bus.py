@@ -11,8 +11,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from pcihole.bits import all_ones
+from pcihole.errors import BadInput
 
-class BusError(Exception):
+
+class BusError(BadInput):
     """A device range is invalid or overlaps another; an access straddles devices."""
 
 
@@ -96,7 +99,7 @@ class Bus:
         mapping = self.find(address, size)
         if mapping is None:
             self.unclaimed += 1
-            return (1 << (8 * size)) - 1
+            return all_ones(size)
         return mapping.device.read(address - mapping.base, size)
 
     def write(self, address: int, size: int, value: int) -> None:

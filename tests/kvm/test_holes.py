@@ -10,7 +10,7 @@ import pytest
 from pcihole import layout
 from pcihole.holes.memory import HoleMemory
 from pcihole.holes.planner import Run
-from pcihole.holes.slots import HoleDevice, HoleSlotError, HoleSlots, HoleWrite, HoleWrites
+from pcihole.holes.slots import HoleSlotError, HoleSlots, HoleWrite, HoleWrites
 from pcihole.holes.source import AllOnesSource, Backing
 from pcihole.holes.strategy import FillStrategy, HoleStrategy, SharedStrategy, TrapStrategy
 from pcihole.kvm import Kvm, abi
@@ -33,6 +33,29 @@ def hole_memory(request: pytest.FixtureRequest) -> Iterator[HoleMemory]:
     memory = HoleMemory(AllOnesSource.create(backing), "test", layout.ECAM_MAX_SIZE)
     yield memory
     memory.close()
+
+
+class HoleDevice:
+    """The test's bus device under a hole region (the product's is the ECAM device):
+    what exits there reads all ones, writes are recorded.
+
+    Sits under hole slots so that while they change (or under ``trap``) the guest still
+    sees master-abort semantics.
+    """
+
+    def __init__(self, base: int, writes: HoleWrites) -> None:
+        self.base = base
+        self.writes = writes
+        self.read_exits = 0
+        self.write_exits = 0
+
+    def read(self, offset: int, size: int) -> int:
+        self.read_exits += 1
+        return (1 << (8 * size)) - 1
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.write_exits += 1
+        self.writes.record(self.base + offset, size, value.to_bytes(size, "little"))
 
 
 @dataclass

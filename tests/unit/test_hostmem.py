@@ -9,7 +9,8 @@ import os
 import pytest
 
 from pcihole import hostmem
-from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE, HostMemError
+from pcihole.hostmem import HostMemError
+from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 
 def _perms(address: int, size: int) -> list[str]:

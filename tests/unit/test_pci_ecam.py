@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pcihole.layout import ECAM_BASE
+from pcihole.bits import all_ones
+from pcihole.holes.slots import HoleWrite, HoleWrites
+from pcihole.layout import ECAM_BASE, PAGE_SHIFT
+from pcihole.machine import ConfigExits, EcamDevice
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import COMMAND
+from pcihole.pci.devices import Function
 from pcihole.pci.ecam import (
     ConfigMechanism1,
-    Ecam,
-    all_ones,
     decode_config_address,
     ecam_decode,
     ecam_encode,
@@ -38,24 +42,52 @@ def test_ecam_round_trip(bdf: Bdf, register: int) -> None:
     assert ecam_decode(ecam_encode(bdf, register)) == (bdf, register)
 
 
-def test_ecam_window() -> None:
-    topology = Topology.default(3)
-    ecam = Ecam(ECAM_BASE, topology.buses, topology.config_at)
-    assert ecam.size == 3 << 20
-    assert ECAM_BASE in ecam and ECAM_BASE + ecam.size not in ecam
-    assert ecam.read(ECAM_BASE, 4) == 0x29C08086
-    assert ecam.read(ECAM_BASE + 0x100000, 2) == 0x1AF4  # 01:00.0 virtio-net
-    assert ecam.read(ECAM_BASE + 0x108000, 4) == 0xFFFFFFFF  # 01:01.0 is a hole
-    assert ecam.read(ECAM_BASE + 0x108000, 8) == all_ones(8)
-    assert ecam.read(ECAM_BASE + 0x108000, 1) == 0xFF
-    assert ecam.write(ECAM_BASE + 0x108000 + COMMAND, 2, 0x7) is None  # dropped
-    assert ecam.write(ECAM_BASE + 0x100000 + COMMAND, 2, 0x7) == Bdf(1, 0, 0)
-    assert ecam.write(ECAM_BASE + 0x100000 + COMMAND, 2, 0x7) is None  # no change
-    assert ecam.write(ECAM_BASE + 0x100000, 4, 0) is None  # read-only IDs
-    with pytest.raises(EcamError, match="outside the ECAM window"):
-        ecam.read(ECAM_BASE + ecam.size, 4)
-    with pytest.raises(EcamError, match="crosses"):
-        ecam.read(ECAM_BASE + 0xFFE, 4)
+@dataclass
+class Pages:
+    """What the ECAM device reads of its window: the functions by page, where it sits,
+    where hole writes go, and who refreshes a mirror page (here: a list of who was)."""
+
+    topology: Topology
+    base: int | None = ECAM_BASE
+    hole_writes: HoleWrites = field(default_factory=HoleWrites)
+    refreshed: list[Bdf] = field(default_factory=list)
+
+    @property
+    def functions_by_page(self) -> dict[int, Function]:
+        return {f.bdf.ecam_offset >> PAGE_SHIFT: f for f in self.topology}
+
+    def refresh_mirror(self, bdf: Bdf) -> None:
+        self.refreshed.append(bdf)
+
+
+def test_ecam_device_reads_models_and_all_ones() -> None:
+    pages = Pages(Topology.default(3))
+    ecam = EcamDevice(pages)  # type: ignore[arg-type]
+    assert ecam.read(0, 4) == 0x29C08086
+    assert ecam.read(0x100000, 2) == 0x1AF4  # 01:00.0 virtio-net
+    assert ecam.read(0x108000, 4) == 0xFFFFFFFF  # 01:01.0 is a hole
+    assert ecam.read(0x108000, 8) == all_ones(8)
+    assert ecam.read(0x108000, 1) == 0xFF
+    # 4 bytes straddling 00:00.0's last register and 00:00.1 (a hole): split in two
+    assert ecam.read(0xFFE, 4) == 0xFFFF0000 | ecam.read(0xFFE, 2)
+    assert ecam.exits == ConfigExits(hole_reads=4, device_reads=4)
+
+
+def test_ecam_device_writes_reach_models_holes_and_the_listener() -> None:
+    heard: list[Bdf] = []
+    pages = Pages(Topology.default(3))
+    ecam = EcamDevice(pages, on_write=heard.append)  # type: ignore[arg-type]
+    holes: list[HoleWrite] = []
+    pages.hole_writes.observe(holes.append)
+    ecam.write(0x108000 + COMMAND, 2, 0x7)  # a hole: recorded, nothing changes
+    assert holes == [HoleWrite(ECAM_BASE + 0x108000 + COMMAND, 2, b"\x07\x00")]
+    ecam.write(0x100000 + COMMAND, 2, 0x7)
+    ecam.write(0x100000 + COMMAND, 2, 0x7)  # no change: no refresh, nobody told
+    ecam.write(0x100000, 4, 0)  # read-only IDs
+    assert pages.refreshed == heard == [Bdf(1, 0, 0)]
+    assert ecam.read(0x100000 + COMMAND, 2) == 0x7
+    assert ecam.read(0x100000, 4) & 0xFFFF == 0x1AF4
+    assert ecam.exits.hole_writes == 1 and ecam.exits.device_writes == 3
 
 
 def test_config_address_decode() -> None:

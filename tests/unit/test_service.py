@@ -36,7 +36,7 @@ from pcihole.holes.source import (
     Seal,
     add_seals,
 )
-from pcihole.hostmem import HUGE_PAGE_SIZE, PAGE_SIZE
+from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 from tests.support import CHILD_ENV, join
 
 
