@@ -35,10 +35,11 @@ from typing import Any
 
 from pcihole import hostinfo, hostmem, layout
 from pcihole.bench import fits_in_memory, measure_point, options_for
+from pcihole.guest.machine import PciMachine
 from pcihole.holes.memory import close_shared_hole_memory
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm, abi
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
 from pcihole.pci.topology import Topology
 
 BUSES = 256
