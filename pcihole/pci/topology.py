@@ -15,11 +15,20 @@ from dataclasses import dataclass
 
 from pcihole.pci import capabilities as caps
 from pcihole.pci.bdf import BUSES, Bdf
-from pcihole.pci.config import ConfigSpace
+from pcihole.pci.config import PRIMARY_BUS, ConfigSpace
 from pcihole.pci.devices import MODELS, DeviceModel, Function
 from pcihole.pci.errors import BdfError, DeviceError, TopologyError
+from pcihole.pci.routing import set_ari_forwarding
 
 SPEC_FORMAT = "BB:DD.F=MODEL[,key=value...]"
+Q35_BUILTINS = (
+    "00:00.0=host-bridge",
+    "00:1f.0=ich9-lpc",
+    "00:1f.2=ich9-ahci",
+    "00:1f.3=ich9-smbus",
+)
+"""What a q35 machine always has, whatever ``-device`` adds."""
+BARE = ("00:00.0=host-bridge",)
 _NUMBER_RE = re.compile(r"0x[0-9a-f]+|[0-9]+", re.IGNORECASE)
 
 
@@ -183,31 +192,55 @@ class Topology:
         validate(candidates, buses)
         self._buses = buses
         self._functions = {function.bdf: function for function in candidates}
+        self._bridges_reset = False
         self._mark_multifunction(self._functions)
         self._update_slots(announce=False)  # cold-plugged: present, but no change events
+        self._program_forwarding()
 
     @classmethod
-    def build(cls, specs: Iterable[str], buses: int) -> Topology:
-        """A topology from ``--device`` texts; the first bad one raises TopologyError."""
+    def build(cls, specs: Iterable[str], buses: int, *, bare: bool = False) -> Topology:
+        """The q35 built-ins plus ``--device`` texts, as QEMU's ``-device`` adds to them.
+
+        ``bare`` starts from the host bridge alone (for experiments; QEMU cannot do it). A
+        text naming a built-in at its own address, without parameters, is that built-in.
+        The first bad text raises TopologyError.
+        """
         validate([], buses)
-        return cls(buses, [parse_device_spec(text).build() for text in specs])
+        parsed = [parse_device_spec(text) for text in specs]
+        given = {spec.bdf: spec for spec in parsed}
+        base = []
+        for builtin in map(parse_device_spec, BARE if bare else Q35_BUILTINS):
+            spec = given.get(builtin.bdf)
+            if spec is None:
+                base.append(builtin)
+            elif spec.model is not builtin.model or spec.params:
+                raise TopologyError(
+                    f"{builtin.bdf} is the q35 built-in {builtin.model.name} "
+                    f"(--bare starts from a bare host bridge)",
+                    spec.text,
+                )
+        return cls(buses, [spec.build() for spec in (*base, *parsed)])
 
     @classmethod
     def default(cls, buses: int) -> Topology:
-        """A small q35-like machine: host bridge, ICH9 at 00:1f, a root port per device."""
-        specs = ["00:00.0=host-bridge"]
+        """What pcihole runs with no ``--device``: the q35 built-ins and, as the window
+        allows, a root port with virtio-net and one with NVMe behind it."""
+        specs = []
         if buses > 1:
             specs += ["00:1c.0=root-port,bus=1", "01:00.0=virtio-net"]
         if buses > 2:
-            specs += ["00:1c.1=root-port,bus=2", "02:00.0=nvme"]
-        specs += ["00:1f.0=ich9-lpc", "00:1f.2=ich9-ahci", "00:1f.3=ich9-smbus"]
+            specs += ["00:1c.1=root-port,bus=2,slot=1", "02:00.0=nvme"]
         return cls.build(specs, buses)
 
     @classmethod
     def qemu_nodefaults(cls, buses: int = BUSES) -> Topology:
-        """What ``qemu-system-x86_64 -machine q35 -nodefaults`` shows a guest."""
-        specs = ["00:00.0=host-bridge", "00:1f.0=ich9-lpc", "00:1f.2=ich9-ahci"]
-        return cls.build([*specs, "00:1f.3=ich9-smbus"], buses)
+        """What ``qemu-system-x86_64 -machine q35 -nodefaults`` shows a guest: the built-ins."""
+        return cls.build([], buses)
+
+    @classmethod
+    def bare(cls, buses: int = BUSES) -> Topology:
+        """Only the host bridge at 00:00.0."""
+        return cls.build([], buses, bare=True)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -253,6 +286,7 @@ class Topology:
         validate(candidates, self._buses)
         self._functions[function.bdf] = function
         changed = {*self._mark_multifunction(self._functions), *self._update_slots(announce=True)}
+        changed.update(self._program_forwarding())
         changed.discard(function.bdf)
         return [function.bdf, *sorted(changed)]
 
@@ -272,6 +306,38 @@ class Topology:
         del self._functions[bdf]
         return [bdf, *self._update_slots(announce=True)]
 
+    def reset_bridges(self) -> list[Bdf]:
+        """Bridges as they come out of reset, as QEMU's do: secondary = subordinate = 0,
+        ARI forwarding off, so nothing behind them answers until firmware numbers them.
+
+        Without firmware (``scan``, ``demo``, ``lspci``) bridges stay as ``--device`` built
+        them, as firmware would have programmed them. Returns the bridges that changed.
+        """
+        self._bridges_reset = True
+        changed = []
+        for bdf, function in sorted(self._functions.items()):
+            if function.bridge_buses is not None:
+                config = function.config
+                moved = config.read(PRIMARY_BUS, 4) & 0xFFFFFF != 0
+                config.set_bus_numbers(0, 0, 0)
+                if set_ari_forwarding(function, False) or moved:
+                    changed.append(bdf)
+        return changed
+
+    def _program_forwarding(self) -> list[Bdf]:
+        """Firmware's part, for guests without firmware: a PCIe port with functions beyond
+        device 0 behind it gets ARI forwarding, so they answer. Returns the ports changed."""
+        if self._bridges_reset:
+            return []
+        beyond_zero = {bdf.bus for bdf in self._functions if bdf.device}
+        return [
+            bdf
+            for bdf, function in sorted(self._functions.items())
+            if function.bridge_buses is not None
+            and function.bridge_buses[0] in beyond_zero
+            and set_ari_forwarding(function, True)
+        ]
+
     def _update_slots(self, *, announce: bool) -> list[Bdf]:
         """Make each slot's presence bits match whether its secondary bus has a function."""
         occupied_buses = {bdf.bus for bdf in self._functions}
@@ -287,13 +353,18 @@ class Topology:
 
     @staticmethod
     def _mark_multifunction(functions: Mapping[Bdf, Function]) -> list[Bdf]:
-        """Set the header-type multi-function bit on every function of a shared device."""
+        """Set the multi-function bit of function 0 of every device with several functions.
+
+        Only function 0's counts for a guest; QEMU sets it where ``multifunction=on`` is
+        given, which it requires on function 0 (ICH9's functions carry it from their model).
+        """
         per_device: dict[tuple[int, int], int] = {}
         for bdf in functions:
             key = (bdf.bus, bdf.device)
             per_device[key] = per_device.get(key, 0) + 1
         changed = []
         for bdf, function in functions.items():
-            if per_device[bdf.bus, bdf.device] > 1 and function.config.set_multifunction():
+            shared = per_device[bdf.bus, bdf.device] > 1
+            if shared and bdf.function == 0 and function.config.set_multifunction():
                 changed.append(bdf)
         return sorted(changed)

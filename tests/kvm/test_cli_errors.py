@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -188,3 +189,53 @@ def test_an_unreachable_service_is_not_an_error_but_is_said() -> None:
     assert result.returncode == 0, result.stderr
     assert f"cannot reach the hole service at {MISSING_DIR}/s.sock" in result.stdout
     assert "using a private memfd source" in result.stdout
+
+
+# -- the largest values every bounded option allows -------------------------------------------
+
+MAXIMUMS = [
+    ("scan", "--buses", 256),
+    ("scan", "--vms", 256),
+    ("scan", "--passes", 100),
+    ("lspci", "--buses", 256),
+    ("demo", "--buses", 256),
+    ("demo", "--vms", 256),
+    ("boot", "--buses", 256),
+    ("boot", "--ram-mib", 3072),
+    ("bench", "--repeats", 20),
+    ("bench", "--max-vms", 64),
+]
+"""Each bounded option and the largest value it must accept (one more is refused)."""
+REQUIRED = {"boot": ["--bios", "firmware.bin"]}
+
+
+@pytest.mark.parametrize(("command", "option", "maximum"), MAXIMUMS)
+def test_every_bounded_option_takes_its_largest_value(
+    command: str, option: str, maximum: int
+) -> None:
+    parser = cli.build_parser()
+    attribute = option.lstrip("-").replace("-", "_")
+    for text in (str(maximum), hex(maximum)):
+        args = parser.parse_args([command, *REQUIRED.get(command, []), option, text])
+        assert getattr(args, attribute) == maximum
+    refused = run_in_process((command, *REQUIRED.get(command, []), option, str(maximum + 1)))
+    assert refused.returncode == 2 and option in refused.stderr, refused.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--buses", "256"), ("--vms", "256", "--buses", "1", "--strategy", "trap")],
+    ids=["buses-256", "vms-256"],
+)
+def test_scan_runs_at_the_largest_window_and_vm_count(args: tuple[str, ...]) -> None:
+    result = run_case(("scan", *args, "--json"), "/tmp")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    given = dict(zip(args[::2], args[1::2], strict=True))
+    assert report["buses"] == int(given["--buses"])
+    assert report["vms"] == int(given.get("--vms", "1"))
+    found = ["00:00.0", "00:1f.0", "00:1f.2", "00:1f.3"]  # one bus: the root bus only
+    if report["buses"] == 256:
+        found = ["00:00.0", "00:1c.0", "00:1c.1", "00:1f.0", "00:1f.2", "00:1f.3", "01:00.0",
+                 "02:00.0"]  # fmt: skip
+    assert report["functions_found"] == found

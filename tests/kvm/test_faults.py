@@ -24,24 +24,30 @@ from typing import Any
 import pytest
 
 from pcihole import layout
+from pcihole.guest import vm as guestvm
+from pcihole.guest.machine import PciMachine
 from pcihole.holes import source as source_mod
 from pcihole.holes.memory import shared_hole_memory
-from pcihole.holes.planner import hole_runs, plan_pieces
+from pcihole.holes.planner import Run
 from pcihole.holes.service import REQUEST, connect
 from pcihole.holes.source import REQUIRED_SEALS, Backing, Seal, add_seals
 from pcihole.holes.strategy import SharedStrategy
 from pcihole.hostinfo import meminfo
 from pcihole.kvm import Kvm, KvmError, Vm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
 from pcihole.memory import GuestRam, SlotAllocator
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import MODELS
 from pcihole.pci.topology import Topology
-from pcihole.vmm import guestvm
 from tests.support import CHILD_ENV, HANG_SECONDS, join
 
 BUSES = 16
 SCAN_PARAMS = [layout.ECAM_BASE, BUSES, 2, 1]  # brute force and recursive, one pass
+DEFAULT_HOLE_RUNS = 6
+"""Hole runs of ``Topology.default(16)``: 0x1000+0xdf000, 0xe2000+0x16000, 0xf9000+0x1000,
+0xfc000+0x4000, 0x101000+0xff000, 0x201000+0xdff000 (offsets in the window)."""
+DEFAULT_HOLE_PIECES_THP = 12
+"""The same runs cut at every 2 MiB boundary (the THP backing's slots)."""
 WAIT = HANG_SECONDS
 
 
@@ -175,12 +181,10 @@ def test_machine_is_complete_or_absent_whichever_memslot_fails(
     tracker.reset()
     with PciMachine(kvm, Topology.default(BUSES), options, "scan", SCAN_PARAMS):
         total = tracker.creations
-    runs = hole_runs(0, layout.ecam_size(BUSES), Topology.default(BUSES).present_offsets())
-    slots = len(runs)
-    if backing is Backing.THP:
-        slots = len(plan_pieces(runs, span=layout.HUGE_PAGE_SIZE))
-        assert slots > len(runs)
-    assert total == 1 + len(expected_functions()) + slots  # RAM, mirrors, holes
+    # The default 16-bus topology leaves 6 hole runs; THP takes one slot per 2 MiB of
+    # them: five runs below 2 MiB, and 0x201000-0x1000000 over seven 2 MiB chunks.
+    slots = DEFAULT_HOLE_PIECES_THP if backing is Backing.THP else DEFAULT_HOLE_RUNS
+    assert total == 1 + 8 + slots  # RAM, 8 mirrors, holes
     before = open_fds()
     for fail_at in range(1, total + 1):
         tracker.reset(fail_at=fail_at)
@@ -240,6 +244,48 @@ def test_hot_plug_refused_part_way_leaves_the_machine_as_it_was(
         scan_ok(machine)
 
 
+@pytest.mark.parametrize(("what", "fail_at"), [("memslot", 1), ("zone", 1)])
+def test_hot_unplug_refused_part_way_puts_back_the_slots_it_removed(
+    kvm: Kvm, tracker: Tracker, what: str, fail_at: int
+) -> None:
+    """An unplug merges the two hole runs around the page into one: it removes their
+    slots and zones, then makes the merged run's. When the kernel refuses the new slot
+    (or zone), the two runs' slots and zones are put back as they were; the function is
+    gone (its page exits and reads all ones) and the guest enumerates without it."""
+    options = MachineOptions(buses=BUSES, backing=Backing.MEMFD)
+    bdf = Bdf.parse("00:03.0")  # splits the first run, 0x1000+0xdf000
+    with PciMachine(kvm, Topology.default(BUSES), options, "scan", SCAN_PARAMS) as machine:
+        holes = machine.window.holes
+        assert holes is not None
+        machine.hot_plug(MODELS["virtio-blk"].build(bdf))
+        split = {Run(layout.ECAM_BASE + 0x1000, 0x17000), Run(layout.ECAM_BASE + 0x19000, 0xC7000)}
+        assert split <= set(holes.runs) and len(holes.runs) == DEFAULT_HOLE_RUNS + 1
+        mirror_slot = machine.window.mirrors[bdf].slot
+        slots = {n: (m.guest_address, m.size) for n, m in machine.guest.vm.memslots.items()}
+        zones = set(machine.guest.vm.coalesced_zones)
+        runs = dict(holes.runs)
+        used = machine.guest.slots.used
+        if what == "memslot":
+            tracker.reset(fail_at=fail_at)
+        else:
+            tracker.reset(fail_coalesced_at=fail_at)
+        with pytest.raises(Exception, match="simulated"):
+            machine.hot_unplug(bdf)
+        assert bdf not in machine.topology and bdf not in machine.window.mirrors
+        del slots[mirror_slot]
+        assert {n: (m.guest_address, m.size) for n, m in machine.guest.vm.memslots.items()} == (
+            slots
+        )
+        assert set(machine.guest.vm.coalesced_zones) == zones
+        assert {run: [p for _, p in s] for run, s in holes.runs.items()} == {
+            run: [p for _, p in s] for run, s in runs.items()
+        }
+        assert machine.guest.slots.used == used - 1
+        assert machine.ecam.read(bdf.ecam_offset, 4) == 0xFFFFFFFF
+        tracker.reset()
+        scan_ok(machine)
+
+
 @pytest.mark.parametrize("budget", range(0, 16))
 def test_slot_budget_too_small_for_the_holes(
     kvm: Kvm, tracker: Tracker, monkeypatch: pytest.MonkeyPatch, budget: int
@@ -270,7 +316,8 @@ import json, os, sys
 from pcihole import layout
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.guest.machine import PciMachine
 from pcihole.pci.topology import Topology
 buses, backing, socket_path = int(sys.argv[1]), Backing(sys.argv[2]), sys.argv[3] or None
 params = [layout.ECAM_BASE, buses, 0, 0]  # brute force until a stop flag never raised
@@ -440,7 +487,8 @@ import json, os, sys
 from pcihole import layout
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.guest.machine import PciMachine
 from pcihole.pci.topology import Topology
 buses, passes = int(sys.argv[2]), int(sys.argv[3])
 options = MachineOptions(buses=buses, backing=Backing.MEMFD, socket_path=sys.argv[1])

@@ -17,13 +17,15 @@ from collections.abc import Callable
 import pytest
 
 from pcihole import hostmem, layout
-from pcihole.holes.planner import Run, hole_runs
+from pcihole.guest.build import ASM_DIR
+from pcihole.guest.machine import PciMachine
+from pcihole.holes.planner import Run
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.machine.runloop import RunResult, StopReason
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.topology import Topology, parse_device_spec
-from pcihole.vmm.runloop import RunResult
 from tests.support import HANG_SECONDS
 
 BASE = [
@@ -59,11 +61,27 @@ def make_function(place: str, cycle: int) -> Function:
     return MODELS[model].build(Bdf.parse(address))
 
 
+BASE_RUNS = [
+    (0x1000, 0xDF000), (0xE2000, 0x16000), (0xF9000, 0x1000), (0xFC000, 0x4000),
+    (0x101000, 0x2FF000),
+]  # fmt: skip
+"""Hole runs of BASE and the q35 built-ins in a 4-bus window (offset, size): around
+00:00.0, 00:1c.0-1, 00:1f.0, 00:1f.2-3 and 01:00.0."""
+PLUGGED_RUNS = {
+    "root-bus": [(0x1000, 0x17000), (0x19000, 0xC7000), *BASE_RUNS[1:]],  # 00:03.0 at 0x18000
+    "behind-root-port": [*BASE_RUNS[:4], (0x101000, 0xFF000), (0x201000, 0x1FF000)],  # 0x200000
+}
+
+
 def expected_runs(machine: PciMachine) -> list[Run]:
+    """The runs the window must have now: BASE's, or with the place's function plugged."""
     window = machine.window
     assert window.base is not None
-    present = [window.base + offset for offset in machine.topology.present_offsets()]
-    return hole_runs(window.base, window.size, present)
+    plugged = [place for place, (address, _) in PLACES.items()
+               if Bdf.parse(address) in machine.topology]  # fmt: skip
+    table = PLUGGED_RUNS[plugged[0]] if plugged else BASE_RUNS
+    assert len(plugged) <= 1
+    return [Run(window.base + offset, size) for offset, size in table]
 
 
 def check_window(machine: PciMachine) -> list[Run]:
@@ -197,7 +215,10 @@ def test_guest_assert_catches_a_wrong_header(kvm: Kvm) -> None:
     params = [layout.ECAM_BASE + function.bdf.ecam_offset, 0x12345678, 1000, 0]
     with PciMachine(kvm, topology, MachineOptions(buses=BUSES), "hotplug_reader", params) as m:
         result = m.run()
-    assert result.assert_line is not None
+    source = (ASM_DIR / "hotplug_reader.S").read_text().splitlines()
+    ids_check = next(n for n, text in enumerate(source, 1) if "GUEST_ASSERT_EQ(rax, IDS)" in text)
+    assert result.reason is StopReason.ASSERT_FAILED
+    assert result.assert_line == ids_check
     assert result.syncs == [0]
 
 
@@ -217,7 +238,7 @@ def test_enumeration_finds_a_plugged_function_and_not_an_unplugged_one(kvm: Kvm)
                 m.hot_unplug(Bdf(2, 0, 0))
                 assert (m.window.hole_memslots, m.memslots) == before
             result = m.run().check()
-            found = len(BASE) + (0 if unplug else 1)
+            found = 7 + (0 if unplug else 1)  # BASE and the two ICH9 built-ins it leaves out
             assert result.syncs[0::2] == [found, found]
             assert result.exit_counts == {"IoOut": 5}
 

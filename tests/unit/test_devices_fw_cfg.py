@@ -17,7 +17,7 @@ from pcihole.devices.fw_cfg import (
     FwCfgError,
     Selector,
 )
-from tests.qemu_fw_cfg import QemuFwCfg, qemu_missing_reason
+from tests.qemu_monitor import Qemu, fw_cfg_directory, fw_cfg_item, qemu_missing_reason
 
 MiB = 1 << 20
 DESCRIPTOR = 0x1000
@@ -262,14 +262,16 @@ def test_same_items_as_qemu(memory: str, cpus: int) -> None:
         pytest.skip(reason)
     ram_size = int(memory[:-1]) << {"M": 20, "G": 30}[memory[-1]]
     ours = FwCfg.q35(ram_size=ram_size, cpus=cpus)
-    with QemuFwCfg(memory=memory, cpus=cpus) as qemu:
-        theirs = qemu.directory()
+    with Qemu(["-S", "-smp", str(cpus)], memory=memory) as qemu:  # paused: firmware idle
+        theirs = {name: size for name, (_, size) in fw_cfg_directory(qemu).items()}
         kept = {name: size for name, size in theirs.items() if name not in QEMU_FILES_LEFT_OUT}
         assert {f.name: f.size for f in ours.directory()} == kept
         assert set(theirs) - set(kept) == set(QEMU_FILES_LEFT_OUT)
         for selector, data in ours.items().items():
             if selector == Selector.FILE_DIR or selector & ENTRY_MASK >= Selector.FILE_FIRST:
                 continue
-            assert qemu.item(selector, len(data) + 2) == data + bytes(2), hex(selector)
+            assert fw_cfg_item(qemu, selector, len(data) + 2) == data + bytes(2), hex(selector)
+        selectors = {name: select for name, (select, _) in fw_cfg_directory(qemu).items()}
         for entry in ours.directory():
-            assert qemu.file(entry.name, entry.size) == ours.items()[entry.select], entry.name
+            theirs_data = fw_cfg_item(qemu, selectors[entry.name], entry.size)
+            assert theirs_data == ours.items()[entry.select], entry.name

@@ -8,9 +8,17 @@ from hypothesis import strategies as st
 
 from pcihole.pci import capabilities as caps
 from pcihole.pci.bdf import Bdf
-from pcihole.pci.config import BarKind, HeaderType
+from pcihole.pci.config import (
+    CAPABILITIES_POINTER,
+    STATUS,
+    STATUS_CAPABILITIES_LIST,
+    BarKind,
+    ConfigSpace,
+    HeaderType,
+)
 from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.errors import DeviceError
+from tests.model_masks import MASKS, build_config, masks_over, probe_masks
 
 ON_BUS_1 = Bdf(1, 0, 0)
 
@@ -80,9 +88,18 @@ def test_virtio_net() -> None:
     assert bars[4].kind is BarKind.MEMORY64 and bars[4].prefetchable
     assert bars[1].kind is BarKind.MEMORY32
     msix = config.find_capability(caps.CapabilityId.MSIX)
-    assert msix is not None and config.read(msix + 2, 2) & 0x7FF == 2  # 3 vectors
+    assert msix is not None and config.read(msix + 2, 2) & 0x7FF == 3  # 4 vectors, as QEMU
     vendor = [at for at, cap in config.capabilities() if cap == caps.CapabilityId.VENDOR_SPECIFIC]
-    assert [config.read(at + 3, 1) for at in vendor] == [1, 3, 4, 2]  # common, ISR, device, notify
+    # Newest first, as QEMU links them: PCI window, notify, device, ISR, common.
+    assert [config.read(at + 3, 1) for at in vendor] == [5, 2, 4, 3, 1]
+
+
+def test_virtio_on_the_root_bus_is_transitional() -> None:
+    config = build("virtio-net", Bdf(0, 2, 0)).config
+    assert (config.device_id, config.revision, config.read(0x2E, 2)) == (0x1000, 0, 1)
+    assert config.bars[0].index == 0 and config.bars[0].kind is BarKind.IO
+    assert config.find_capability(caps.CapabilityId.PCI_EXPRESS) is None
+    assert config.snapshot()[0x100:] == b"\xff" * 0xF00
 
 
 def test_endpoints_on_bus_0_are_integrated() -> None:
@@ -115,7 +132,7 @@ def test_ich9_set() -> None:
         (
             "root-port",
             {"bus": 1, "speed": 2},
-            r"does not take speed \(it takes: bus, subordinate\)",
+            r"does not take speed \(it takes: bus, chassis, slot, subordinate\)",
         ),
         ("root-port", {}, "root-port needs bus="),
         ("root-port", {"bus": 256}, "not a bus number"),
@@ -131,16 +148,90 @@ def test_spec_defaults_to_an_equivalent_text() -> None:
     assert build("root-port", Bdf(0, 0x1C, 0), {"bus": 1}).spec == "00:1c.0=root-port,bus=1"
 
 
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_each_model_has_the_write_masks_of_its_table(model: str) -> None:
+    """What a guest can change in each model, probed from outside, is its table's."""
+    assert probe_masks(lambda: build_config(model)) == MASKS[model]
+
+
 @given(
     st.sampled_from(sorted(MODELS)),
-    st.lists(st.tuples(st.integers(0, 4092), st.integers(0, 0xFFFFFFFF)), max_size=30),
+    st.lists(
+        st.tuples(st.integers(0, 4095), st.sampled_from([1, 2, 4, 8]), st.integers(0, 2**64 - 1)),
+        max_size=30,
+    ),
 )
-def test_models_keep_read_only_bits(model: str, writes: list[tuple[int, int]]) -> None:
-    config = MODELS[model].build(ON_BUS_1, {"bus": 2} if model == "root-port" else {}).config
+def test_models_keep_read_only_bits(model: str, writes: list[tuple[int, int, int]]) -> None:
+    """Random guest writes change only the bits the model's table lets them: writable bits
+    take the value, W1C bits only clear."""
+    config = build_config(model)
     identity = config.read(0, 4), config.class_code, config.capabilities()
-    for offset, value in writes:
-        before = config.read(offset, 4)
-        config.write(offset, 4, value)
-        read_only = ~(config.writable_bits(offset, 4) | config.w1c_bits(offset, 4))
-        assert config.read(offset, 4) & read_only == before & read_only
+    for offset, size, value in writes:
+        size = max(s for s in (1, 2, 4, 8) if s <= min(size, 4096 - offset))
+        value &= (1 << 8 * size) - 1
+        before = config.read(offset, size)
+        config.write(offset, size, value)
+        writable, w1c = masks_over(MASKS[model], offset, size)
+        after = config.read(offset, size)
+        read_only = ~(writable | w1c)
+        assert after & read_only == before & read_only
+        assert after & writable == value & writable
+        assert after & w1c == before & w1c & ~value
     assert (config.read(0, 4), config.class_code, config.capabilities()) == identity
+
+
+def guest_walk(config: ConfigSpace) -> list[tuple[int, int]]:
+    """``(offset, id)`` of each capability as a guest walks the list from 0x34, failing
+    on a pointer that loops or leaves the capability area (not ConfigSpace's own walk)."""
+    found: list[tuple[int, int]] = []
+    if not config.read(STATUS, 2) & STATUS_CAPABILITIES_LIST:
+        return found
+    at = config.read(CAPABILITIES_POINTER, 1) & ~3
+    while at:
+        assert 0x40 <= at < 0x100 and at not in dict(found), f"pointer to {at:#x} after {found}"
+        found.append((at, config.read(at, 1)))
+        at = config.read(at + 1, 1) & ~3
+    return found
+
+
+def guest_walk_extended(config: ConfigSpace) -> list[tuple[int, int]]:
+    """The same for the extended capabilities from 0x100."""
+    found: list[tuple[int, int]] = []
+    at = 0x100
+    while at:
+        assert 0x100 <= at < 0x1000 and at not in dict(found), f"pointer to {at:#x}"
+        header = config.read(at, 4)
+        if header in (0, 0xFFFF_FFFF):  # none; all ones: a conventional function (as Linux)
+            break
+        found.append((at, header & 0xFFFF))
+        at = header >> 20 & ~3
+    return found
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_guest_writes_to_the_capability_chain_change_nothing(model: str) -> None:
+    """A guest writes every pointer of the chain (0x34, each next byte, each extended
+    header) with all ones, zero, and a pointer back to the first capability, in every
+    width: the walk ends, finds the same list, and the chain bytes are as they were."""
+    config = build(model, params={"bus": 2} if MODELS[model].required_keys else {}).config
+    chain, extended = guest_walk(config), guest_walk_extended(config)
+    before = config.snapshot()
+    first = chain[0][0] if chain else 0x40
+    pointers = [CAPABILITIES_POINTER] + [at + 1 for at, _ in chain]
+    for value in (0xFF, 0x00, first, 0x40):
+        for at in pointers:
+            config.write(at, 1, value)
+        for at, _ in chain:  # the ID and next byte together, and the whole dword
+            config.write(at, 2, value << 8 | value)
+            config.write(at, 4, value * 0x01010101)
+        for at, _ in extended:
+            config.write(at, 4, 0x100 << 20 | value)  # next: back to the first
+            config.write(at, 4, 0xFFFFFFFF)
+            config.write(at + 2, 2, 0xFFFF)
+    assert guest_walk(config) == chain
+    assert guest_walk_extended(config) == extended
+    after = config.snapshot()
+    for at in [*pointers, *(at for at, _ in chain)]:
+        assert after[at] == before[at], f"{model}: byte {at:#x} changed"
+    for at, _ in extended:
+        assert after[at : at + 4] == before[at : at + 4], f"{model}: header {at:#x} changed"

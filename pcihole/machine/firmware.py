@@ -20,12 +20,9 @@ reset instead).
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcihole import layout
@@ -34,14 +31,12 @@ from pcihole.arch.x86.reset import prepare_real_mode
 from pcihole.chipset import pam
 from pcihole.chipset.mch import HOST_BRIDGE, Mch
 from pcihole.closing import Closeable
-from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit
+from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit, exit_status
 from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
 from pcihole.devices.rom import RomDevice
 from pcihole.errors import BadInput
-from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
-from pcihole.holes.strategy import StrategyError
 from pcihole.kvm import Cap, CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine import (
     CONFIG_PORTS,
@@ -50,18 +45,20 @@ from pcihole.machine import (
     MachineError,
     MachineOptions,
 )
+from pcihole.machine.bars import BarDecoder, backends_for
+from pcihole.machine.bus import Bus, BusDevice, BusError
+from pcihole.machine.q35 import LPC, Q35Platform
+from pcihole.machine.runloop import RunLoop, RunResult
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.bdf import Bdf
-from pcihole.pci.devices import MODELS, Function
-from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
-from pcihole.q35 import LPC, Q35Platform
-from pcihole.vmm.bus import Bus, BusDevice, BusError
-from pcihole.vmm.runloop import RunLoop, RunResult
 
 GUEST_STOPPED_STATUS = 70
 """Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
-USAGE_STATUS = 2
+TIMEOUT_STATUS = 124
+"""As timeout(1)."""
+SIGNAL_STATUS_BASE = 128
+"""A run ended by signal N exits with 128 + N, as a shell reports it."""
 
 
 class BootError(BadInput):
@@ -162,7 +159,7 @@ def _create_interrupt_controllers(vm: Vm) -> bool:
 
 def check_image(image: bytes) -> None:
     """Refuse what QEMU's -bios refuses (whole 64 KiB units), and images over 16 MiB."""
-    if not image or len(image) % IMAGE_ALIGN or len(image) > MAX_IMAGE_SIZE:
+    if not image or len(image) % layout.IMAGE_ALIGN or len(image) > layout.MAX_IMAGE_SIZE:
         raise BootError(
             f"a firmware image must be a multiple of 64 KiB up to 16 MiB, not {len(image)} bytes"
         )
@@ -178,6 +175,14 @@ class Interval:
     config_exits: int
 
 
+@dataclass(frozen=True)
+class Ending:
+    """Why the machine ended a run, and the process exit status that says so."""
+
+    reason: str
+    status: int
+
+
 @dataclass
 class BootResult:
     """How a boot ended."""
@@ -190,13 +195,25 @@ class BootResult:
     seconds: float
     placements: list[tuple[int | None, int]] = field(default_factory=list)
     """Every place the ECAM window went to: ``(base or None, buses)``."""
+    ending: Ending | None = None
+    """Why the machine stopped it (power off, reset, time limit, signal, ``until``)."""
 
     @property
     def status(self) -> int:
-        """The process exit status: QEMU's for debug-exit, else GUEST_STOPPED_STATUS."""
-        if self.exit_value is None:
-            return GUEST_STOPPED_STATUS
-        return exit_status(self.exit_value)
+        """The process exit status: QEMU's for debug-exit, the ending's, else
+        GUEST_STOPPED_STATUS (the vCPU stopped by itself: a shutdown, a KVM error)."""
+        if self.exit_value is not None:
+            return exit_status(self.exit_value)
+        return GUEST_STOPPED_STATUS if self.ending is None else self.ending.status
+
+    @property
+    def reason(self) -> str:
+        """One line saying how the run ended."""
+        if self.exit_value is not None:
+            return f"the guest wrote {self.exit_value:#x} to debug-exit"
+        if self.ending is not None:
+            return self.ending.reason
+        return f"the guest stopped: {self.run.reason.value}: {self.run.detail}"
 
     @property
     def text(self) -> str:
@@ -251,7 +268,7 @@ class BootMachine(Closeable):
         self.placements: list[tuple[int | None, int]] = []
         self._started = time.perf_counter()
         self.guest = BootVm(kvm, image, ram_size=ram_size, name=name)
-        self.stop_reason: str | None = None
+        self.ending: Ending | None = None
         try:
             assert self.guest.ram is not None
             self.platform = Q35Platform(
@@ -261,7 +278,7 @@ class BootMachine(Closeable):
                 self.guest.ram,
                 self.guest.slots,
                 image,
-                on_stop=self.stop,
+                on_stop=lambda reason: self.stop(reason),
                 serial=serial,
             )
             written = self._config_written
@@ -269,6 +286,13 @@ class BootMachine(Closeable):
                 self.guest, self.topology, self.options, base=None, on_config_write=written
             )
             self.legacy = LegacyConfigPorts(self.window, on_write=written)
+            ram = self.guest.ram
+            backends = {
+                (function.bdf, index): device
+                for function in self.topology
+                for index, device in backends_for(function, ram).items()
+            }
+            self.bars = BarDecoder(self.guest, lambda: list(self.topology), backends)
             ports = self.guest.ports
             config_ports = self.platform.config_ports(self.legacy)
             ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
@@ -286,21 +310,23 @@ class BootMachine(Closeable):
     # --- chipset --------------------------------------------------------------------------
     def _config_written(self, bdf: Bdf) -> None:
         self.mch.config_written(bdf)
+        self.bars.config_written(bdf)
         function = self.topology.get(bdf)
         if bdf == HOST_BRIDGE and function is not None:
             self.platform.host_bridge_written(function.config)
         elif bdf == LPC and function is not None:
             self.platform.lpc_written(function.config)
 
-    def stop(self, reason: str) -> None:
-        """End the run (the guest powered off or reset, a time limit, a signal, ``until``)."""
-        if self.stop_reason is None:
-            self.stop_reason = reason
+    def stop(self, reason: str, status: int = 0) -> None:
+        """End the run (the guest powered off or reset, a time limit, a signal, ``until``);
+        safe from any thread and from a signal handler. The first reason given wins."""
+        if self.ending is None:
+            self.ending = Ending(reason, status)
         self.guest.request_stop()
 
     def _console_written(self) -> None:
         if self.until is not None and self.console.output.endswith(self.until):
-            self.stop(f"the console printed {self.until.decode(errors='replace')!r}")
+            self.stop(f"the debug console printed {self.until.decode(errors='replace')!r}")
 
     # --- PCIEXBAR ------------------------------------------------------------------------
     def place_window(self, base: int | None, buses: int) -> None:
@@ -340,10 +366,24 @@ class BootMachine(Closeable):
             list(self.console.lines),
             seconds,
             list(self.placements),
+            self.ending,
         )
 
     def request_stop(self) -> None:
         self.guest.request_stop()
+
+    def read_memory(self, address: int, length: int) -> bytes:
+        """Guest-physical RAM as the guest reads it (the PAM range through its shadow)."""
+        assert self.guest.ram is not None
+        shadow = self.platform.shadow
+        start, end = max(address, pam.SHADOW_BASE), min(address + length, pam.SHADOW_END)
+        if start >= end:
+            return self.guest.ram.read(address, length)
+        return (
+            self.guest.ram.read(address, start - address)
+            + shadow.view(start, end - start)
+            + self.guest.ram.read(end, address + length - end)
+        )
 
     def stats(self, result: BootResult) -> dict[str, Any]:
         """What the run cost, for ``--stats`` and the benchmarks."""
@@ -372,7 +412,7 @@ class BootMachine(Closeable):
                 "exits": self.platform.shadow.exits,
             },
             "irq_line_changes": dict(sorted(self.platform.irq_lines.items())),
-            "stop_reason": self.stop_reason,
+            "reason": result.reason,
             "unclaimed": {"mmio": self.guest.mmio.unclaimed, "ports": self.guest.ports.unclaimed},
             "window": {
                 "base": self.window.base,
@@ -412,86 +452,6 @@ class _Watched:
         self.after_write()
 
 
-def main_boot(
-    bios: str,
-    devices: list[str] | None,
-    strategy: str = "shared",
-    debugcon: str | None = None,
-    buses: int = layout.ECAM_MAX_BUSES,
-    *,
-    present: str = "mirror",
-    writes: str = "coalesce",
-    backing: str = "auto",
-    socket_path: str | None = None,
-    ram_mib: int = layout.BOOT_RAM_SIZE // layout.MiB,
-    stats: str | None = None,
-) -> int:
-    """``pcihole boot``: run ``bios`` and return the process exit status.
-
-    Debug console bytes go to ``debugcon`` (a file) or stdout; ``stats`` names a file for
-    a JSON account of the run. Bad input: one line on stderr, status 2. A guest that stops
-    without debug-exit: the reason on stderr, status ``GUEST_STOPPED_STATUS``.
-    """
-    option = "--bios"  # which option the input being checked came from, for the message
-    try:
-        try:
-            image = Path(bios).read_bytes()
-        except OSError as error:
-            raise BootError(f"{bios}: {error.strerror}") from None
-        check_image(image)
-        option = "--device"
-        topology = Topology.build(devices, buses) if devices else Topology.qemu_nodefaults(buses)
-        if HOST_BRIDGE not in topology:
-            topology = Topology(buses, [*topology, _host_bridge_function()])
-        option = "--backing"
-        chosen_backing = None if backing == "auto" else Backing.parse(backing)
-    except (OSError, BootError, PciError, ValueError) as error:
-        text = str(error)  # topology errors already start with the --device text
-        print(f"pcihole boot: error: {text if text.startswith('--') else f'{option}: {text}'}",
-              file=sys.stderr)  # fmt: skip
-        return USAGE_STATUS
-    sink: BinaryIO | None = None
-    try:
-        sink = open(debugcon, "wb") if debugcon else sys.stdout.buffer  # noqa: SIM115
-        with (
-            Kvm() as kvm,
-            BootMachine(
-                kvm,
-                image,
-                topology,
-                strategy=strategy,
-                present=present,
-                writes=writes,
-                backing=chosen_backing,
-                socket_path=socket_path,
-                ram_size=ram_mib * layout.MiB,
-                console=sink,
-            ) as machine,
-        ):
-            result = machine.run()
-            if stats:
-                Path(stats).write_text(json.dumps(machine.stats(result), indent=2) + "\n")
-    except (OSError, BootError, MachineError, StrategyError, HoleSlotError, KvmError) as error:
-        print(f"pcihole boot: error: {error}", file=sys.stderr)
-        return USAGE_STATUS
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if sink is not None and sink is not sys.stdout.buffer:
-            sink.close()
-    if result.exit_value is None:
-        print(
-            f"pcihole boot: guest stopped without debug-exit: {result.run.reason.value}: "
-            f"{result.run.detail}",
-            file=sys.stderr,
-        )
-    return result.status
-
-
-def _host_bridge_function() -> Function:
-    return MODELS["host-bridge"].build(HOST_BRIDGE)
-
-
 __all__ = [
     "BootError",
     "BootMachine",
@@ -499,5 +459,4 @@ __all__ = [
     "BootVm",
     "ConsoleLine",
     "Interval",
-    "main_boot",
 ]

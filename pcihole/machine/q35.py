@@ -1,6 +1,6 @@
 """The q35 platform devices firmware uses, wired onto a VM's buses as QEMU 7.2 places them.
 
-- PAM shadowing of 0xc0000-0xfffff (``vmm.shadow``), following the MCH's PAM registers;
+- PAM shadowing of 0xc0000-0xfffff (``machine.shadow``), following the MCH's PAM registers;
 - the RTC/CMOS at 0x70 (IRQ 8), a 16550A at 0x3f8 (IRQ 4), fw_cfg at 0x510 with DMA at
   0x514 into guest RAM, port 0x92 and reset control at 0xcf9 (which shares the CF8
   ports' range: byte accesses at 0xcf9 are reset control, as on QEMU);
@@ -24,11 +24,11 @@ from pcihole.devices.irq import IrqLine, no_irq
 from pcihole.devices.reset import Port92, ResetControl
 from pcihole.devices.uart import Uart16550
 from pcihole.kvm import Vm
+from pcihole.machine.bus import Bus, BusDevice
+from pcihole.machine.shadow import ShadowMemory, pci_side
 from pcihole.memory import GuestRam, SlotAllocator
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import ConfigSpace
-from pcihole.vmm.bus import Bus, BusDevice
-from pcihole.vmm.shadow import ShadowMemory, pci_side
 
 LPC = Bdf(0, 0x1F, 0)
 RESET_CONTROL_OFFSET = layout.RESET_CONTROL_PORT - layout.PCI_CONFIG_ADDRESS_PORT
@@ -86,12 +86,16 @@ class Q35Platform:
         self.fw_cfg = FwCfgDevice(FwCfg.q35(ram_size=ram.size, cpus=cpus), ram)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
-        self.port92 = Port92(lambda: on_stop("reset (port 0x92)"))
+        self.port92 = Port92(
+            lambda: on_stop("the guest reset the machine (port 0x92); a reset ends the run")
+        )
         ports.add(layout.PORT_92, 1, self.port92, "port92")
-        self.reset_control = ResetControl(lambda: on_stop("reset (0xcf9)"))
+        self.reset_control = ResetControl(
+            lambda: on_stop("the guest reset the machine (0xcf9); a reset ends the run")
+        )
         self._sci_irq: int | None = None
         self._sci_level = False
-        self.acpi_pm = AcpiPm(power_off=lambda: on_stop("power off"), sci=self._sci)
+        self.acpi_pm = AcpiPm(power_off=lambda: on_stop("the guest powered off"), sci=self._sci)
         self.pm_base: int | None = None
         self.lpc = Ich9LpcDecoder(
             on_pm_base=self._place_pm, on_pirq=lambda _pirq, _irq: None, on_sci_irq=self._route_sci
