@@ -34,14 +34,16 @@ import sys
 import time
 from typing import Any
 
-from pcihole import hostinfo, hostmem, layout
+from pcihole import layout
 from pcihole.guest.vm import GuestVm
 from pcihole.holes.memory import close_shared_hole_memory
+from pcihole.host import info as hostinfo
+from pcihole.host import mem as hostmem
 from pcihole.kvm import Kvm, abi
 from pcihole.machine import MachineOptions
+from pcihole.measure.scan import MODES, RECORD, RECURSIVE_RESULTS_OFFSET, run_scan
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
-from pcihole.scan import MODES, RECORD, RECURSIVE_RESULTS_OFFSET, run_scan
 
 BUSES = 256
 PASSES = 2

@@ -33,10 +33,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pcihole import hostinfo, layout
+from pcihole import layout
 from pcihole.holes import source as source_mod
 from pcihole.holes.source import Backing, HoleSourceError
-from pcihole.hostinfo import meminfo
+from pcihole.host import info as hostinfo
+from pcihole.host.info import meminfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHUNK_NAME = "/memfd:pcihole-allones"
@@ -53,8 +54,8 @@ def worker(buses: int, vms: int, socket_path: str, backing: str) -> int:
     from pcihole.guest.vm import run_all
     from pcihole.kvm import Kvm
     from pcihole.machine import MachineOptions
+    from pcihole.measure.scan import RECORD
     from pcihole.pci.topology import Topology
-    from pcihole.scan import RECORD
 
     def say(data: dict[str, Any]) -> None:
         print(json.dumps(data), flush=True)

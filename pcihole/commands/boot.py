@@ -15,9 +15,8 @@ from typing import Any, BinaryIO
 from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
 from pcihole.chipset.mch import HOST_BRIDGE
-from pcihole.commands.options import add_machine_options, int_in_range
+from pcihole.commands.options import add_machine_options, int_in_range, machine_options
 from pcihole.errors import BadInput, EnvironmentProblem
-from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import (
     SIGNAL_STATUS_BASE,
@@ -97,17 +96,16 @@ def run(args: argparse.Namespace) -> int:
     Debug console bytes go to ``--debugcon`` (a file) or stdout, the UART's to
     ``--serial``. Bad input is checked before the VM is made.
     """
-    image, topology, backing = _checked_input(args)
+    image, topology = _checked_input(args)
+    options = machine_options(args)
     with contextlib.ExitStack() as files:
         console = _open_sink(files, "--debugcon", args.debugcon)
         serial = _open_sink(files, "--serial", args.serial) if args.serial else None
         until = args.until.encode() if args.until else None
         with (
             Kvm() as kvm,
-            BootMachine(kvm, image, topology, strategy=args.strategy, present=args.present,
-                        writes=args.writes, backing=backing, socket_path=args.socket,
-                        ram_size=args.ram_mib * layout.MiB, console=console,
-                        serial=None if serial is None else _writer(serial),
+            BootMachine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
+                        console=console, serial=None if serial is None else _writer(serial),
                         until=until) as machine,
         ):  # fmt: skip
             result = _run_until_stopped(machine, args.timeout)
@@ -183,8 +181,8 @@ def _dump_acpi(machine: BootMachine, directory: str) -> None:
         print(f"pcihole boot: ACPI: {problem}", file=sys.stderr)
 
 
-def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology, Backing | None]:
-    """The image, topology and backing the options name; ``BadInput`` naming the option."""
+def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology]:
+    """The image and topology the options name; ``BadInput`` naming the option."""
     bios, devices, buses = args.bios, args.device, args.buses
     if bios is None and not DEFAULT_BIOS.exists():
         raise EnvironmentProblem(
@@ -203,9 +201,7 @@ def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology, Backing |
         topology = Topology.build(devices, buses) if devices else Topology.qemu_nodefaults(buses)
         if HOST_BRIDGE not in topology:
             topology = Topology(buses, [*topology, MODELS["host-bridge"].build(HOST_BRIDGE)])
-        option = "--backing"
-        chosen_backing = None if args.backing == "auto" else Backing.parse(args.backing)
     except (BootError, PciError, ValueError) as error:
         text = str(error)  # topology errors already start with the --device text
         raise BadInput(text if text.startswith("--") else f"{option}: {text}") from None
-    return image, topology, chosen_backing
+    return image, topology

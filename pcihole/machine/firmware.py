@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from pcihole import layout
@@ -36,19 +36,13 @@ from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
 from pcihole.devices.rom import RomDevice
 from pcihole.errors import BadInput
 from pcihole.holes.slots import HoleSlotError
-from pcihole.holes.source import Backing
 from pcihole.kvm import Cap, CoalescedWrite, Kvm, KvmError, Vm, abi
-from pcihole.machine import (
-    CONFIG_PORTS,
-    EcamWindow,
-    LegacyConfigPorts,
-    MachineError,
-    MachineOptions,
-)
 from pcihole.machine.bars import BarDecoder, backends_for
+from pcihole.machine.builder import Machine, PlacedDevice
 from pcihole.machine.bus import Bus, BusDevice, BusError
 from pcihole.machine.q35 import LPC, Q35Platform
 from pcihole.machine.runloop import RunLoop, RunResult
+from pcihole.machine.window import CONFIG_PORTS, MachineError, MachineOptions
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
@@ -120,7 +114,7 @@ class BootVm(Closeable):
             self.has_irqchip = _create_interrupt_controllers(self.vm)
             self.vcpu = self.vm.create_vcpu()
             self.vcpu.set_cpuid2(boot_cpuid(kvm))
-            self.loop = RunLoop(self.vcpu, self.ports, self.mmio, report_port=None)
+            self.loop = RunLoop(self.vcpu, self.ports, self.mmio)
         except BaseException:
             self.close()
             raise
@@ -232,80 +226,93 @@ class BootResult:
 
 
 class BootMachine(Closeable):
-    """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM."""
+    """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM:
+    the builder's ``Machine`` over the firmware shell, with the MCH placing the window,
+    the debug console and debug exit."""
 
     def __init__(
         self,
         kvm: Kvm,
         image: bytes,
         topology: Topology | None = None,
+        options: MachineOptions | None = None,
         *,
-        strategy: str = "shared",
-        present: str = "mirror",
-        writes: str = "coalesce",
-        backing: Backing | None = None,
-        socket_path: str | None = None,
         ram_size: int = layout.BOOT_RAM_SIZE,
         console: BinaryIO | None = None,
         serial: Callable[[bytes], None] | None = None,
         until: bytes | None = None,
         name: str = "boot",
     ) -> None:
-        self.topology = topology or Topology.qemu_nodefaults()
+        topology = topology or Topology.qemu_nodefaults()
         try:
-            self.mch = Mch(self.topology, self.place_window)
+            self.mch = Mch(topology, self.place_window)
         except ValueError as error:
             raise BootError(str(error)) from None
-        self.options = MachineOptions(
-            buses=self.topology.buses,
-            strategy=strategy,
-            present=present,
-            writes=writes,
-            backing=backing,
-            socket_path=socket_path,
-        )
+        options = replace(options or MachineOptions(), buses=topology.buses)
         self.notes: list[str] = []
         self.placements: list[tuple[int | None, int]] = []
         self._started = time.perf_counter()
-        self.guest = BootVm(kvm, image, ram_size=ram_size, name=name)
+        shell = BootVm(kvm, image, ram_size=ram_size, name=name)
+        self.guest = shell
         self.ending: Ending | None = None
+        self.until = until
+        self.console = DebugConsole(console, self._stamp)
+        self.debug_exit = DebugExit(shell.request_stop)
+        devices = [
+            PlacedDevice("port", layout.DEBUGCON_PORT, 1,
+                         _Watched(self.console, self._console_written), "debugcon"),
+            PlacedDevice("port", layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit,
+                         "debug-exit"),
+        ]  # fmt: skip
         try:
-            assert self.guest.ram is not None
-            self.platform = Q35Platform(
-                self.guest.vm,
-                self.guest.ports,
-                self.guest.mmio,
-                self.guest.ram,
-                self.guest.slots,
-                image,
-                on_stop=lambda reason: self.stop(reason),
-                serial=serial,
-            )
-            written = self._config_written
-            self.window = EcamWindow(
-                self.guest, self.topology, self.options, base=None, on_config_write=written
-            )
-            self.legacy = LegacyConfigPorts(self.window, on_write=written)
-            ram = self.guest.ram
+            assert shell.ram is not None
+            self.platform = Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots,
+                                        image, on_stop=lambda reason: self.stop(reason),
+                                        serial=serial)  # fmt: skip
             backends = {
                 (function.bdf, index): device
-                for function in self.topology
-                for index, device in backends_for(function, ram).items()
+                for function in topology
+                for index, device in backends_for(function, shell.ram).items()
             }
-            self.bars = BarDecoder(self.guest, lambda: list(self.topology), backends)
-            ports = self.guest.ports
-            config_ports = self.platform.config_ports(self.legacy)
-            ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
-            self.console = DebugConsole(console, self._stamp)
-            self.until = until
-            ports.add(
-                layout.DEBUGCON_PORT, 1, _Watched(self.console, self._console_written), "debugcon"
-            )
-            self.debug_exit = DebugExit(self.guest.request_stop)
-            ports.add(layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit, "debug-exit")
+            self.bars = BarDecoder(shell, lambda: list(topology), backends)
         except BaseException:
-            self.close()
+            self._close_platform()
+            shell.close()
             raise
+        self.machine = Machine(shell, topology, options, devices, window_base=None,
+                               on_config_write=self._config_written)  # fmt: skip
+        self.topology, self.options = topology, options
+        self.window = self.machine.window
+        self.legacy = self.machine.legacy
+        # Reset control (0xcf9) sits inside CF8-CFF: byte accesses there are its.
+        shell.ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)
+        config_ports = self.platform.config_ports(self.legacy)
+        shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
+
+    def request_stop(self) -> None:
+        self.guest.request_stop()
+
+    def read_memory(self, address: int, length: int) -> bytes:
+        """Guest-physical RAM as the guest reads it (the PAM range through its shadow)."""
+        assert self.guest.ram is not None
+        shadow = self.platform.shadow
+        start, end = max(address, pam.SHADOW_BASE), min(address + length, pam.SHADOW_END)
+        if start >= end:
+            return self.guest.ram.read(address, length)
+        return (
+            self.guest.ram.read(address, start - address)
+            + shadow.view(start, end - start)
+            + self.guest.ram.read(end, address + length - end)
+        )
+
+    def _close_platform(self) -> None:
+        platform: Q35Platform | None = getattr(self, "platform", None)
+        if platform is not None:
+            platform.close()
+
+    def close(self) -> None:
+        self._close_platform()
+        self.machine.close()
 
     # --- chipset --------------------------------------------------------------------------
     def _config_written(self, bdf: Bdf) -> None:
@@ -369,22 +376,6 @@ class BootMachine(Closeable):
             self.ending,
         )
 
-    def request_stop(self) -> None:
-        self.guest.request_stop()
-
-    def read_memory(self, address: int, length: int) -> bytes:
-        """Guest-physical RAM as the guest reads it (the PAM range through its shadow)."""
-        assert self.guest.ram is not None
-        shadow = self.platform.shadow
-        start, end = max(address, pam.SHADOW_BASE), min(address + length, pam.SHADOW_END)
-        if start >= end:
-            return self.guest.ram.read(address, length)
-        return (
-            self.guest.ram.read(address, start - address)
-            + shadow.view(start, end - start)
-            + self.guest.ram.read(end, address + length - end)
-        )
-
     def stats(self, result: BootResult) -> dict[str, Any]:
         """What the run cost, for ``--stats`` and the benchmarks."""
         exits = self.window.ecam.exits
@@ -426,15 +417,6 @@ class BootMachine(Closeable):
             "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
         }
-
-    def close(self) -> None:
-        window: EcamWindow | None = getattr(self, "window", None)
-        if window is not None:
-            window.close()
-        platform: Q35Platform | None = getattr(self, "platform", None)
-        if platform is not None:
-            platform.close()
-        self.guest.close()
 
 
 class _Watched:

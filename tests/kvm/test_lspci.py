@@ -12,18 +12,17 @@ from pathlib import Path
 import pytest
 
 from pcihole.cli import main
-from pcihole.kvm import Kvm
-from pcihole.lspci_cmd import (
+from pcihole.guest.lspci import (
     DUMP_ROOM,
     LspciError,
-    format_pages,
     guest_config_pages,
     lspci_text,
 )
+from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import BAR0, COMMAND
-from pcihole.pci.lspci import format_lspci_dump
+from pcihole.pci.lspci import format_lspci_dump, format_pages
 from pcihole.pci.topology import Topology
 from tests.lspci_judge import needs_lspci, run_lspci, section
 
@@ -187,7 +186,12 @@ def test_main_prints_the_dump_and_rejects_bad_devices(capsys: pytest.CaptureFixt
     )
     out = capsys.readouterr().out
     assert re.findall(r"^\S\S:\S\S\.\S", out, re.MULTILINE) == [
-        "00:00.0", "00:02.0", "00:1f.0", "00:1f.2", "00:1f.3"]  # -device adds to q35's
+        "00:00.0",
+        "00:02.0",
+        "00:1f.0",
+        "00:1f.2",
+        "00:1f.3",
+    ]  # -device adds to q35's
     assert main(["lspci", "--device", "01:00.0=nvme", "--buses", "2"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "no bridge leading to it" in captured.err
