@@ -80,32 +80,7 @@ class BootVm(Closeable):
             self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
             self.rom.write(self.rom.base, image)
             alias_size = min(layout.ISA_BIOS_MAX, len(image))
-            high = layout.HIGH_RAM_START
-            regions = [
-                (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
-                (
-                    Region(
-                        RegionKind.ROM, layout.HIGH_RAM_START - alias_size, alias_size, "isa-bios"
-                    ),
-                    self.rom.host_address + len(image) - alias_size,
-                    abi.KVM_MEM_READONLY,
-                ),
-                (
-                    Region(
-                        RegionKind.RAM,
-                        layout.HIGH_RAM_START,
-                        ram_size - layout.HIGH_RAM_START,
-                        "ram-high",
-                    ),
-                    self.ram.host_address + high,
-                    0,
-                ),
-                (
-                    Region(RegionKind.ROM, self.rom.base, len(image), "bios"),
-                    self.rom.host_address,
-                    abi.KVM_MEM_READONLY,
-                ),
-            ]
+            regions = self._regions(alias_size)
             self.memory_map = MemoryMap(region for region, _, _ in regions)
             self.ports = Bus("port")
             self.mmio = Bus("mmio")
@@ -124,6 +99,22 @@ class BootVm(Closeable):
         except BaseException:
             self.close()
             raise
+
+    def _regions(self, alias_size: int) -> list[tuple[Region, int, int]]:
+        """(region, host address, memslot flags) of low RAM, the isa-bios alias, high RAM
+        and the image below 4 GiB."""
+        assert self.ram is not None and self.rom is not None
+        image_size, high = len(self.image), layout.HIGH_RAM_START
+        readonly = abi.KVM_MEM_READONLY
+        return [
+            (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
+            (Region(RegionKind.ROM, high - alias_size, alias_size, "isa-bios"),
+             self.rom.host_address + image_size - alias_size, readonly),
+            (Region(RegionKind.RAM, high, self.ram_size - high, "ram-high"),
+             self.ram.host_address + high, 0),
+            (Region(RegionKind.ROM, self.rom.base, image_size, "bios"),
+             self.rom.host_address, readonly),
+        ]  # fmt: skip
 
     def on_coalesced(self, callback: Callable[[list[CoalescedWrite]], None] | None) -> None:
         self.loop.on_coalesced = callback
