@@ -233,6 +233,7 @@ class BootMachine(Closeable):
         name: str = "boot",
     ) -> None:
         self.topology = topology or Topology.qemu_nodefaults()
+        self.topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
         try:
             self.mch = Mch(self.topology, self.place_window)
         except ValueError as error:
