@@ -82,23 +82,11 @@ def qemu_command(qemu: str, image: Path) -> list[str]:
 
 # --- pcihole -----------------------------------------------------------------------------
 def pcihole_command(image: Path, strategy: str, stats: Path) -> list[str]:
-    """``python -m pcihole boot`` when the CLI has it, else main_boot in a subprocess."""
-    probe = subprocess.run(
-        [sys.executable, "-m", "pcihole", "boot", "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode == 0 and "--bios" in probe.stdout and "--stats" in probe.stdout:
-        return [
-            sys.executable, "-m", "pcihole", "boot", "--bios", str(image),
-            "--strategy", strategy, "--stats", str(stats),
-        ]  # fmt: skip
-    code = (
-        "import sys; from pcihole.boot import main_boot; "
-        f"sys.exit(main_boot({str(image)!r}, None, {strategy!r}, None, stats={str(stats)!r}))"
-    )
-    return [sys.executable, "-c", code]
+    """``python -m pcihole boot`` on ``image`` with ``strategy``, its account in ``stats``."""
+    return [
+        sys.executable, "-m", "pcihole", "boot", "--bios", str(image),
+        "--strategy", strategy, "--stats", str(stats),
+    ]  # fmt: skip
 
 
 # --- running and timing ------------------------------------------------------------------

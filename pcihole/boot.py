@@ -20,18 +20,15 @@ reset instead).
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcihole import layout
 from pcihole.arch.x86.cpuid import boot_cpuid
 from pcihole.arch.x86.reset import prepare_real_mode
-from pcihole.chipset.mch import HOST_BRIDGE, Mch
+from pcihole.chipset.mch import Mch
 from pcihole.closing import Closeable
 from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit
 from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
@@ -40,7 +37,6 @@ from pcihole.errors import BadInput
 from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
-from pcihole.holes.strategy import StrategyError
 from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine import (
     CONFIG_PORTS,
@@ -50,15 +46,12 @@ from pcihole.machine import (
     MachineOptions,
 )
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
-from pcihole.pci.devices import MODELS, Function
-from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
 from pcihole.vmm.bus import Bus, BusError
 from pcihole.vmm.runloop import RunLoop, RunResult
 
 GUEST_STOPPED_STATUS = 70
 """Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
-USAGE_STATUS = 2
 
 
 class BootError(BadInput):
@@ -350,86 +343,6 @@ class BootMachine(Closeable):
         self.guest.close()
 
 
-def main_boot(
-    bios: str,
-    devices: list[str] | None,
-    strategy: str = "shared",
-    debugcon: str | None = None,
-    buses: int = layout.ECAM_MAX_BUSES,
-    *,
-    present: str = "mirror",
-    writes: str = "coalesce",
-    backing: str = "auto",
-    socket_path: str | None = None,
-    ram_mib: int = layout.BOOT_RAM_SIZE // layout.MiB,
-    stats: str | None = None,
-) -> int:
-    """``pcihole boot``: run ``bios`` and return the process exit status.
-
-    Debug console bytes go to ``debugcon`` (a file) or stdout; ``stats`` names a file for
-    a JSON account of the run. Bad input: one line on stderr, status 2. A guest that stops
-    without debug-exit: the reason on stderr, status ``GUEST_STOPPED_STATUS``.
-    """
-    option = "--bios"  # which option the input being checked came from, for the message
-    try:
-        try:
-            image = Path(bios).read_bytes()
-        except OSError as error:
-            raise BootError(f"{bios}: {error.strerror}") from None
-        check_image(image)
-        option = "--device"
-        topology = Topology.build(devices, buses) if devices else Topology.qemu_nodefaults(buses)
-        if HOST_BRIDGE not in topology:
-            topology = Topology(buses, [*topology, _host_bridge_function()])
-        option = "--backing"
-        chosen_backing = None if backing == "auto" else Backing.parse(backing)
-    except (OSError, BootError, PciError, ValueError) as error:
-        text = str(error)  # topology errors already start with the --device text
-        print(f"pcihole boot: error: {text if text.startswith('--') else f'{option}: {text}'}",
-              file=sys.stderr)  # fmt: skip
-        return USAGE_STATUS
-    sink: BinaryIO | None = None
-    try:
-        sink = open(debugcon, "wb") if debugcon else sys.stdout.buffer  # noqa: SIM115
-        with (
-            Kvm() as kvm,
-            BootMachine(
-                kvm,
-                image,
-                topology,
-                strategy=strategy,
-                present=present,
-                writes=writes,
-                backing=chosen_backing,
-                socket_path=socket_path,
-                ram_size=ram_mib * layout.MiB,
-                console=sink,
-            ) as machine,
-        ):
-            result = machine.run()
-            if stats:
-                Path(stats).write_text(json.dumps(machine.stats(result), indent=2) + "\n")
-    except (OSError, BootError, MachineError, StrategyError, HoleSlotError, KvmError) as error:
-        print(f"pcihole boot: error: {error}", file=sys.stderr)
-        return USAGE_STATUS
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        if sink is not None and sink is not sys.stdout.buffer:
-            sink.close()
-    if result.exit_value is None:
-        print(
-            f"pcihole boot: guest stopped without debug-exit: {result.run.reason.value}: "
-            f"{result.run.detail}",
-            file=sys.stderr,
-        )
-    return result.status
-
-
-def _host_bridge_function() -> Function:
-    return MODELS["host-bridge"].build(HOST_BRIDGE)
-
-
 __all__ = [
     "BootError",
     "BootMachine",
@@ -437,5 +350,4 @@ __all__ = [
     "BootVm",
     "ConsoleLine",
     "Interval",
-    "main_boot",
 ]

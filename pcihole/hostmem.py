@@ -20,6 +20,7 @@ import weakref
 
 from pcihole import hostinfo
 from pcihole.closing import Closeable
+from pcihole.errors import EnvironmentProblem
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 assert _mmap.PAGESIZE == PAGE_SIZE, "guest pages and host pages must be the same size"
@@ -67,7 +68,7 @@ _memcmp_fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-class HostMemError(OSError):
+class HostMemError(EnvironmentProblem, OSError):
     """A host memory operation failed; ``operation`` says which, ``errno`` why."""
 
     def __init__(self, operation: str, err: int) -> None:

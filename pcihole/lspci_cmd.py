@@ -15,29 +15,22 @@ host's model of that address.
 from __future__ import annotations
 
 import struct
-import sys
 from collections.abc import Mapping, Sequence
 
 from pcihole import layout
-from pcihole.guest.build import GuestBuildError
-from pcihole.holes.slots import HoleSlotError
-from pcihole.holes.strategy import StrategyError
-from pcihole.kvm import Kvm, KvmError
+from pcihole.errors import EnvironmentProblem
+from pcihole.kvm import Kvm
 from pcihole.layout import DUMP_LIST_ADDR, DUMP_ROOM
-from pcihole.machine import MachineError, MachineOptions, PciMachine
+from pcihole.machine import MachineOptions, PciMachine
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import CLASS_CODE, CONFIG_SPACE_SIZE, REVISION_ID
-from pcihole.pci.errors import PciError
 from pcihole.pci.lspci import BYTES_PER_LINE, format_lspci_dump
 from pcihole.pci.topology import Topology
-from pcihole.vmm.runloop import GuestError
 
 DUMP_PROGRAM = "ecam_dump"
-EXIT_USAGE = 2
-EXIT_FAILURE = 1
 
 
-class LspciError(Exception):
+class LspciError(EnvironmentProblem):
     """The VM view could not be taken; the message says why."""
 
 
@@ -124,25 +117,3 @@ def lspci_text(
         return format_pages(guest_config_pages(kvm, topology, options), topology)
     with Kvm() as own:
         return format_pages(guest_config_pages(own, topology, options), topology)
-
-
-def main_lspci(devices: list[str] | None, buses: int, vm_view: bool) -> int:
-    """Print the dump; bad ``--device`` text exits 2, a VM that fails exits 1."""
-    try:
-        text = lspci_text(devices, buses, vm_view)
-    except PciError as error:
-        print(f"pcihole lspci: error: --device: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except (
-        KvmError,
-        GuestError,
-        GuestBuildError,
-        MachineError,
-        StrategyError,
-        HoleSlotError,
-        LspciError,
-    ) as error:
-        print(f"pcihole lspci: error: {error}", file=sys.stderr)
-        return EXIT_FAILURE
-    sys.stdout.write(text)
-    return 0

@@ -21,6 +21,7 @@ from typing import Protocol
 from pcihole import layout
 from pcihole.bits import all_ones
 from pcihole.closing import Closeable
+from pcihole.errors import BadInput
 from pcihole.guest.build import GuestProgram
 from pcihole.holes.accounting import resident_bytes
 from pcihole.holes.planner import Run, hole_runs
@@ -42,7 +43,7 @@ from pcihole.vmm.runloop import RunLoop, RunResult
 PRESENT_MODES = ("mirror", "trap")
 
 
-class MachineError(Exception):
+class MachineError(BadInput):
     """A machine could not be built or changed; the message says what and why."""
 
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from pcihole.errors import BadInput
+
 COLORS = {"shared": "tab:green", "fill": "tab:orange", "trap": "tab:red"}
 
 
-class PlotError(Exception):
+class PlotError(BadInput):
     """No plotting library, or nothing to plot."""
 
 

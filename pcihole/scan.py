@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pcihole import layout
+from pcihole.errors import EnvironmentProblem
 from pcihole.holes.accounting import resident_bytes
 from pcihole.host.meminfo import KernelMemory, MeminfoSampler
 from pcihole.kvm import Kvm
@@ -30,7 +31,7 @@ MODES = {"brute": 0, "recursive": 1, "both": 2}
 RECORD = struct.Struct("<IIII")
 
 
-class ScanError(Exception):
+class ScanError(EnvironmentProblem):
     """A scan could not run, a guest failed, or the VMs disagree."""
 
 

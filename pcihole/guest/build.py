@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcihole import layout
+from pcihole.errors import EnvironmentProblem
 
 ASM_DIR = Path(__file__).parent / "asm"
 EXCEPTION_STUBS_OFFSET = 0x40
@@ -26,7 +27,7 @@ TOOLS = ("gcc", "ld")
 """gcc drives cpp and GNU as; ld links. Debian packages: gcc (cpp) and binutils."""
 
 
-class GuestBuildError(Exception):
+class GuestBuildError(EnvironmentProblem):
     """A guest program could not be built; the message holds the tool's own output."""
 
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from pcihole.errors import BadInput
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 
-class PlanError(ValueError):
+class PlanError(BadInput, ValueError):
     """The inputs cannot be planned (unaligned, outside the window, bad span)."""
 
 

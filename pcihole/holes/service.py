@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
+from pcihole.errors import EnvironmentProblem
 from pcihole.holes.source import (
     REQUIRED_SEALS,
     AllOnesSource,
@@ -54,7 +55,7 @@ STOP_POLL_SECONDS = 0.1
 """How often the accept loop looks at its stop event."""
 
 
-class HoleServiceError(Exception):
+class HoleServiceError(EnvironmentProblem):
     """The hole service could not be started, reached, or sent something unacceptable."""
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from pcihole.errors import BadInput
 from pcihole.holes.planner import Piece, Run
 from pcihole.holes.strategy import HoleStrategy
 from pcihole.kvm import CoalescedWrite, KvmError, Vm, abi
@@ -24,7 +25,7 @@ from pcihole.memory import MemoryMapError, SlotAllocator
 WRITE_MODES = ("coalesce", "exit")
 
 
-class HoleSlotError(Exception):
+class HoleSlotError(BadInput):
     """Hole memslots or zones could not be set; the message says what and why."""
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 from pcihole import hostinfo, hostmem
 from pcihole.closing import Closeable
+from pcihole.errors import EnvironmentProblem
 from pcihole.hostmem import HostMemError, Mapping
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
@@ -72,7 +73,7 @@ NR_HUGEPAGES_SYSCTL = "/proc/sys/vm/nr_hugepages"
 _MFD_HUGE_2MB = getattr(os, "MFD_HUGE_2MB", 21 << 26)
 
 
-class HoleSourceError(Exception):
+class HoleSourceError(EnvironmentProblem):
     """An all-ones source could not be created, or is not what it must be."""
 
 

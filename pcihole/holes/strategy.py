@@ -15,6 +15,7 @@ import mmap
 from typing import ClassVar
 
 from pcihole import hostmem, layout
+from pcihole.errors import BadInput
 from pcihole.holes.memory import HoleMemory, shared_hole_memory
 from pcihole.holes.planner import Piece, Run, plan_pieces
 from pcihole.holes.source import Backing
@@ -139,7 +140,7 @@ class TrapStrategy(HoleStrategy):
 STRATEGIES = ("shared", "fill", "trap")
 
 
-class StrategyError(ValueError):
+class StrategyError(BadInput, ValueError):
     """Unknown strategy name or impossible options."""
 
 

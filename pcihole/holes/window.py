@@ -16,6 +16,7 @@ import time
 
 from pcihole import hostmem
 from pcihole.closing import Closeable
+from pcihole.errors import EnvironmentProblem
 from pcihole.holes.source import AllOnesSource
 from pcihole.hostmem import HostMemError, Mapping
 from pcihole.layout import HUGE_PAGE_SIZE
@@ -26,7 +27,7 @@ DEFAULT_MAP_HEADROOM = 1024
 """Mappings left free for everything else the process does (libraries, threads, KVM)."""
 
 
-class HoleWindowError(Exception):
+class HoleWindowError(EnvironmentProblem):
     """A window cannot be built (no fd, bad size or phase, not enough mappings left)."""
 
 

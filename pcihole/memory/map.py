@@ -11,10 +11,11 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from pcihole.errors import BadInput
 from pcihole.layout import PAGE_SIZE
 
 
-class MemoryMapError(ValueError):
+class MemoryMapError(BadInput, ValueError):
     """A region or a map is invalid, or slots ran out; the message says which and why."""
 
 

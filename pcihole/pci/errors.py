@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pcihole.errors import BadInput
 
-class PciError(Exception):
+
+class PciError(BadInput):
     """Base of every error raised by ``pcihole.pci``."""
 
 

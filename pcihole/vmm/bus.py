@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pcihole.bits import all_ones
+from pcihole.errors import BadInput
 
 
-class BusError(Exception):
+class BusError(BadInput):
     """A device range is invalid or overlaps another; an access straddles devices."""
 
 

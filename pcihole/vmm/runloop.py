@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pcihole import layout
+from pcihole.errors import EnvironmentProblem
 from pcihole.kvm import CoalescedWrite, Vcpu, exits
 from pcihole.vmm.bus import Bus
 
@@ -44,7 +45,7 @@ class StopReason(enum.Enum):
     DEVICE_ERROR = "device-error"
 
 
-class GuestError(Exception):
+class GuestError(EnvironmentProblem):
     """The guest did not finish cleanly; the message says why (vector, RIP, line...)."""
 
     def __init__(self, result: RunResult) -> None:

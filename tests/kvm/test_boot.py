@@ -10,11 +10,11 @@ import pytest
 from pcihole import layout
 from pcihole.boot import (
     GUEST_STOPPED_STATUS,
-    USAGE_STATUS,
     BootMachine,
-    main_boot,
 )
 from pcihole.chipset.mch import decode_pciexbar
+from pcihole.cli import main
+from pcihole.errors import USAGE_STATUS
 from pcihole.guest.firmware import FirmwareOptions, build_firmware, exit_status, parse_output
 from pcihole.kvm import Kvm
 from pcihole.pci.devices import PCIEXBAR
@@ -212,7 +212,7 @@ def test_main_boot_files_status_and_errors(
     bios = tmp_path / "fw.bin"
     bios.write_bytes(small_image(exit_value=3, ring3_passes=1, ring0_buses=0))
     console, stats = tmp_path / "console.txt", tmp_path / "stats.json"
-    status = main_boot(str(bios), None, "shared", str(console), stats=str(stats))
+    status = main(["boot", "--bios", str(bios), "--debugcon", str(console), "--stats", str(stats)])
     assert status == 7
     out = parse_output(console.read_text())
     assert out.scan(3).functions == QEMU_NODEFAULTS
@@ -222,20 +222,23 @@ def test_main_boot_files_status_and_errors(
     assert data["lines"][0]["text"].startswith("fw enumerate")
 
     devices = ["00:1c.0=root-port,bus=1", "01:00.0=nvme"]  # the host bridge is added
-    status = main_boot(str(bios), devices, "fill", str(console), buses=4)
+    status = main(["boot", "--bios", str(bios), "--strategy", "fill", "--debugcon", str(console),
+                   "--buses", "4", *(f"--device={d}" for d in devices)])  # fmt: skip
     assert status == 7
     found = [bdf for bdf, _, _ in parse_output(console.read_text()).scan(3).functions]
     assert found == ["00:00.0", "00:1c.0", "01:00.0"]
 
     halting = tmp_path / "halt.bin"
     halting.write_bytes(b"\xf4" * 0x10000)
-    assert main_boot(str(halting), None, "shared", str(console)) == GUEST_STOPPED_STATUS
+    assert (
+        main(["boot", "--bios", str(halting), "--debugcon", str(console)]) == GUEST_STOPPED_STATUS
+    )
     assert "without debug-exit: hlt" in capsys.readouterr().err
 
     odd = tmp_path / "odd.bin"
     odd.write_bytes(b"\xf4" * 1000)
-    assert main_boot(str(odd), None, "shared", None) == USAGE_STATUS
+    assert main(["boot", "--bios", str(odd)]) == USAGE_STATUS
     assert "multiple of 64 KiB" in capsys.readouterr().err
-    assert main_boot(str(tmp_path / "missing.bin"), None, "shared", None) == USAGE_STATUS
-    assert main_boot(str(bios), ["00:00.0=nvme"], "shared", None) == USAGE_STATUS
+    assert main(["boot", "--bios", str(tmp_path / "missing.bin")]) == USAGE_STATUS
+    assert main(["boot", "--bios", str(bios), "--device", "00:00.0=nvme"]) == USAGE_STATUS
     assert "host bridge" in capsys.readouterr().err

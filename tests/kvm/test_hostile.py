@@ -32,12 +32,12 @@ from pcihole.pci.config import (
     HEADER_TYPE,
     REVISION_ID,
     VENDOR_ID,
-    ConfigSpace,
 )
 from pcihole.pci.devices import MODELS
 from pcihole.pci.topology import Topology
 from pcihole.scan import RECORD, RECURSIVE_RESULTS_OFFSET
 from pcihole.vmm.runloop import RunResult, StopReason
+from tests.model_masks import PlainConfig, plain_config
 from tests.support import Syncs, Worker, join, raise_stop_flag
 
 BUSES = 16
@@ -164,10 +164,10 @@ def read_log(machine: PciMachine, count: int) -> list[Op]:
     return ops
 
 
-def replay(ops: Sequence[Op], model: dict[int, ConfigSpace]) -> Replay:
-    """Apply ``ops`` to ``model`` (page number -> config space) byte by byte through
-    ``ConfigSpace.write``; holes read all ones and drop writes. Every read must return
-    what the model holds at that moment."""
+def replay(ops: Sequence[Op], model: dict[int, PlainConfig]) -> Replay:
+    """Apply ``ops`` to ``model`` (page number -> plain config under its model's literal
+    masks) byte by byte; holes read all ones and drop writes. Every read must return what
+    the model holds at that moment."""
     out = Replay()
     for index, op in enumerate(ops):
         addresses = range(op.offset, op.offset + op.width)
@@ -200,8 +200,8 @@ def replay(ops: Sequence[Op], model: dict[int, ConfigSpace]) -> Replay:
     return out
 
 
-def page_models(topology: Topology) -> dict[int, ConfigSpace]:
-    return {f.bdf.ecam_offset >> 12: f.config for f in topology}
+def page_models(topology: Topology) -> dict[int, PlainConfig]:
+    return {f.bdf.ecam_offset >> 12: plain_config(f) for f in topology}
 
 
 @pytest.mark.parametrize(
@@ -238,7 +238,8 @@ def test_random_accesses_read_what_a_plain_model_says(
             assert runs.hostile.syncs == [ops]
             log = read_log(machine, ops)
             plain = Topology.default(buses)
-            result = replay(log, page_models(plain))
+            models = page_models(plain)
+            result = replay(log, models)
             assert result.mismatches == []
             assert result.reads > ops // 3 and result.writes > ops // 3
             # Some accesses crossed a page: the model had a hole piece and a device piece.
@@ -249,10 +250,11 @@ def test_random_accesses_read_what_a_plain_model_says(
             for function in plain:
                 mine = machine.topology.get(function.bdf)
                 assert mine is not None
-                assert mine.config.snapshot() == function.config.snapshot(), function.bdf
+                expected = models[function.bdf.ecam_offset >> 12].snapshot()
+                assert mine.config.snapshot() == expected, function.bdf
                 if present == "mirror":
                     page = machine.window.mirrors[function.bdf].page
-                    assert page.read(page.base, layout.PAGE_SIZE) == function.config.snapshot()
+                    assert page.read(page.base, layout.PAGE_SIZE) == expected
             strategy_object = machine.strategy
             assert strategy_object is not None
             if strategy == "shared":
@@ -348,7 +350,7 @@ the host bridge (PCIEXBAR)."""
 def test_all_ones_everywhere_leaves_identity_and_sizes_every_bar(kvm: Kvm, address: str) -> None:
     """The guest writes all ones at every offset of a function's page with every width.
     Identity registers keep their values, every BAR reads back its size mask, the
-    mirror shows the model, and the model is what ConfigSpace.write alone makes of it."""
+    mirror shows the model, and the model is what its literal write masks make of it."""
     bdf = Bdf.parse(address)
     ones = (1 << 64) - 1
     params = [HAMMER, layout.ECAM_BASE, layout.ecam_size(BUSES), bdf.ecam_offset, ones]
@@ -376,7 +378,7 @@ def test_all_ones_everywhere_leaves_identity_and_sizes_every_bar(kvm: Kvm, addre
                 width_mask = (1 << (8 * bar.width)) - 1
                 sized = width_mask & ~(bar.size - 1) & ~bar.type_mask | bar.type_bits
                 assert config.read(bar.offset, bar.width) == sized, bar
-            plain = fresh.config
+            plain = plain_config(fresh)
             for width in (1, 2, 4, 8):
                 for offset in range(0, 4096, width):
                     plain.write(offset, width, ones >> (64 - 8 * width))

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pcihole.cli import main
 from pcihole.kvm import Kvm
 from pcihole.lspci_cmd import (
     DUMP_ROOM,
@@ -18,7 +19,6 @@ from pcihole.lspci_cmd import (
     format_pages,
     guest_config_pages,
     lspci_text,
-    main_lspci,
 )
 from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
@@ -42,6 +42,17 @@ CUSTOM = [
 
 
 lspci = run_lspci
+DEFAULT_HEADS = [
+    ("00:00.0", "00: 86 80 c0 29"),
+    ("00:1c.0", "00: 36 1b 0c 00"),
+    ("00:1c.1", "00: 36 1b 0c 00"),
+    ("00:1f.0", "00: 86 80 18 29"),
+    ("00:1f.2", "00: 86 80 22 29"),
+    ("00:1f.3", "00: 86 80 30 29"),
+    ("01:00.0", "00: f4 1a 41 10"),
+    ("02:00.0", "00: 36 1b 10 00"),
+]
+"""The default topology's functions, in order, and the first bytes of each (its IDs)."""
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +76,10 @@ def test_vm_view_is_identical_to_the_model_view(
 ) -> None:
     for views in (default_views, custom_views):
         assert views["vm"] == views["model"]
-    assert default_views["model"] == format_lspci_dump(Topology.default(256))
+    blocks = default_views["model"].split("\n\n")
+    assert blocks[-1] == ""  # every block ends with a blank line
+    assert [(b.split()[0], b.splitlines()[1][:15]) for b in blocks[:-1]] == DEFAULT_HEADS
+    assert all(len(block.splitlines()) == 1 + 4096 // 16 for block in blocks[:-1])
     assert custom_views["vm"].count("\n\n") == len(CUSTOM)
 
 
@@ -164,16 +178,21 @@ def test_too_many_functions_for_the_result_buffer_is_an_error(kvm: Kvm) -> None:
 
 
 def test_main_prints_the_dump_and_rejects_bad_devices(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_lspci(["00:00.0=host-bridge", "00:02.0=nvme"], 1, vm_view=False) == 0
+    assert (
+        main(
+            ["lspci", "--device", "00:00.0=host-bridge", "--device", "00:02.0=nvme", "--buses", "1"]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.findall(r"^\S\S:\S\S\.\S", out, re.MULTILINE) == ["00:00.0", "00:02.0"]
-    assert main_lspci(["01:00.0=nvme"], 2, vm_view=False) == 2
+    assert main(["lspci", "--device", "01:00.0=nvme", "--buses", "2"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "no bridge leading to it" in captured.err
-    assert main_lspci(["00:00.0=no-such-model"], 1, vm_view=False) == 2
+    assert main(["lspci", "--device", "00:00.0=no-such-model", "--buses", "1"]) == 2
     assert "unknown model" in capsys.readouterr().err
 
 
 def test_main_vm_view(kvm: Kvm, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main_lspci(None, 3, vm_view=True) == 0
+    assert main(["lspci", "--buses", "3", "--vm-view"]) == 0
     assert capsys.readouterr().out == format_lspci_dump(Topology.default(3))

@@ -23,6 +23,7 @@ from pcihole.pci.config import (
     HeaderType,
 )
 from pcihole.pci.errors import ConfigSpaceError
+from tests.model_masks import Masks, masks_over, probe_masks
 
 
 def endpoint() -> ConfigSpace:
@@ -347,26 +348,85 @@ def populated_bridge() -> ConfigSpace:
     return config
 
 
+# What a guest may change in the two spaces above, written out (dword offset: writable
+# bits, W1C bits); every other byte is read-only. From the PCI and PCIe specifications:
+# command, status, BARs and ROM BAR, bus numbers and windows, PM control, PCIe control
+# and status registers, MSI-X control, AER status, mask and severity registers.
+POPULATED_MASKS: Masks = {
+    0x004: (0x00000547, 0xF9000000),
+    0x00C: (0x0000FFFF, 0x00000000),
+    0x010: (0xFFFFF000, 0x00000000),
+    0x018: (0xFFFFFFE0, 0x00000000),
+    0x020: (0xFFFFC000, 0x00000000),
+    0x024: (0xFFFFFFFF, 0x00000000),
+    0x030: (0xFFFFF801, 0x00000000),
+    0x03C: (0x000000FF, 0x00000000),
+    0x044: (0x00000003, 0x00000000),
+    0x050: (0x00007FFF, 0x000F0000),
+    0x058: (0x000000CB, 0x00000000),
+    0x070: (0x0000001F, 0x00000000),
+    0x078: (0x0000000F, 0x00000000),
+    0x084: (0xC0000000, 0x00000000),
+    0x104: (0x00000000, 0x003FF030),
+    0x108: (0x003FF030, 0x00000000),
+    0x10C: (0x003FF030, 0x00000000),
+    0x110: (0x00000000, 0x0000F1C1),
+    0x114: (0x0000F1C1, 0x00000000),
+}
+POPULATED_BRIDGE_MASKS: Masks = {
+    0x004: (0x00000547, 0xF9000000),
+    0x00C: (0x0000FFFF, 0x00000000),
+    0x010: (0xFFFFF000, 0x00000000),
+    0x018: (0xFFFFFFFF, 0x00000000),
+    0x01C: (0x0000F0F0, 0xF9000000),
+    0x020: (0xFFF0FFF0, 0x00000000),
+    0x024: (0xFFF0FFF0, 0x00000000),
+    0x028: (0xFFFFFFFF, 0x00000000),
+    0x02C: (0xFFFFFFFF, 0x00000000),
+    0x03C: (0x007F00FF, 0x00000000),
+    0x048: (0x00007FFF, 0x000F0000),
+    0x050: (0x000000DB, 0x00000000),
+    0x058: (0x000017FF, 0x011F0000),
+    0x05C: (0x0000001F, 0x00000000),
+    0x060: (0x00000000, 0x00010000),
+    0x068: (0x0000001F, 0x00000000),
+    0x070: (0x0000000F, 0x00000000),
+    0x104: (0x00000000, 0x003FF030),
+    0x108: (0x003FF030, 0x00000000),
+    0x10C: (0x003FF030, 0x00000000),
+    0x110: (0x00000000, 0x0000F1C1),
+    0x114: (0x0000F1C1, 0x00000000),
+    0x12C: (0x00000007, 0x00000000),
+    0x130: (0x00000000, 0x0000007F),
+}
+
+
 sizes = st.sampled_from([1, 2, 4, 8])
 writes = st.lists(
     st.tuples(st.integers(0, 4095), sizes, st.integers(0, (1 << 64) - 1)), max_size=20
 )
 
 
+@pytest.mark.parametrize("is_bridge", [False, True])
+def test_populated_spaces_have_the_masks_of_their_tables(is_bridge: bool) -> None:
+    fresh = populated_bridge if is_bridge else populated
+    assert probe_masks(fresh) == (POPULATED_BRIDGE_MASKS if is_bridge else POPULATED_MASKS)
+
+
 @given(st.booleans(), writes)
 def test_write_obeys_masks(is_bridge: bool, accesses: list[tuple[int, int, int]]) -> None:
     """Read-only bits never change; writable bits take the value; W1C bits only clear."""
     config = populated_bridge() if is_bridge else populated()
+    table = POPULATED_BRIDGE_MASKS if is_bridge else POPULATED_MASKS
     # Raise every W1C bit so that clearing them can be seen.
-    for offset in range(0, 4096, 4):
-        config.set_bits(offset, 4, config.w1c_bits(offset, 4))
+    for offset, (_, w1c_bits) in table.items():
+        config.set_bits(offset, 4, w1c_bits)
     for offset, size, value in accesses:
         size = min(size, 4096 - offset)
         size = max(s for s in (1, 2, 4, 8) if s <= size)
         value &= (1 << 8 * size) - 1
         old = config.read(offset, size)
-        writable = config.writable_bits(offset, size)
-        w1c = config.w1c_bits(offset, size)
+        writable, w1c = masks_over(table, offset, size)
         changed = config.write(offset, size, value)
         new = config.read(offset, size)
         read_only = ~(writable | w1c)

@@ -18,6 +18,7 @@ from pcihole.pci.config import (
 )
 from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.errors import DeviceError
+from tests.model_masks import MASKS, build_config, masks_over, probe_masks
 
 ON_BUS_1 = Bdf(1, 0, 0)
 
@@ -138,18 +139,35 @@ def test_spec_defaults_to_an_equivalent_text() -> None:
     assert build("root-port", Bdf(0, 0x1C, 0), {"bus": 1}).spec == "00:1c.0=root-port,bus=1"
 
 
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_each_model_has_the_write_masks_of_its_table(model: str) -> None:
+    """What a guest can change in each model, probed from outside, is its table's."""
+    assert probe_masks(lambda: build_config(model)) == MASKS[model]
+
+
 @given(
     st.sampled_from(sorted(MODELS)),
-    st.lists(st.tuples(st.integers(0, 4092), st.integers(0, 0xFFFFFFFF)), max_size=30),
+    st.lists(
+        st.tuples(st.integers(0, 4095), st.sampled_from([1, 2, 4, 8]), st.integers(0, 2**64 - 1)),
+        max_size=30,
+    ),
 )
-def test_models_keep_read_only_bits(model: str, writes: list[tuple[int, int]]) -> None:
-    config = MODELS[model].build(ON_BUS_1, {"bus": 2} if model == "root-port" else {}).config
+def test_models_keep_read_only_bits(model: str, writes: list[tuple[int, int, int]]) -> None:
+    """Random guest writes change only the bits the model's table lets them: writable bits
+    take the value, W1C bits only clear."""
+    config = build_config(model)
     identity = config.read(0, 4), config.class_code, config.capabilities()
-    for offset, value in writes:
-        before = config.read(offset, 4)
-        config.write(offset, 4, value)
-        read_only = ~(config.writable_bits(offset, 4) | config.w1c_bits(offset, 4))
-        assert config.read(offset, 4) & read_only == before & read_only
+    for offset, size, value in writes:
+        size = max(s for s in (1, 2, 4, 8) if s <= min(size, 4096 - offset))
+        value &= (1 << 8 * size) - 1
+        before = config.read(offset, size)
+        config.write(offset, size, value)
+        writable, w1c = masks_over(MASKS[model], offset, size)
+        after = config.read(offset, size)
+        read_only = ~(writable | w1c)
+        assert after & read_only == before & read_only
+        assert after & writable == value & writable
+        assert after & w1c == before & w1c & ~value
     assert (config.read(0, 4), config.class_code, config.capabilities()) == identity
 
 
