@@ -35,13 +35,13 @@ import time
 from typing import Any
 
 from pcihole import hostinfo, hostmem, layout
+from pcihole.guest.vm import GuestVm
 from pcihole.holes.memory import close_shared_hole_memory
 from pcihole.kvm import Kvm, abi
 from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
 from pcihole.scan import MODES, RECORD, RECURSIVE_RESULTS_OFFSET, run_scan
-from pcihole.vmm.guestvm import GuestVm
 
 BUSES = 256
 PASSES = 2

@@ -18,8 +18,8 @@ import time
 from typing import Any
 
 from pcihole import hostinfo, layout
+from pcihole.guest.vm import GuestVm
 from pcihole.kvm import Kvm, system
-from pcihole.vmm.guestvm import GuestVm
 
 KINDS = {"port-out": 0, "mmio-read": 1, "mmio-write": 2, "port-in": 3}
 EXIT_LOOP_PORT = 0x510

@@ -49,11 +49,12 @@ WAIT_SECONDS = 600.0
 
 def worker(buses: int, vms: int, socket_path: str, backing: str) -> int:
     """Build ``vms`` machines, say so, scan on "go", report, close on "exit"."""
+    from pcihole.guest.machine import PciMachine
+    from pcihole.guest.vm import run_all
     from pcihole.kvm import Kvm
-    from pcihole.machine import MachineOptions, PciMachine
+    from pcihole.machine import MachineOptions
     from pcihole.pci.topology import Topology
     from pcihole.scan import RECORD
-    from pcihole.vmm.guestvm import run_all
 
     def say(data: dict[str, Any]) -> None:
         print(json.dumps(data), flush=True)

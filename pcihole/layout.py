@@ -133,6 +133,10 @@ TEST_MMIO_BASE = 0xD0000000
 """Where tests place small MMIO devices (inside the BAR space, never under a window)."""
 FIRMWARE_TOP = 1 << 32
 """A flat firmware image ends here; the reset vector is its last 16 bytes."""
+IMAGE_ALIGN = 64 * KiB
+"""QEMU takes a -bios image only in whole 64 KiB units."""
+MAX_IMAGE_SIZE = 16 * MiB
+"""Images stay clear of the real-mode TSS pages KVM may use just below 0xff000000."""
 
 # ---------------------------------------------------------------------------------------
 # The PC memory map real firmware sees (QEMU 7.2 q35): e820, BIOS areas, ACPI search.

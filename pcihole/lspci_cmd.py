@@ -19,9 +19,10 @@ from collections.abc import Mapping, Sequence
 
 from pcihole import layout
 from pcihole.errors import EnvironmentProblem
+from pcihole.guest.machine import PciMachine
 from pcihole.kvm import Kvm
 from pcihole.layout import DUMP_LIST_ADDR, DUMP_ROOM
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import CLASS_CODE, CONFIG_SPACE_SIZE, REVISION_ID
 from pcihole.pci.lspci import BYTES_PER_LINE, format_lspci_dump

@@ -18,14 +18,15 @@ from typing import Any
 
 from pcihole import layout
 from pcihole.errors import EnvironmentProblem
+from pcihole.guest.machine import PciMachine, shared_hole_memory_bytes
 from pcihole.holes.accounting import resident_bytes
 from pcihole.host.meminfo import KernelMemory, MeminfoSampler
 from pcihole.kvm import Kvm
 from pcihole.layout import RECURSIVE_RESULTS_OFFSET
-from pcihole.machine import MachineOptions, PciMachine, shared_hole_memory_bytes
+from pcihole.machine import MachineOptions
+from pcihole.machine.runloop import RunResult
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
-from pcihole.vmm.runloop import RunResult
 
 MODES = {"brute": 0, "recursive": 1, "both": 2}
 RECORD = struct.Struct("<IIII")

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pcihole import layout
-from pcihole.vmm.guestvm import GuestVm
+from pcihole.guest.vm import GuestVm
 
 HANG_SECONDS = 300.0
 """Past this a thread, guest or child is hung (a hang guard, never a speed check)."""

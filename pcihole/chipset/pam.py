@@ -13,7 +13,7 @@ the upper. Each two-bit field is a mode:
 
 Firmware (SeaBIOS's ``make_bios_writable``/``make_bios_readonly``) writes 0x30/0x33 to
 copy itself into RAM and 0x10/0x11/0x31 to lock it. Nothing here touches the VM: the
-machine turns ``runs()`` into memslots (``pcihole.vmm.shadow``).
+machine turns ``runs()`` into memslots (``pcihole.machine.shadow``).
 """
 
 from __future__ import annotations

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcihole import layout
-from pcihole.boot import BootError, BootMachine, check_image
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range
 from pcihole.errors import BadInput
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
+from pcihole.machine.firmware import BootError, BootMachine, check_image
 from pcihole.pci.devices import MODELS
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology

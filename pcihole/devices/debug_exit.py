@@ -8,6 +8,11 @@ DEBUG_EXIT_SIZE = 4
 """Ports the device decodes (QEMU's iosize=4)."""
 
 
+def exit_status(value: int) -> int:
+    """The process exit status QEMU's isa-debug-exit gives for ``value`` (8 bits of it)."""
+    return ((value << 1) | 1) & 0xFF
+
+
 class DebugExit:
     """A write of ``value`` ends the machine with status ``(value << 1) | 1``, as QEMU's
     process does; only the first write counts. Reads answer 0."""

@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 
 from pcihole import layout
-from pcihole.boot import (
-    GUEST_STOPPED_STATUS,
-    BootMachine,
-)
 from pcihole.chipset.mch import decode_pciexbar
 from pcihole.cli import main
 from pcihole.errors import USAGE_STATUS
 from pcihole.guest.firmware import FirmwareOptions, build_firmware, exit_status, parse_output
 from pcihole.kvm import Kvm
+from pcihole.machine.firmware import (
+    GUEST_STOPPED_STATUS,
+    BootMachine,
+)
 from pcihole.pci.devices import PCIEXBAR
 from pcihole.pci.ecam import encode_config_address
 from pcihole.pci.topology import Topology

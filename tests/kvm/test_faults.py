@@ -24,6 +24,8 @@ from typing import Any
 import pytest
 
 from pcihole import layout
+from pcihole.guest import vm as guestvm
+from pcihole.guest.machine import PciMachine
 from pcihole.holes import source as source_mod
 from pcihole.holes.memory import shared_hole_memory
 from pcihole.holes.planner import Run
@@ -32,12 +34,11 @@ from pcihole.holes.source import REQUIRED_SEALS, Backing, Seal, add_seals
 from pcihole.holes.strategy import SharedStrategy
 from pcihole.hostinfo import meminfo
 from pcihole.kvm import Kvm, KvmError, Vm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
 from pcihole.memory import GuestRam, SlotAllocator
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import MODELS
 from pcihole.pci.topology import Topology
-from pcihole.vmm import guestvm
 from tests.support import CHILD_ENV, HANG_SECONDS, join
 
 BUSES = 16
@@ -315,7 +316,8 @@ import json, os, sys
 from pcihole import layout
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.guest.machine import PciMachine
 from pcihole.pci.topology import Topology
 buses, backing, socket_path = int(sys.argv[1]), Backing(sys.argv[2]), sys.argv[3] or None
 params = [layout.ECAM_BASE, buses, 0, 0]  # brute force until a stop flag never raised
@@ -485,7 +487,8 @@ import json, os, sys
 from pcihole import layout
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.guest.machine import PciMachine
 from pcihole.pci.topology import Topology
 buses, passes = int(sys.argv[2]), int(sys.argv[3])
 options = MachineOptions(buses=buses, backing=Backing.MEMFD, socket_path=sys.argv[1])

@@ -9,10 +9,10 @@ import pytest
 
 from pcihole import layout
 from pcihole.guest.build import ASM_DIR
+from pcihole.guest.vm import GuestVm, run_all
 from pcihole.kvm import Kvm, KvmError, abi
+from pcihole.machine.runloop import GuestError, RunResult, StopReason
 from pcihole.memory import MemoryMapError, Region, RegionKind
-from pcihole.vmm.guestvm import GuestVm, run_all
-from pcihole.vmm.runloop import GuestError, RunResult, StopReason
 from tests.support import Worker, run_pcihole, wait_until
 
 

@@ -8,15 +8,15 @@ from dataclasses import dataclass
 import pytest
 
 from pcihole import layout
+from pcihole.guest.vm import GuestVm
 from pcihole.holes.memory import HoleMemory
 from pcihole.holes.planner import Run
 from pcihole.holes.slots import HoleSlotError, HoleSlots, HoleWrite, HoleWrites
 from pcihole.holes.source import AllOnesSource, Backing
 from pcihole.holes.strategy import FillStrategy, HoleStrategy, SharedStrategy, TrapStrategy
 from pcihole.kvm import Kvm, abi
+from pcihole.machine.runloop import RunResult, StopReason
 from pcihole.memory import MemoryMapError
-from pcihole.vmm.guestvm import GuestVm
-from pcihole.vmm.runloop import RunResult, StopReason
 from tests.support import Syncs, Worker, join, raise_stop_flag
 
 HOLE_BASE = layout.TEST_MMIO_BASE

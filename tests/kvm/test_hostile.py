@@ -22,9 +22,11 @@ from pathlib import Path
 import pytest
 
 from pcihole import layout
+from pcihole.guest.machine import PciMachine
 from pcihole.holes.slots import HoleWrite
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.machine.runloop import RunResult, StopReason
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import (
     CLASS_CODE,
@@ -36,7 +38,6 @@ from pcihole.pci.config import (
 from pcihole.pci.devices import MODELS
 from pcihole.pci.topology import Topology
 from pcihole.scan import RECORD, RECURSIVE_RESULTS_OFFSET
-from pcihole.vmm.runloop import RunResult, StopReason
 from tests.model_masks import PlainConfig, plain_config
 from tests.support import Syncs, Worker, join, raise_stop_flag
 

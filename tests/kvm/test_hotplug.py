@@ -18,13 +18,14 @@ import pytest
 
 from pcihole import hostmem, layout
 from pcihole.guest.build import ASM_DIR
+from pcihole.guest.machine import PciMachine
 from pcihole.holes.planner import Run
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.machine.runloop import RunResult, StopReason
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.topology import Topology, parse_device_spec
-from pcihole.vmm.runloop import RunResult, StopReason
 from tests.support import HANG_SECONDS
 
 BASE = [

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import pytest
 
 from pcihole import layout
+from pcihole.guest.machine import PciMachine
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import BAR0, COMMAND, STATUS, VENDOR_ID
 from pcihole.pci.ecam import encode_config_address

@@ -80,7 +80,8 @@ from pcihole import layout
 from pcihole.holes.accounting import resident_bytes
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.guest.machine import PciMachine
 from pcihole.pci.topology import Topology
 options = MachineOptions(buses=8, strategy="shared", backing=Backing.MEMFD, socket_path=sys.argv[1])
 with Kvm() as kvm:

@@ -24,16 +24,17 @@ from collections.abc import Iterator
 import pytest
 
 from pcihole import hostmem, layout
+from pcihole.guest.machine import PciMachine
+from pcihole.guest.vm import run_all
 from pcihole.holes.memory import HoleMemory
 from pcihole.holes.service import REQUEST, connect, serve
 from pcihole.holes.source import AllOnesSource, Backing
 from pcihole.holes.strategy import SharedStrategy
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
+from pcihole.machine.runloop import StopReason
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
-from pcihole.vmm.guestvm import run_all
-from pcihole.vmm.runloop import StopReason
 from tests.model_masks import plain_config
 from tests.support import CHILD_ENV, HANG_SECONDS, join
 

@@ -9,8 +9,8 @@ import pytest
 
 from pcihole.chipset import pam
 from pcihole.kvm import Kvm, abi
+from pcihole.machine.shadow import ShadowMemory, pci_side
 from pcihole.memory import GuestRam, SlotAllocator
-from pcihole.vmm.shadow import ShadowMemory, pci_side
 
 IMAGE = bytes(range(256)) * 512  # 128 KiB, each byte knows its offset
 

@@ -13,13 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from pcihole import hostmem
 from pcihole.holes import source as source_mod
 from pcihole.holes.service import connect
 from pcihole.holes.source import Backing, HoleSourceError, reserve_huge_pages
-
-REPO_ROOT = str(Path(hostmem.__file__).resolve().parent.parent)
-CHILD_ENV = {**os.environ, "PYTHONPATH": REPO_ROOT}
+from tests.support import CHILD_ENV
 
 
 class FakePool:

@@ -10,12 +10,12 @@ from pcihole.devices.dma import FlatMemory
 from pcihole.devices.msix import MsixTable
 from pcihole.devices.nvme import Nvme
 from pcihole.devices.virtio_pci import VirtioLegacyIo, VirtioPci
-from pcihole.machine_bars import BarDecoder, backends_for, bridges_above
+from pcihole.machine.bars import BarDecoder, backends_for, bridges_above
+from pcihole.machine.bus import Bus
 from pcihole.memory import MemoryMap, Region, RegionKind
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import COMMAND, MEMORY_BASE, MEMORY_LIMIT
 from pcihole.pci.devices import MODELS, Function
-from pcihole.vmm.bus import Bus
 
 NVME_BDF = Bdf(1, 0, 0)
 PORT_BDF = Bdf(0, 2, 0)

@@ -17,20 +17,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pcihole import layout
+from pcihole.devices.debug_exit import exit_status
 from pcihole.guest.build import GuestBuildError, build_flat
+from pcihole.layout import IMAGE_ALIGN, MAX_IMAGE_SIZE
 
 FIRMWARE_DIR = Path(__file__).parent
-IMAGE_ALIGN = 64 * layout.KiB
-"""QEMU takes a -bios image only in whole 64 KiB units."""
-MAX_IMAGE_SIZE = 16 * layout.MiB
-"""Images stay clear of the real-mode TSS pages KVM may use just below 0xff000000."""
 FAIL_VALUE = 0x7F
 """What the firmware writes to debug-exit after an exception: status 255."""
-
-
-def exit_status(value: int) -> int:
-    """The process exit status QEMU's isa-debug-exit gives for ``value`` (8 bits of it)."""
-    return ((value << 1) | 1) & 0xFF
 
 
 @dataclass(frozen=True)

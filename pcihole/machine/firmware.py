@@ -30,11 +30,10 @@ from pcihole.arch.x86.cpuid import boot_cpuid
 from pcihole.arch.x86.reset import prepare_real_mode
 from pcihole.chipset.mch import Mch
 from pcihole.closing import Closeable
-from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit
+from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit, exit_status
 from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
 from pcihole.devices.rom import RomDevice
 from pcihole.errors import BadInput
-from pcihole.guest.firmware import IMAGE_ALIGN, MAX_IMAGE_SIZE, exit_status
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
 from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vm, abi
@@ -45,10 +44,10 @@ from pcihole.machine import (
     MachineError,
     MachineOptions,
 )
+from pcihole.machine.bus import Bus, BusError
+from pcihole.machine.runloop import RunLoop, RunResult
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.topology import Topology
-from pcihole.vmm.bus import Bus, BusError
-from pcihole.vmm.runloop import RunLoop, RunResult
 
 GUEST_STOPPED_STATUS = 70
 """Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
@@ -155,7 +154,7 @@ class BootVm(Closeable):
 
 def check_image(image: bytes) -> None:
     """Refuse what QEMU's -bios refuses (whole 64 KiB units), and images over 16 MiB."""
-    if not image or len(image) % IMAGE_ALIGN or len(image) > MAX_IMAGE_SIZE:
+    if not image or len(image) % layout.IMAGE_ALIGN or len(image) > layout.MAX_IMAGE_SIZE:
         raise BootError(
             f"a firmware image must be a multiple of 64 KiB up to 16 MiB, not {len(image)} bytes"
         )

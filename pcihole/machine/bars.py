@@ -30,13 +30,13 @@ from pcihole.devices.irq import IrqLine, no_irq
 from pcihole.devices.msix import MsixTable
 from pcihole.devices.nvme import Nvme
 from pcihole.devices.virtio_pci import KINDS, VirtioPci
+from pcihole.machine.bus import Bus, BusDevice, BusError
 from pcihole.memory import MemoryMap, MemoryMapError, Region, RegionKind
 from pcihole.pci.bars import DecodedBar, Space, decoded_bars
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.capabilities import CapabilityId
 from pcihole.pci.config import BarKind, ConfigSpace
 from pcihole.pci.devices import Function
-from pcihole.vmm.bus import Bus, BusDevice, BusError
 
 BarKey = tuple[Bdf, int]
 """(function, BAR index)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pcihole import layout
 from pcihole.errors import EnvironmentProblem
 from pcihole.kvm import CoalescedWrite, Vcpu, exits
-from pcihole.vmm.bus import Bus
+from pcihole.machine.bus import Bus
 
 REPORT_SYNC = 1
 REPORT_DONE = 2

@@ -15,9 +15,9 @@ from pcihole.closing import Closeable
 from pcihole.guest import longmode
 from pcihole.guest.build import GuestProgram, build
 from pcihole.kvm import CoalescedWrite, Kvm, Vm
+from pcihole.machine.bus import Bus
+from pcihole.machine.runloop import RunLoop, RunResult
 from pcihole.memory import GuestRam, MemoryMap, Region, RegionKind, SlotAllocator
-from pcihole.vmm.bus import Bus
-from pcihole.vmm.runloop import RunLoop, RunResult
 
 
 class GuestVm(Closeable):

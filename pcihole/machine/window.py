@@ -14,21 +14,20 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from pcihole import layout
 from pcihole.bits import all_ones
-from pcihole.closing import Closeable
 from pcihole.errors import BadInput
-from pcihole.guest.build import GuestProgram
-from pcihole.holes.accounting import resident_bytes
 from pcihole.holes.planner import Run, hole_runs
 from pcihole.holes.slots import HoleSlots, HoleWrites
 from pcihole.holes.source import Backing
 from pcihole.holes.strategy import HoleStrategy, make_strategy
-from pcihole.kvm import CoalescedWrite, Kvm, Vm, abi
+from pcihole.kvm import CoalescedWrite, Vm, abi
+from pcihole.machine.bus import Bus
+from pcihole.machine.runloop import RunLoop
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import ACCESS_SIZES, ConfigSpace
@@ -36,9 +35,6 @@ from pcihole.pci.devices import Function
 from pcihole.pci.ecam import ConfigMechanism1
 from pcihole.pci.routing import BridgeState, Routing, bridge_state, route
 from pcihole.pci.topology import Topology
-from pcihole.vmm.bus import Bus
-from pcihole.vmm.guestvm import GuestVm
-from pcihole.vmm.runloop import RunLoop, RunResult
 
 PRESENT_MODES = ("mirror", "trap")
 
@@ -480,81 +476,9 @@ CONFIG_PORTS = 8
 """CF8-CFF."""
 
 
-class PciMachine(Closeable):
-    """One VM: RAM, a guest program in long mode, an ECAM window, CF8/CFC ports."""
-
-    def __init__(
-        self,
-        kvm: Kvm,
-        topology: Topology,
-        options: MachineOptions,
-        program: str | GuestProgram = "scan",
-        params: Sequence[int] = (),
-        name: str = "vm",
-    ) -> None:
-        self.options = options
-        self.topology = topology
-        self.guest = GuestVm(kvm, program, ring=options.ring, params=params, name=name)
-        try:
-            self.window = EcamWindow(self.guest, topology, options)
-            self.legacy = LegacyConfigPorts(self.window)
-            self.guest.ports.add(
-                layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config-ports"
-            )
-        except BaseException:
-            self.guest.close()
-            raise
-
-    @property
-    def ecam(self) -> EcamDevice:
-        return self.window.ecam
-
-    @property
-    def hole_writes(self) -> HoleWrites:
-        return self.window.hole_writes
-
-    @property
-    def strategy(self) -> HoleStrategy | None:
-        return self.window.strategy
-
-    @property
-    def memslots(self) -> int:
-        return self.window.memslots
-
-    def hot_plug(self, function: Function) -> None:
-        self.window.hot_plug(function)
-
-    def hot_unplug(self, bdf: Bdf) -> None:
-        self.window.hot_unplug(bdf)
-
-    def run(self, max_exits: int | None = None) -> RunResult:
-        return self.guest.run(max_exits)
-
-    def request_stop(self) -> None:
-        self.guest.request_stop()
-
-    def report(self) -> MachineReport:
-        return self.window.report()
-
-    def close(self) -> None:
-        self.window.close()
-        self.guest.close()
-
-
-def shared_hole_memory_bytes(machines: Sequence[PciMachine]) -> int:
-    """Host bytes behind the hole memory shared by ``machines`` (counted once)."""
-    ranges: dict[tuple[int, int], None] = {}
-    for machine in machines:
-        if machine.strategy is not None:
-            for item in machine.strategy.shared_ranges():
-                ranges[item] = None
-    return resident_bytes(ranges)
-
-
 __all__ = [
     "ConfigExits",
     "MachineError",
     "MachineOptions",
     "MemoryMapError",
-    "PciMachine",
 ]

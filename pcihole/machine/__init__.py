@@ -1,0 +1,30 @@
+"""The machine: buses, the run loop, the ECAM window, and the one builder.
+
+``window`` covers a VM's ECAM window (mirrors, hole slots, the device beneath); ``bus``
+and ``runloop`` carry exits to devices; ``firmware`` is the firmware machine
+(``pcihole boot``); ``bars`` places BAR register blocks; ``shadow`` applies PAM.
+"""
+
+from pcihole.machine.window import (
+    CONFIG_PORTS,
+    PRESENT_MODES,
+    ConfigExits,
+    EcamDevice,
+    EcamWindow,
+    LegacyConfigPorts,
+    MachineError,
+    MachineOptions,
+    MachineReport,
+)
+
+__all__ = [
+    "CONFIG_PORTS",
+    "PRESENT_MODES",
+    "ConfigExits",
+    "EcamDevice",
+    "EcamWindow",
+    "LegacyConfigPorts",
+    "MachineError",
+    "MachineOptions",
+    "MachineReport",
+]

@@ -1,1 +1,0 @@
-"""The monitor's moving parts: device buses, the run loop, a VM with one vCPU in one call."""
