@@ -9,8 +9,9 @@ from __future__ import annotations
 import pytest
 
 from pcihole import layout
+from pcihole.guest.machine import PciMachine
 from pcihole.kvm import Kvm
-from pcihole.machine import MachineOptions, PciMachine
+from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import SECONDARY_BUS, SUBORDINATE_BUS
 from pcihole.pci.ecam import encode_config_address
