@@ -19,13 +19,16 @@ class CapabilityId(enum.IntEnum):
     MSI = 0x05
     VENDOR_SPECIFIC = 0x09
     PCI_EXPRESS = 0x10
+    BRIDGE_SUBSYSTEM_VENDOR_ID = 0x0D
     MSIX = 0x11
+    SATA = 0x12
 
 
 class ExtendedCapabilityId(enum.IntEnum):
     """IDs of the PCI Express extended capabilities that start at 0x100."""
 
     ADVANCED_ERROR_REPORTING = 0x0001
+    ACCESS_CONTROL_SERVICES = 0x000D
 
 
 class PortType(enum.IntEnum):
@@ -65,10 +68,26 @@ PM_NO_SOFT_RESET = 0x8
 """Going D3hot to D0 keeps the registers, so the guest need not restore them."""
 
 
-def add_power_management(config: ConfigSpace) -> int:
-    offset = config.add_capability(CapabilityId.POWER_MANAGEMENT, PM_LENGTH)
+def add_power_management(
+    config: ConfigSpace, offset: int | None = None, *, no_soft_reset: bool = False
+) -> int:
+    """As QEMU's ``pci_pm_init``: version 1.2, only the power state writable."""
+    offset = config.add_capability(CapabilityId.POWER_MANAGEMENT, PM_LENGTH, offset)
     config.define(offset + PM_CAPABILITIES, 2, PM_VERSION_1_2)
-    config.define(offset + PM_CONTROL_STATUS, 2, PM_NO_SOFT_RESET, writable=PM_POWER_STATE_MASK)
+    control = PM_NO_SOFT_RESET if no_soft_reset else 0
+    config.define(offset + PM_CONTROL_STATUS, 2, control, writable=PM_POWER_STATE_MASK)
+    return offset
+
+
+# -- Bridge subsystem vendor ID ----------------------------------------------------------
+SSVID_LENGTH = 8
+
+
+def add_bridge_subsystem(config: ConfigSpace, vendor: int, device: int, offset: int) -> int:
+    """Subsystem IDs of a type 1 header, which has no room for them (QEMU's
+    ``pci_bridge_ssvid_init``)."""
+    offset = config.add_capability(CapabilityId.BRIDGE_SUBSYSTEM_VENDOR_ID, SSVID_LENGTH, offset)
+    config.define(offset + 4, 4, vendor | device << 16)
     return offset
 
 
@@ -87,6 +106,7 @@ PCIE_SLOT_CONTROL = 0x18
 PCIE_SLOT_STATUS = 0x1A
 PCIE_ROOT_CONTROL = 0x1C
 PCIE_ROOT_STATUS = 0x20
+PCIE_DEVICE_CAPABILITIES_2 = 0x24
 PCIE_DEVICE_CONTROL_2 = 0x28
 PCIE_LINK_CAPABILITIES_2 = 0x2C
 PCIE_LINK_CONTROL_2 = 0x30
@@ -94,77 +114,115 @@ PCIE_LINK_CONTROL_2 = 0x30
 PCIE_CAP_VERSION_2 = 0x2
 PCIE_CAP_SLOT_IMPLEMENTED = 0x0100
 PCIE_DEVCAP_ROLE_BASED_ERRORS = 0x8000
-PCIE_DEVCTL_DEFAULT = 0x2810
-"""Relaxed ordering, no snoop, 512-byte max read request: what firmware leaves."""
-PCIE_DEVCTL_WRITABLE = 0x7FFF
+PCIE_DEVCAP_FLR = 0x1000_0000
+PCIE_DEVCTL_ERROR_REPORTING = 0x000F
+"""Correctable, non-fatal, fatal, unsupported request reporting enables (root ports)."""
 PCIE_DEVSTA_W1C = 0x000F
 """Correctable, non-fatal, fatal, unsupported request detected."""
 PCIE_DEVSTA_NON_FATAL = 0x0002
 PCIE_DEVSTA_UNSUPPORTED_REQUEST = 0x0008
 PCIE_LINK_2_5GT_X1 = 0x0011
 """Speed 1 (2.5 GT/s) in bits 3:0, width x1 in bits 9:4 (link capabilities and status)."""
-PCIE_LINKCAP_DLL_ACTIVE_REPORTING = 0x0010_0000
-PCIE_LINKCAP_PORT_NUMBER_SHIFT = 24
-PCIE_LNKCTL_PORT_WRITABLE = 0x00DB
-"""ASPM, read completion boundary, link disable, common clock, extended synch."""
-PCIE_LNKCTL_ENDPOINT_WRITABLE = 0x00CB
-"""As for ports, without link disable (reserved in endpoints)."""
-PCIE_SLOTCAP_HOTPLUG = 0x007B
-"""Attention button, power controller, both indicators, hot-plug surprise and capable."""
+PCIE_LINKCAP_ENDPOINT = 0x0000_0411
+"""2.5 GT/s x1, L0s: what QEMU's endpoints advertise."""
+PCIE_LINKCAP_ROOT_PORT = 0x0030_0604
+"""QEMU's pcie-root-port (x-speed=16, x-width=32): 16 GT/s x32, link-active and bandwidth
+notification reporting."""
+PCIE_LNKSTA_ROOT_PORT_EMPTY = 0x0204
+"""An empty port's link status shows its own maximum: 16 GT/s x32."""
+PCIE_LNKCTL_COMMON_CLOCK_EXT_SYNCH = 0x00C0
+"""What ``pcie_cap_lnkctl_init`` makes writable (virtio devices call it)."""
+PCIE_LINKCAP2_ROOT_PORT = 0x1E
+"""Supported speeds 2.5 to 16 GT/s."""
+PCIE_LNKCTL2_ROOT_PORT = 0x0004
+"""Target link speed 16 GT/s (read-only in QEMU)."""
+PCIE_DEVCAP2_ENDPOINT = 0x0030_0000
+"""Extended fmt field and end-end TLP prefix supported."""
+PCIE_DEVCAP2_ARI = 0x0000_0020
+PCIE_DEVCTL2_PREFIX_BLOCKING = 0x8000
+PCIE_DEVCTL2_ARI = 0x0020
+PCIE_SLOTCAP_ROOT_PORT = 0x0002_007B
+"""Attention button, power controller, both indicators, hot-plug surprise and capable,
+electromechanical interlock (QEMU's ``pcie_cap_slot_init``)."""
 PCIE_SLOTCAP_SLOT_NUMBER_SHIFT = 19
-PCIE_SLOTCTL_DEFAULT = 0x01C0
-"""Power indicator on, attention indicator off."""
-PCIE_SLOTCTL_WRITABLE = 0x17FF
-PCIE_SLOTSTA_W1C = 0x011F
-"""Button pressed, power fault, MRL changed, presence changed, command completed, DLL."""
+PCIE_SLOTCTL_OCCUPIED = 0x01C0
+"""Power indicator on, attention indicator off, power on: QEMU's reset of a full slot."""
+PCIE_SLOTCTL_EMPTY = 0x07C0
+"""Power indicator off, attention indicator off, power controller off: an empty slot."""
+PCIE_SLOTCTL_WRITABLE = 0x07F9
+PCIE_SLOTSTA_W1C = 0x0119
+"""Attention button, presence changed, command completed, link state changed."""
 PCIE_SLOTSTA_PRESENCE_CHANGED = 0x0008
 PCIE_SLOTSTA_PRESENCE_DETECT = 0x0040
 PCIE_SLOTSTA_DLL_CHANGED = 0x0100
 PCIE_LNKSTA_DLL_ACTIVE = 0x2000
-PCIE_ROOTCTL_WRITABLE = 0x001F
+PCIE_ROOTCTL_WRITABLE = 0x0007
 PCIE_ROOTSTA_PME_STATUS = 0x0001_0000
-PCIE_DEVCTL2_WRITABLE = 0x001F
-"""Completion timeout value and disable."""
-PCIE_LINKCAP2_2_5GT = 0x0002
-PCIE_LNKCTL2_WRITABLE = 0x000F
 
 
-def add_pci_express(config: ConfigSpace, port_type: PortType, *, slot: int | None = None) -> int:
-    """PCI Express capability; ``slot`` makes a root/downstream port a hot-plug slot."""
-    offset = config.add_capability(CapabilityId.PCI_EXPRESS, PCIE_LENGTH)
+def _pcie_header(config: ConfigSpace, port_type: PortType, offset: int, devcap: int) -> int:
+    offset = config.add_capability(CapabilityId.PCI_EXPRESS, PCIE_LENGTH, offset)
     capabilities = PCIE_CAP_VERSION_2 | port_type << 4
-    if slot is not None:
+    if port_type.is_root_port:
         capabilities |= PCIE_CAP_SLOT_IMPLEMENTED
     config.define(offset + PCIE_CAPABILITIES, 2, capabilities)
-    config.define(offset + PCIE_DEVICE_CAPABILITIES, 4, PCIE_DEVCAP_ROLE_BASED_ERRORS)
-    config.define(
-        offset + PCIE_DEVICE_CONTROL, 2, PCIE_DEVCTL_DEFAULT, writable=PCIE_DEVCTL_WRITABLE
-    )
+    config.define(offset + PCIE_DEVICE_CAPABILITIES, 4, devcap)
+    return offset
+
+
+def add_pcie_endpoint(
+    config: ConfigSpace,
+    offset: int,
+    *,
+    integrated: bool,
+    link_control: bool = False,
+) -> int:
+    """An endpoint's PCI Express capability as QEMU's ``pcie_endpoint_cap_init`` leaves it.
+
+    ``integrated``: on the root bus, a root-complex integrated endpoint (QEMU still fills in
+    the link registers). ``link_control``: common clock and extended synch writable, as
+    virtio's ``pcie_cap_lnkctl_init``. Function-level reset is advertised; writing its bit
+    reads back 0.
+    """
+    port_type = PortType.ROOT_COMPLEX_INTEGRATED_ENDPOINT if integrated else PortType.ENDPOINT
+    devcap = PCIE_DEVCAP_ROLE_BASED_ERRORS | PCIE_DEVCAP_FLR
+    offset = _pcie_header(config, port_type, offset, devcap)
     config.define(offset + PCIE_DEVICE_STATUS, 2, 0, w1c=PCIE_DEVSTA_W1C)
-    config.define(offset + PCIE_DEVICE_CONTROL_2, 2, 0, writable=PCIE_DEVCTL2_WRITABLE)
-    if port_type.has_link:
-        link_capabilities = PCIE_LINK_2_5GT_X1
-        link_control = PCIE_LNKCTL_ENDPOINT_WRITABLE
-        if port_type.is_root_port:
-            link_capabilities |= PCIE_LINKCAP_DLL_ACTIVE_REPORTING
-            link_control = PCIE_LNKCTL_PORT_WRITABLE
-        config.define(offset + PCIE_LINK_CAPABILITIES, 4, link_capabilities)
-        config.define(offset + PCIE_LINK_CONTROL, 2, 0, writable=link_control)
-        config.define(offset + PCIE_LINK_STATUS, 2, PCIE_LINK_2_5GT_X1)
-        config.define(offset + PCIE_LINK_CAPABILITIES_2, 4, PCIE_LINKCAP2_2_5GT)
-        config.define(offset + PCIE_LINK_CONTROL_2, 2, 1, writable=PCIE_LNKCTL2_WRITABLE)
-    if slot is not None:
-        if not 0 <= slot < 1 << 13:
-            raise ConfigSpaceError(f"physical slot number {slot} does not fit in 13 bits")
-        slot_capabilities = PCIE_SLOTCAP_HOTPLUG | slot << PCIE_SLOTCAP_SLOT_NUMBER_SHIFT
-        config.define(offset + PCIE_SLOT_CAPABILITIES, 4, slot_capabilities)
-        config.define(
-            offset + PCIE_SLOT_CONTROL, 2, PCIE_SLOTCTL_DEFAULT, writable=PCIE_SLOTCTL_WRITABLE
-        )
-        config.define(offset + PCIE_SLOT_STATUS, 2, 0, w1c=PCIE_SLOTSTA_W1C)
-    if port_type.is_root_port:
-        config.define(offset + PCIE_ROOT_CONTROL, 2, 0, writable=PCIE_ROOTCTL_WRITABLE)
-        config.define(offset + PCIE_ROOT_STATUS, 4, 0, w1c=PCIE_ROOTSTA_PME_STATUS)
+    config.define(offset + PCIE_LINK_CAPABILITIES, 4, PCIE_LINKCAP_ENDPOINT)
+    writable = PCIE_LNKCTL_COMMON_CLOCK_EXT_SYNCH if link_control else 0
+    config.define(offset + PCIE_LINK_CONTROL, 2, 0, writable=writable)
+    config.define(offset + PCIE_LINK_STATUS, 2, PCIE_LINK_2_5GT_X1)
+    config.define(offset + PCIE_DEVICE_CAPABILITIES_2, 4, PCIE_DEVCAP2_ENDPOINT)
+    config.define(offset + PCIE_DEVICE_CONTROL_2, 2, 0, writable=PCIE_DEVCTL2_PREFIX_BLOCKING)
+    return offset
+
+
+def add_pcie_root_port(config: ConfigSpace, offset: int, *, slot: int) -> int:
+    """QEMU's ``pcie-root-port`` PCI Express capability with hot-plug slot ``slot``, empty.
+
+    ``set_slot_occupied`` shows a card in it.
+    """
+    if not 0 <= slot < 1 << 13:
+        raise ConfigSpaceError(f"physical slot number {slot} does not fit in 13 bits")
+    offset = _pcie_header(config, PortType.ROOT_PORT, offset, PCIE_DEVCAP_ROLE_BASED_ERRORS)
+    config.define(offset + PCIE_DEVICE_CONTROL, 2, 0, writable=PCIE_DEVCTL_ERROR_REPORTING)
+    config.define(offset + PCIE_DEVICE_STATUS, 2, 0, w1c=PCIE_DEVSTA_W1C)
+    config.define(offset + PCIE_LINK_CAPABILITIES, 4, PCIE_LINKCAP_ROOT_PORT)
+    config.define(offset + PCIE_LINK_STATUS, 2, PCIE_LNKSTA_ROOT_PORT_EMPTY)
+    slot_capabilities = PCIE_SLOTCAP_ROOT_PORT | slot << PCIE_SLOTCAP_SLOT_NUMBER_SHIFT
+    config.define(offset + PCIE_SLOT_CAPABILITIES, 4, slot_capabilities)
+    config.define(
+        offset + PCIE_SLOT_CONTROL, 2, PCIE_SLOTCTL_EMPTY, writable=PCIE_SLOTCTL_WRITABLE
+    )
+    config.define(offset + PCIE_SLOT_STATUS, 2, 0, w1c=PCIE_SLOTSTA_W1C)
+    config.define(offset + PCIE_ROOT_CONTROL, 2, 0, writable=PCIE_ROOTCTL_WRITABLE)
+    config.define(offset + PCIE_ROOT_STATUS, 4, 0, w1c=PCIE_ROOTSTA_PME_STATUS)
+    capabilities_2 = PCIE_DEVCAP2_ENDPOINT | PCIE_DEVCAP2_ARI
+    config.define(offset + PCIE_DEVICE_CAPABILITIES_2, 4, capabilities_2)
+    writable = PCIE_DEVCTL2_PREFIX_BLOCKING | PCIE_DEVCTL2_ARI
+    config.define(offset + PCIE_DEVICE_CONTROL_2, 2, 0, writable=writable)
+    config.define(offset + PCIE_LINK_CAPABILITIES_2, 4, PCIE_LINKCAP2_ROOT_PORT)
+    config.define(offset + PCIE_LINK_CONTROL_2, 2, PCIE_LNKCTL2_ROOT_PORT)
     return offset
 
 
@@ -185,21 +243,36 @@ def has_slot(config: ConfigSpace) -> bool:
 
 
 def set_slot_occupied(config: ConfigSpace, occupied: bool, *, announce: bool) -> bool:
-    """Show whether a card sits in this port's slot (presence detect, link active).
+    """Show whether a card sits in this port's slot.
 
-    ``announce`` also raises the "changed" bits a hot-plug driver waits for; leave it off
-    for devices present from power-on. Returns whether any register changed.
+    Cold plug (``announce`` off) leaves what QEMU shows after reset: slot power on and
+    the card's link speed when occupied, power off and the port's own speed when empty,
+    no presence bits (QEMU q35 hot-plugs through ACPI, so its slot status stays 0). Hot
+    plug also sets presence detect and link active, and raises the "changed" bits a
+    native hot-plug driver waits for. Returns whether any register changed.
     """
     offset = config.find_capability(CapabilityId.PCI_EXPRESS)
     if offset is None or not has_slot(config):
         raise ConfigSpaceError("the function has no PCI Express slot")
+    control = PCIE_SLOTCTL_OCCUPIED if occupied else PCIE_SLOTCTL_EMPTY
+    link = PCIE_LINK_2_5GT_X1 if occupied else PCIE_LNKSTA_ROOT_PORT_EMPTY
+    changed = _force(config, offset + PCIE_SLOT_CONTROL, control)
+    changed |= _force(config, offset + PCIE_LINK_STATUS, link)
+    if not announce:
+        return changed
     update = config.set_bits if occupied else config.clear_bits
-    changed = update(offset + PCIE_SLOT_STATUS, 2, PCIE_SLOTSTA_PRESENCE_DETECT)
-    changed |= update(offset + PCIE_LINK_STATUS, 2, PCIE_LNKSTA_DLL_ACTIVE)
-    if changed and announce:
+    presence = update(offset + PCIE_SLOT_STATUS, 2, PCIE_SLOTSTA_PRESENCE_DETECT)
+    presence |= update(offset + PCIE_LINK_STATUS, 2, PCIE_LNKSTA_DLL_ACTIVE)
+    if changed or presence:
         events = PCIE_SLOTSTA_PRESENCE_CHANGED | PCIE_SLOTSTA_DLL_CHANGED
         config.set_bits(offset + PCIE_SLOT_STATUS, 2, events)
-    return changed
+    return changed or presence
+
+
+def _force(config: ConfigSpace, offset: int, value: int) -> bool:
+    """Hardware sets a 16-bit register to ``value`` whatever its masks. Changed?"""
+    changed = config.clear_bits(offset, 2, ~value & 0xFFFF)
+    return config.set_bits(offset, 2, value) or changed
 
 
 # -- MSI and MSI-X ---------------------------------------------------------------------
@@ -221,6 +294,7 @@ def add_msix(
     table_offset: int,
     pba_bar: int,
     pba_offset: int,
+    offset: int | None = None,
 ) -> int:
     """MSI-X with its table and pending-bit array inside memory BARs the model defined."""
     if not 1 <= vectors <= MSIX_MAX_VECTORS:
@@ -240,7 +314,7 @@ def add_msix(
     table_end = table_offset + vectors * MSIX_ENTRY_SIZE
     if table_bar == pba_bar and table_offset < pba_offset + pba_size and pba_offset < table_end:
         raise ConfigSpaceError("MSI-X table and PBA overlap")
-    offset = config.add_capability(CapabilityId.MSIX, MSIX_LENGTH)
+    offset = config.add_capability(CapabilityId.MSIX, MSIX_LENGTH, offset)
     config.define(offset + MSIX_CONTROL, 2, vectors - 1, writable=MSIX_CONTROL_WRITABLE)
     config.define(offset + MSIX_TABLE, 4, table_offset | table_bar)
     config.define(offset + MSIX_PBA, 4, pba_offset | pba_bar)
@@ -255,19 +329,24 @@ MSI_DATA_64BIT = 12
 MSI_CONTROL_64BIT = 0x0080
 MSI_CONTROL_WRITABLE = 0x0071
 """MSI enable (bit 0) and multiple message enable (bits 6:4)."""
+MSI_ENABLE = 0x0001
 
 
-def add_msi(config: ConfigSpace, vectors: int = 1) -> int:
-    """64-bit MSI without per-vector masking; ``vectors`` a power of two up to 32."""
+def add_msi(config: ConfigSpace, vectors: int = 1, offset: int | None = None) -> int:
+    """64-bit MSI without per-vector masking; ``vectors`` a power of two up to 32.
+
+    With one vector only the enable bit is writable: QEMU clamps multiple message enable
+    to what is capable, which for one vector is a read-only 0.
+    """
     if vectors not in (1, 2, 4, 8, 16, 32):
         raise ConfigSpaceError(f"MSI vectors {vectors} is not a power of two up to 32")
-    offset = config.add_capability(CapabilityId.MSI, MSI_64BIT_LENGTH)
+    offset = config.add_capability(CapabilityId.MSI, MSI_64BIT_LENGTH, offset)
     multiple_message_capable = (vectors.bit_length() - 1) << 1
     config.define(
         offset + MSI_CONTROL,
         2,
         MSI_CONTROL_64BIT | multiple_message_capable,
-        writable=MSI_CONTROL_WRITABLE,
+        writable=MSI_ENABLE if vectors == 1 else MSI_CONTROL_WRITABLE,
     )
     config.define(offset + MSI_ADDRESS_LOW, 4, 0, writable=0xFFFFFFFC)
     config.define(offset + MSI_ADDRESS_HIGH, 4, 0, writable=0xFFFFFFFF)
@@ -275,9 +354,9 @@ def add_msi(config: ConfigSpace, vectors: int = 1) -> int:
     return offset
 
 
-def add_vendor_specific(config: ConfigSpace, body: bytes) -> int:
+def add_vendor_specific(config: ConfigSpace, body: bytes, offset: int | None = None) -> int:
     """A vendor-specific capability: ID, next, length byte, then ``body`` (read-only)."""
-    offset = config.add_capability(CapabilityId.VENDOR_SPECIFIC, 3 + len(body))
+    offset = config.add_capability(CapabilityId.VENDOR_SPECIFIC, 3 + len(body), offset)
     config.define(offset + 2, 1, 3 + len(body))
     if body:
         config.define(offset + 3, len(body), int.from_bytes(body, "little"))
@@ -296,34 +375,60 @@ AER_CORRECTABLE_MASK = 0x14
 AER_ROOT_COMMAND = 0x2C
 AER_ROOT_STATUS = 0x30
 
-AER_UNCORRECTABLE_BITS = 0x003F_F030
-"""Data link protocol, surprise down, poisoned TLP ... ACS violation (bits 4-5, 12-21)."""
-AER_UNCORRECTABLE_SEVERITY_DEFAULT = 0x0006_2030
-"""The specification's reset severities: DLP, surprise down, flow control, overflow, MTLP."""
+AER_CAPABILITIES_CONTROL = 0x18
+
+AER_UNCORRECTABLE_BITS = 0x03FF_F030
+"""QEMU's PCI_ERR_UNC_SUPPORTED: data link protocol ... TLP prefix blocked (bits 4-5, 12-25)."""
+AER_UNCORRECTABLE_SEVERITY_DEFAULT = 0x0046_2030
+"""QEMU's reset severities: DLP, surprise down, flow control, overflow, MTLP, ACS violation."""
 AER_UNSUPPORTED_REQUEST = 0x0010_0000
 AER_CORRECTABLE_BITS = 0xF1C1
-AER_CORRECTABLE_MASK_DEFAULT = 0x6000
-"""Advisory non-fatal and corrected internal errors start masked."""
+AER_CORRECTABLE_MASK_DEFAULT = 0xE000
+"""Advisory non-fatal, corrected internal and header log overflow start masked."""
+AER_ECRC_CAPABLE = 0x02A0
+"""ECRC generation and check capable, multiple header recording capable."""
+AER_ECRC_WRITABLE = 0x0540
+"""Their enables."""
 AER_ROOT_COMMAND_WRITABLE = 0x7
 AER_ROOT_STATUS_W1C = 0x7F
 
 
 def add_aer(config: ConfigSpace, *, root_port: bool = False) -> int:
-    """Advanced error reporting; root ports also get the root error command/status."""
+    """Advanced error reporting as QEMU's ``pcie_aer_init`` sets it (whose uncorrectable
+    mask is read-only); root ports also get the root error command/status."""
     offset = config.add_extended_capability(
         ExtendedCapabilityId.ADVANCED_ERROR_REPORTING, AER_VERSION, AER_LENGTH
     )
     bits = AER_UNCORRECTABLE_BITS
     config.define(offset + AER_UNCORRECTABLE_STATUS, 4, 0, w1c=bits)
-    config.define(offset + AER_UNCORRECTABLE_MASK, 4, 0, writable=bits)
     severity = AER_UNCORRECTABLE_SEVERITY_DEFAULT
     config.define(offset + AER_UNCORRECTABLE_SEVERITY, 4, severity, writable=bits)
     config.define(offset + AER_CORRECTABLE_STATUS, 4, 0, w1c=AER_CORRECTABLE_BITS)
     mask = AER_CORRECTABLE_MASK_DEFAULT
     config.define(offset + AER_CORRECTABLE_MASK, 4, mask, writable=AER_CORRECTABLE_BITS)
+    config.define(
+        offset + AER_CAPABILITIES_CONTROL, 4, AER_ECRC_CAPABLE, writable=AER_ECRC_WRITABLE
+    )
     if root_port:
         config.define(offset + AER_ROOT_COMMAND, 4, 0, writable=AER_ROOT_COMMAND_WRITABLE)
         config.define(offset + AER_ROOT_STATUS, 4, 0, w1c=AER_ROOT_STATUS_W1C)
+    return offset
+
+
+ACS_VERSION = 1
+ACS_LENGTH = 8
+ACS_CAPABILITIES = 0x005F
+"""Source validation, translation blocking, request and completion redirect, upstream
+forwarding, direct translated P2P (QEMU's ``pcie_acs_init`` for a root port)."""
+
+
+def add_acs(config: ConfigSpace) -> int:
+    """Access control services; the control bits match the capabilities and are writable."""
+    offset = config.add_extended_capability(
+        ExtendedCapabilityId.ACCESS_CONTROL_SERVICES, ACS_VERSION, ACS_LENGTH
+    )
+    config.define(offset + 4, 2, ACS_CAPABILITIES)
+    config.define(offset + 6, 2, 0, writable=ACS_CAPABILITIES)
     return offset
 
 

@@ -71,10 +71,15 @@ HEADER_TYPE_MULTIFUNCTION = 0x80
 STATUS_CAPABILITIES_LIST = 0x10
 STATUS_W1C = 0xF900
 """Master data parity, signalled/received target abort, master abort, SERR, parity error."""
-COMMAND_WRITABLE = 0x0547
-"""I/O space, memory space, bus master, parity response, SERR enable, INTx disable."""
-BRIDGE_CONTROL_WRITABLE = 0x007F
-"""Parity, SERR, ISA, VGA, VGA 16-bit, master abort mode, secondary bus reset."""
+COMMAND_WRITABLE = 0x0507
+"""I/O space, memory space, bus master, SERR enable, INTx disable (QEMU's pci_init_wmask)."""
+BRIDGE_CONTROL_WRITABLE = 0x005F
+"""Parity, SERR, ISA, VGA, VGA 16-bit, secondary bus reset (QEMU's bridge: no master abort
+mode)."""
+FREE_WRITABLE = 0xFF
+"""QEMU leaves every byte past the header that no capability claims writable by the guest."""
+EXTENDED_HEADER_SIZE = 4
+"""A PCI Express function's first extended header (0x100) stays read-only even when empty."""
 ROM_ENABLE = 0x1
 
 
@@ -157,15 +162,26 @@ class ConfigSpace:
         subsystem_id: int = 0,
         interrupt_pin: int = 0,
         multifunction: bool = False,
+        express: bool = False,
     ) -> None:
+        """``express``: the function has extended space (0x100-0xfff) as on a PCI Express
+        bus; otherwise, like QEMU's conventional functions, it reads all ones there."""
         self._registers = bytearray(CONFIG_SPACE_SIZE)
         self._writable = bytearray(CONFIG_SPACE_SIZE)
         self._w1c = bytearray(CONFIG_SPACE_SIZE)
+        self._used = bytearray(CONFIG_SPACE_SIZE)
+        """Bytes a capability claims (QEMU's ``used``): where new ones cannot go."""
         self._bars: dict[int, Bar] = {}
-        self._last_capability: int | None = None
-        self._next_capability = FIRST_CAPABILITY
         self._last_extended: int | None = None
         self._next_extended = FIRST_EXTENDED_CAPABILITY
+        self.express = express
+        free, legacy_end = FIRST_CAPABILITY, LEGACY_CONFIG_SIZE
+        self._writable[free:legacy_end] = bytes([FREE_WRITABLE] * (legacy_end - free))
+        extended = legacy_end + EXTENDED_HEADER_SIZE
+        if express:
+            self._writable[extended:] = bytes([FREE_WRITABLE] * (CONFIG_SPACE_SIZE - extended))
+        else:
+            self._registers[legacy_end:] = bytes([0xFF] * (CONFIG_SPACE_SIZE - legacy_end))
 
         self.define(VENDOR_ID, 2, vendor_id)
         self.define(DEVICE_ID, 2, device_id)
@@ -174,7 +190,7 @@ class ConfigSpace:
         self.define(REVISION_ID, 1, revision)
         self.define(CLASS_CODE, 3, class_code)
         self.define(CACHE_LINE_SIZE, 1, 0, writable=0xFF)
-        self.define(LATENCY_TIMER, 1, 0, writable=0xFF)
+        self.define(LATENCY_TIMER, 1, 0)  # read-only 0 on QEMU
         multifunction_bit = HEADER_TYPE_MULTIFUNCTION if multifunction else 0
         self.define(HEADER_TYPE, 1, header_type | multifunction_bit)
         self.define(INTERRUPT_LINE, 1, 0, writable=0xFF)
@@ -332,34 +348,57 @@ class ConfigSpace:
 
     # -- capabilities ------------------------------------------------------------------
 
-    def add_capability(self, capability_id: int, length: int) -> int:
-        """Append a capability of ``length`` bytes to the list at 0x34; returns its offset.
+    def add_capability(self, capability_id: int, length: int, offset: int | None = None) -> int:
+        """Add a capability of ``length`` bytes at ``offset`` (default: the first free run,
+        as QEMU's ``pci_find_space``); returns its offset.
 
-        The ID and next-pointer bytes are filled in; the caller defines the body.
+        As in QEMU's ``pci_add_capability``, the newest capability heads the list at 0x34
+        and its bytes turn read-only. The ID and next pointer are filled in; the caller
+        defines the body.
         """
-        offset = self._next_capability
-        if length < 2 or offset + length > LEGACY_CONFIG_SIZE:
+        if offset is None:
+            offset = self._find_space(length)
+        end = offset + length
+        if length < 2 or offset < FIRST_CAPABILITY or end > LEGACY_CONFIG_SIZE or any(
+            self._used[offset:end]
+        ):
             raise ConfigSpaceError(
                 f"capability {capability_id:#04x} of {length} bytes does not fit at {offset:#x}"
             )
-        self.define(offset, 2, capability_id)  # next pointer 0: end of list
-        if self._last_capability is None:
-            self.define(CAPABILITIES_POINTER, 1, offset)
-            self.set_bits(STATUS, 2, STATUS_CAPABILITIES_LIST)
-        else:
-            self.define(self._last_capability + 1, 1, offset)
-        self._last_capability = offset
-        self._next_capability = (offset + length + 3) & ~3
+        self._claim(offset, length)
+        head = self.read(CAPABILITIES_POINTER, 1)
+        self.define(offset, 2, capability_id | head << 8)
+        self.define(CAPABILITIES_POINTER, 1, offset)
+        self.set_bits(STATUS, 2, STATUS_CAPABILITIES_LIST)
         return offset
+
+    def _find_space(self, length: int) -> int:
+        start = FIRST_CAPABILITY
+        for at in range(FIRST_CAPABILITY, LEGACY_CONFIG_SIZE):
+            if self._used[at]:
+                start = at + 1
+            elif at - start + 1 == length:
+                return start
+        return LEGACY_CONFIG_SIZE  # reported as not fitting
+
+    def _claim(self, offset: int, length: int) -> None:
+        """Mark bytes as a capability's: read-only until the caller defines its registers."""
+        end = offset + length
+        self._used[offset:end] = b"\x01" * length
+        self._writable[offset:end] = bytes(length)
+        self._w1c[offset:end] = bytes(length)
 
     def add_extended_capability(self, capability_id: int, version: int, length: int) -> int:
         """Append a PCI Express extended capability (from 0x100); returns its offset."""
         offset = self._next_extended
+        if not self.express:
+            raise ConfigSpaceError("a conventional function has no extended space")
         if length < 4 or offset + length > CONFIG_SPACE_SIZE:
             raise ConfigSpaceError(
                 f"extended capability {capability_id:#06x} of {length} bytes "
                 f"does not fit at {offset:#x}"
             )
+        self._claim(offset, length)
         # Header: ID in bits 15:0, version in 19:16, next offset in 31:20 (0 ends the list).
         self.define(offset, 4, capability_id | (version & 0xF) << 16)
         if self._last_extended is not None:
@@ -385,7 +424,7 @@ class ConfigSpace:
         offset = FIRST_EXTENDED_CAPABILITY
         while offset and len(found) < 960:
             header = self.read(offset, 4)
-            if header == 0:
+            if header in (0, 0xFFFF_FFFF):  # none, or no extended space at all
                 break
             found.append((offset, header & 0xFFFF))
             offset = header >> 20 & ~3

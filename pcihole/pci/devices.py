@@ -34,8 +34,32 @@ PCIEXBAR = 0x60
 """q35 host bridge: where the ECAM (MMCONFIG) window sits, 64 bits; decoded by ``pcihole.boot``."""
 PCIEXBAR_DEFAULT = 0xB0000000
 """QEMU's reset value: the base firmware is expected to use, the window still disabled."""
-PCIEXBAR_WRITABLE = 0xF_FC00_0007
-"""Base address bits 35:26, length bits 2:1, enable bit 0."""
+PCIEXBAR_WRITABLE = (1 << 64) - 1
+"""All 64 bits, as on QEMU (which decodes base bits 35:26, length bits 2:1, enable bit 0)."""
+MCH_GGC = 0x50
+MCH_GGC_DEFAULT = 0x0010
+"""Graphics control: IGD VGA disable, no stolen memory."""
+MCH_GGC_WRITABLE = 0x0010
+MCH_SMRAM = 0x9D
+MCH_SMRAM_DEFAULT = 0x02
+"""Compatible SMRAM base segment (0xa0000), closed, unlocked."""
+MCH_SMRAM_WRITABLE = 0x78
+"""Open, closed, lock, global enable. QEMU then locks them once D_LCK is written."""
+MCH_ESMRAMC = 0x9E
+MCH_ESMRAMC_DEFAULT = 0x38
+"""SMRAM cacheable in L1 and L2 (read-only ones)."""
+MCH_ESMRAMC_WRITABLE = 0x87
+"""High SMRAM enable, TSEG size, TSEG enable."""
+MCH_ESMRAMC_W1C = 0x40
+"""Invalid SMRAM access."""
+LPC_PMBASE = 0x40
+LPC_PMBASE_DEFAULT = 0x1
+"""I/O space indicator; SeaBIOS writes the base (0x600 on QEMU)."""
+LPC_PMBASE_WRITABLE = 0xFF87
+LPC_PIRQA_ROUT = 0x60
+LPC_PIRQE_ROUT = 0x68
+LPC_PIRQ_DISABLED = 0x80
+"""Each of PIRQA-H starts routed nowhere (IRQEN bit 7)."""
 
 
 @dataclass(frozen=True)
@@ -95,13 +119,8 @@ class DeviceModel:
 
 
 # -- builders ----------------------------------------------------------------------------
-
-
-def _express_endpoint_type(bdf: Bdf) -> caps.PortType:
-    # An endpoint on the root bus has no link: it is integrated into the root complex.
-    if bdf.bus == 0:
-        return caps.PortType.ROOT_COMPLEX_INTEGRATED_ENDPOINT
-    return caps.PortType.ENDPOINT
+# Capability offsets and order, BAR sizes and reset values are QEMU 7.2's, measured with
+# tests/qemu_ref.py against a running qemu-system-x86_64 (tests/kvm/test_qemu_config.py).
 
 
 def _host_bridge(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
@@ -112,8 +131,20 @@ def _host_bridge(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
         subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
         subsystem_id=QEMU_SUBSYSTEM,
     )
+    # Everything from 0x40 is plain writable bytes on QEMU's MCH (PAM, F_SMBASE ...),
+    # except what follows.
+    config.define(MCH_GGC, 2, MCH_GGC_DEFAULT, writable=MCH_GGC_WRITABLE)
     config.define(PCIEXBAR, 8, PCIEXBAR_DEFAULT, writable=PCIEXBAR_WRITABLE)
+    config.define(MCH_SMRAM, 1, MCH_SMRAM_DEFAULT, writable=MCH_SMRAM_WRITABLE)
+    config.define(
+        MCH_ESMRAMC, 1, MCH_ESMRAMC_DEFAULT, writable=MCH_ESMRAMC_WRITABLE, w1c=MCH_ESMRAMC_W1C
+    )
     return config
+
+
+ROOT_PORT_SSVID = 0x40
+ROOT_PORT_MSIX = 0x48
+ROOT_PORT_EXPRESS = 0x54
 
 
 def _root_port(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
@@ -124,21 +155,39 @@ def _root_port(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
             raise DeviceError(f"{key}={bus} is not a bus number (0-{BUSES - 1})")
     if subordinate < secondary:
         raise DeviceError(f"subordinate={subordinate} is below bus={secondary}")
+    _check_chassis_slot(params)
     config = ConfigSpace(
         vendor_id=REDHAT_QEMU,
         device_id=0x000C,
         class_code=0x060400,
         header_type=HeaderType.BRIDGE,
         interrupt_pin=INTA,
+        express=True,
     )
     config.set_bus_numbers(bdf.bus, secondary, subordinate)
     config.add_bar(0, 0x1000)  # holds the MSI-X table, as on QEMU's root port
-    # Physical slot number = the secondary bus: unique, and easy to read in lspci.
-    caps.add_pci_express(config, caps.PortType.ROOT_PORT, slot=secondary)
-    caps.add_msix(config, 1, table_bar=0, table_offset=0, pba_bar=0, pba_offset=0x800)
-    caps.add_power_management(config)
+    caps.add_bridge_subsystem(config, REDHAT_QEMU, 0, ROOT_PORT_SSVID)
+    caps.add_msix(
+        config, 1, table_bar=0, table_offset=0, pba_bar=0, pba_offset=0x800,
+        offset=ROOT_PORT_MSIX,
+    )
+    caps.add_pcie_root_port(config, ROOT_PORT_EXPRESS, slot=params.get("slot", 0))
     caps.add_aer(config, root_port=True)
+    caps.add_acs(config)
     return config
+
+
+CHASSIS_LIMIT = 256
+"""QEMU's ``chassis`` is a byte; it lands in no register of a PCI Express root port."""
+SLOT_LIMIT = 1 << 13
+"""The physical slot number field of the slot capabilities register."""
+
+
+def _check_chassis_slot(params: Mapping[str, int]) -> None:
+    for key, limit in (("chassis", CHASSIS_LIMIT), ("slot", SLOT_LIMIT)):
+        value = params.get(key, 0)
+        if not 0 <= value < limit:
+            raise DeviceError(f"{key}={value} is not in 0-{limit - 1}")
 
 
 class VirtioCfgType(enum.IntEnum):
@@ -148,55 +197,98 @@ class VirtioCfgType(enum.IntEnum):
     NOTIFY = 2
     ISR = 3
     DEVICE = 4
+    PCI = 5
+    """A window into the BARs through config space; its bar/offset/length/data are writable."""
 
 
 VIRTIO_STRUCTURES_BAR = 4
 VIRTIO_STRUCTURE_SIZE = 0x1000
 VIRTIO_NOTIFY_MULTIPLIER = 4
 VIRTIO_MSIX_BAR = 1
+VIRTIO_LEGACY_BAR = 0
+VIRTIO_EXPRESS = 0x40
+VIRTIO_PM = 0x7C
+VIRTIO_ROM_SIZE = 0x40000
+"""QEMU's efi-virtio.rom, a 256 KiB expansion ROM BAR on virtio-net."""
+VIRTIO_PCI_CAP_LENGTH = 0x10
 
 
-def _virtio(device_id: int, class_code: int, vectors: int) -> ConfigBuilder:
-    """A modern (non-transitional) virtio-pci device laid out like QEMU's."""
+@dataclass(frozen=True)
+class VirtioKind:
+    """What differs between virtio device types on QEMU."""
+
+    device_type: int
+    """Virtio device ID: 1 network, 2 block. Modern PCI ID is 0x1040 + it."""
+    legacy_device_id: int
+    class_code: int
+    vectors: int
+    legacy_io_size: int
+    """I/O BAR 0 of a transitional device: legacy header plus device config, rounded up."""
+    rom: bool
+
+
+def _virtio(kind: VirtioKind) -> ConfigBuilder:
+    """QEMU's virtio-pci: transitional and conventional on the root bus, modern-only with
+    a PCI Express capability behind a port (QEMU's ``disable-legacy=auto``)."""
 
     def build(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
+        modern = bdf.bus != 0
         config = ConfigSpace(
             vendor_id=REDHAT_VIRTIO,
-            device_id=device_id,
-            class_code=class_code,
-            revision=1,  # virtio 1.0 devices have revision 1 or more
+            device_id=0x1040 + kind.device_type if modern else kind.legacy_device_id,
+            class_code=kind.class_code,
+            revision=1 if modern else 0,  # virtio 1.0-only devices have revision 1
             subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
-            subsystem_id=QEMU_SUBSYSTEM,
+            subsystem_id=QEMU_SUBSYSTEM if modern else kind.device_type,
             interrupt_pin=INTA,
+            express=modern,
         )
+        if not modern:
+            config.add_bar(VIRTIO_LEGACY_BAR, kind.legacy_io_size, BarKind.IO)
         config.add_bar(VIRTIO_MSIX_BAR, 0x1000)
         structures = 4 * VIRTIO_STRUCTURE_SIZE
         config.add_bar(VIRTIO_STRUCTURES_BAR, structures, BarKind.MEMORY64, prefetchable=True)
-        caps.add_pci_express(config, _express_endpoint_type(bdf))
-        caps.add_power_management(config)
+        if kind.rom:
+            config.add_rom_bar(VIRTIO_ROM_SIZE)
+        if modern:
+            caps.add_pcie_endpoint(config, VIRTIO_EXPRESS, integrated=False, link_control=True)
+            caps.add_power_management(config, VIRTIO_PM)
+        _virtio_capabilities(config)
         caps.add_msix(
             config,
-            vectors,
+            kind.vectors,
             table_bar=VIRTIO_MSIX_BAR,
             table_offset=0,
             pba_bar=VIRTIO_MSIX_BAR,
             pba_offset=0x800,
         )
-        order = (VirtioCfgType.COMMON, VirtioCfgType.ISR, VirtioCfgType.DEVICE)
-        for index, cfg_type in enumerate((*order, VirtioCfgType.NOTIFY)):
-            body = bytes([cfg_type, VIRTIO_STRUCTURES_BAR, 0, 0, 0])
-            body += (index * VIRTIO_STRUCTURE_SIZE).to_bytes(4, "little")
-            body += VIRTIO_STRUCTURE_SIZE.to_bytes(4, "little")
-            if cfg_type is VirtioCfgType.NOTIFY:
-                body += VIRTIO_NOTIFY_MULTIPLIER.to_bytes(4, "little")
-            caps.add_vendor_specific(config, body)
         return config
 
     return build
 
 
+def _virtio_capabilities(config: ConfigSpace) -> None:
+    """The structure capabilities, in QEMU's order, each where the first free space is."""
+    order = (VirtioCfgType.COMMON, VirtioCfgType.ISR, VirtioCfgType.DEVICE)
+    for index, cfg_type in enumerate((*order, VirtioCfgType.NOTIFY)):
+        body = bytes([cfg_type, VIRTIO_STRUCTURES_BAR, 0, 0, 0])
+        body += (index * VIRTIO_STRUCTURE_SIZE).to_bytes(4, "little")
+        body += VIRTIO_STRUCTURE_SIZE.to_bytes(4, "little")
+        if cfg_type is VirtioCfgType.NOTIFY:
+            body += VIRTIO_NOTIFY_MULTIPLIER.to_bytes(4, "little")
+        caps.add_vendor_specific(config, body)
+    # The PCI configuration access capability: bar, offset, length and data the guest sets.
+    window = caps.add_vendor_specific(config, bytes([VirtioCfgType.PCI]) + bytes(16))
+    config.define(window + 4, 1, 0, writable=0xFF)
+    for field in (8, 12, 16):
+        config.define(window + field, 4, 0, writable=0xFFFF_FFFF)
+
+
 NVME_MSIX_VECTORS = 65
 """QEMU's default: one admin queue and 64 I/O queues."""
+NVME_MSIX = 0x40
+NVME_PM = 0x60
+NVME_EXPRESS = 0x80
 
 
 def _nvme(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
@@ -208,14 +300,16 @@ def _nvme(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
         subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
         subsystem_id=QEMU_SUBSYSTEM,
         interrupt_pin=INTA,
+        express=True,
     )
     config.add_bar(0, 0x4000, BarKind.MEMORY64)  # registers, doorbells, MSI-X
-    caps.add_power_management(config)
+    caps.add_power_management(config, NVME_PM, no_soft_reset=True)
+    # An NVMe controller on the root bus is integrated into the root complex.
+    caps.add_pcie_endpoint(config, NVME_EXPRESS, integrated=bdf.bus == 0)
     caps.add_msix(
-        config, NVME_MSIX_VECTORS, table_bar=0, table_offset=0x2000, pba_bar=0, pba_offset=0x3000
+        config, NVME_MSIX_VECTORS, table_bar=0, table_offset=0x2000, pba_bar=0,
+        pba_offset=0x3000, offset=NVME_MSIX,
     )
-    caps.add_pci_express(config, _express_endpoint_type(bdf))
-    caps.add_aer(config)
     return config
 
 
@@ -223,7 +317,7 @@ ICH9_REVISION = 2
 
 
 def _ich9_lpc(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    return ConfigSpace(
+    config = ConfigSpace(
         vendor_id=INTEL,
         device_id=0x2918,
         class_code=0x060100,
@@ -232,6 +326,21 @@ def _ich9_lpc(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
         subsystem_id=QEMU_SUBSYSTEM,
         multifunction=True,  # function 0 of 00:1f, with SATA and SMBus beside it
     )
+    # PMBASE: I/O space indicator set; ACPI_CNTL, GEN_PMCON, RCBA ... are plain writable
+    # bytes from 0x40 on, as on QEMU.
+    config.define(LPC_PMBASE, 4, LPC_PMBASE_DEFAULT, writable=LPC_PMBASE_WRITABLE)
+    for pirq in (LPC_PIRQA_ROUT, LPC_PIRQE_ROUT):
+        config.define(pirq, 4, LPC_PIRQ_DISABLED * 0x0101_0101, writable=0xFFFF_FFFF)
+    return config
+
+
+AHCI_MSI = 0x80
+AHCI_SATA = 0xA8
+AHCI_SATA_LENGTH = 8
+AHCI_SATA_BODY = bytes([0x10, 0x00, 0x48, 0x00, 0x00, 0x00])
+"""SATA capability revision 1.0; index/data pair in BAR 4 (BARLOC 8) at offset 4 (BAROFST 4)."""
+AHCI_MAP = 0x90
+AHCI_MAP_AHCI_MODE = 0x40
 
 
 def _ich9_ahci(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
@@ -243,11 +352,20 @@ def _ich9_ahci(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
         subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
         subsystem_id=QEMU_SUBSYSTEM,
         interrupt_pin=INTA,
+        multifunction=True,
     )
     config.add_bar(4, 0x20, BarKind.IO)  # index/data pair
     config.add_bar(5, 0x1000)  # ABAR: the AHCI registers
-    caps.add_msi(config)
+    sata = config.add_capability(caps.CapabilityId.SATA, AHCI_SATA_LENGTH, AHCI_SATA)
+    config.define(sata + 2, len(AHCI_SATA_BODY), int.from_bytes(AHCI_SATA_BODY, "little"))
+    caps.add_msi(config, offset=AHCI_MSI)
+    config.define(AHCI_MAP, 1, AHCI_MAP_AHCI_MODE, writable=0xFF)
     return config
+
+
+SMBUS_HOSTC = 0x40
+SMBUS_HOSTC_WRITABLE = 0xF7
+"""Host configuration: everything but bit 3 (reserved on ICH9)."""
 
 
 def _ich9_smbus(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
@@ -259,8 +377,10 @@ def _ich9_smbus(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
         subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
         subsystem_id=QEMU_SUBSYSTEM,
         interrupt_pin=INTA,
+        multifunction=True,
     )
     config.add_bar(4, 0x40, BarKind.IO)
+    config.define(SMBUS_HOSTC, 1, 0, writable=SMBUS_HOSTC_WRITABLE)
     return config
 
 
@@ -278,20 +398,20 @@ MODELS: dict[str, DeviceModel] = {
             "PCI bridge: Red Hat, Inc. QEMU PCIe Root port",
             True,
             _root_port,
-            keys=frozenset({"bus", "subordinate"}),
+            keys=frozenset({"bus", "subordinate", "chassis", "slot"}),
             required_keys=frozenset({"bus"}),
         ),
         DeviceModel(
             "virtio-net",
             "Ethernet controller: Red Hat, Inc. Virtio 1.0 network device",
             False,
-            _virtio(0x1041, 0x020000, vectors=3),
+            _virtio(VirtioKind(1, 0x1000, 0x020000, vectors=4, legacy_io_size=0x20, rom=True)),
         ),
         DeviceModel(
             "virtio-blk",
             "SCSI storage controller: Red Hat, Inc. Virtio 1.0 block device",
             False,
-            _virtio(0x1042, 0x010000, vectors=2),
+            _virtio(VirtioKind(2, 0x1001, 0x010000, vectors=2, legacy_io_size=0x80, rom=False)),
         ),
         DeviceModel(
             "nvme",

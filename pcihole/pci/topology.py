@@ -21,6 +21,14 @@ from pcihole.pci.errors import BdfError, DeviceError, TopologyError
 from pcihole.pci.routing import set_ari_forwarding
 
 SPEC_FORMAT = "BB:DD.F=MODEL[,key=value...]"
+Q35_BUILTINS = (
+    "00:00.0=host-bridge",
+    "00:1f.0=ich9-lpc",
+    "00:1f.2=ich9-ahci",
+    "00:1f.3=ich9-smbus",
+)
+"""What a q35 machine always has, whatever ``-device`` adds."""
+BARE = ("00:00.0=host-bridge",)
 _NUMBER_RE = re.compile(r"0x[0-9a-f]+|[0-9]+", re.IGNORECASE)
 
 
@@ -190,27 +198,49 @@ class Topology:
         self._program_forwarding()
 
     @classmethod
-    def build(cls, specs: Iterable[str], buses: int) -> Topology:
-        """A topology from ``--device`` texts; the first bad one raises TopologyError."""
+    def build(cls, specs: Iterable[str], buses: int, *, bare: bool = False) -> Topology:
+        """The q35 built-ins plus ``--device`` texts, as QEMU's ``-device`` adds to them.
+
+        ``bare`` starts from the host bridge alone (for experiments; QEMU cannot do it). A
+        text naming a built-in at its own address, without parameters, is that built-in.
+        The first bad text raises TopologyError.
+        """
         validate([], buses)
-        return cls(buses, [parse_device_spec(text).build() for text in specs])
+        parsed = [parse_device_spec(text) for text in specs]
+        given = {spec.bdf: spec for spec in parsed}
+        base = []
+        for builtin in map(parse_device_spec, BARE if bare else Q35_BUILTINS):
+            spec = given.get(builtin.bdf)
+            if spec is None:
+                base.append(builtin)
+            elif spec.model is not builtin.model or spec.params:
+                raise TopologyError(
+                    f"{builtin.bdf} is the q35 built-in {builtin.model.name} "
+                    f"(--bare starts from a bare host bridge)",
+                    spec.text,
+                )
+        return cls(buses, [spec.build() for spec in (*base, *parsed)])
 
     @classmethod
     def default(cls, buses: int) -> Topology:
-        """A small q35-like machine: host bridge, ICH9 at 00:1f, a root port per device."""
-        specs = ["00:00.0=host-bridge"]
+        """What pcihole runs with no ``--device``: the q35 built-ins and, as the window
+        allows, a root port with virtio-net and one with NVMe behind it."""
+        specs = []
         if buses > 1:
             specs += ["00:1c.0=root-port,bus=1", "01:00.0=virtio-net"]
         if buses > 2:
-            specs += ["00:1c.1=root-port,bus=2", "02:00.0=nvme"]
-        specs += ["00:1f.0=ich9-lpc", "00:1f.2=ich9-ahci", "00:1f.3=ich9-smbus"]
+            specs += ["00:1c.1=root-port,bus=2,slot=1", "02:00.0=nvme"]
         return cls.build(specs, buses)
 
     @classmethod
     def qemu_nodefaults(cls, buses: int = BUSES) -> Topology:
-        """What ``qemu-system-x86_64 -machine q35 -nodefaults`` shows a guest."""
-        specs = ["00:00.0=host-bridge", "00:1f.0=ich9-lpc", "00:1f.2=ich9-ahci"]
-        return cls.build([*specs, "00:1f.3=ich9-smbus"], buses)
+        """What ``qemu-system-x86_64 -machine q35 -nodefaults`` shows a guest: the built-ins."""
+        return cls.build([], buses)
+
+    @classmethod
+    def bare(cls, buses: int = BUSES) -> Topology:
+        """Only the host bridge at 00:00.0."""
+        return cls.build([], buses, bare=True)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -323,13 +353,18 @@ class Topology:
 
     @staticmethod
     def _mark_multifunction(functions: Mapping[Bdf, Function]) -> list[Bdf]:
-        """Set the header-type multi-function bit on every function of a shared device."""
+        """Set the multi-function bit of function 0 of every device with several functions.
+
+        Only function 0's counts for a guest; QEMU sets it where ``multifunction=on`` is
+        given, which it requires on function 0 (ICH9's functions carry it from their model).
+        """
         per_device: dict[tuple[int, int], int] = {}
         for bdf in functions:
             key = (bdf.bus, bdf.device)
             per_device[key] = per_device.get(key, 0) + 1
         changed = []
         for bdf, function in functions.items():
-            if per_device[bdf.bus, bdf.device] > 1 and function.config.set_multifunction():
+            shared = per_device[bdf.bus, bdf.device] > 1
+            if shared and bdf.function == 0 and function.config.set_multifunction():
                 changed.append(bdf)
         return sorted(changed)

@@ -221,12 +221,12 @@ def test_main_boot_files_status_and_errors(
     assert data["window"]["base"] == layout.ECAM_BASE
     assert data["lines"][0]["text"].startswith("fw enumerate")
 
-    devices = ["00:1c.0=root-port,bus=1", "01:00.0=nvme"]  # the host bridge is added
+    devices = ["00:1c.0=root-port,bus=1", "01:00.0=nvme"]  # added to the q35 built-ins
     status = main(["boot", "--bios", str(bios), "--strategy", "fill", "--debugcon", str(console),
                    "--buses", "4", *(f"--device={d}" for d in devices)])  # fmt: skip
     assert status == 7
     found = [bdf for bdf, _, _ in parse_output(console.read_text()).scan(3).functions]
-    assert found == ["00:00.0", "00:1c.0", "01:00.0"]
+    assert found == ["00:00.0", "00:1c.0", "00:1f.0", "00:1f.2", "00:1f.3", "01:00.0"]
 
     halting = tmp_path / "halt.bin"
     halting.write_bytes(b"\xf4" * 0x10000)

@@ -325,8 +325,9 @@ def test_service_socket_admits_the_owner_and_only_the_group_given(sock_dir: str)
 
 # -- writes reach only their own function -----------------------------------------------------
 
-HAMMERED = {"02:00.0": 0, "00:1c.0": 0x5A5A_A5A5_0F0F_F0F0}
-"""An endpoint written with zeros, a bridge with a mixed pattern, by two VMs at once."""
+HAMMERED = {"02:00.0": 0xFFFF_FFFF_FFFF_FFFF, "00:1c.0": 0x5A5A_A5A5_0F0F_F0F0}
+"""An endpoint written with ones, a bridge with a mixed pattern, by two VMs at once (zeros
+would change nothing on the NVMe: as on QEMU, every writable bit of it resets to 0)."""
 
 
 def test_writes_to_one_function_reach_no_other(kvm: Kvm) -> None:

@@ -23,16 +23,22 @@ from pcihole.pci.config import (
     HeaderType,
 )
 from pcihole.pci.errors import ConfigSpaceError
-from tests.model_masks import Masks, masks_over, probe_masks
+from tests.model_masks import Masks, free, masks_over, probe_masks
 
 
-def endpoint() -> ConfigSpace:
-    return ConfigSpace(vendor_id=0x1AF4, device_id=0x1041, class_code=0x020000, revision=1)
+def endpoint(*, express: bool = False) -> ConfigSpace:
+    return ConfigSpace(
+        vendor_id=0x1AF4, device_id=0x1041, class_code=0x020000, revision=1, express=express
+    )
 
 
 def bridge() -> ConfigSpace:
     return ConfigSpace(
-        vendor_id=0x1B36, device_id=0x000C, class_code=0x060400, header_type=HeaderType.BRIDGE
+        vendor_id=0x1B36,
+        device_id=0x000C,
+        class_code=0x060400,
+        header_type=HeaderType.BRIDGE,
+        express=True,
     )
 
 
@@ -66,7 +72,7 @@ def test_read_only_identity_ignores_writes() -> None:
 def test_command_register_mask() -> None:
     config = endpoint()
     assert config.write(COMMAND, 2, 0xFFFF)
-    assert config.read(COMMAND, 2) == 0x0547
+    assert config.read(COMMAND, 2) == 0x0507  # QEMU: no parity response
     assert not config.write(COMMAND, 2, 0xFFFF)  # nothing changed the second time
     assert config.write(COMMAND, 1, 0)
     assert config.read(COMMAND, 2) == 0x0500
@@ -106,7 +112,7 @@ def test_bridge_registers() -> None:
     assert config.read(SECONDARY_BUS, 1) == 5
     assert config.write(SUBORDINATE_BUS, 1, 9)
     config.write(BRIDGE_CONTROL, 2, 0xFFFF)
-    assert config.read(BRIDGE_CONTROL, 2) == 0x007F
+    assert config.read(BRIDGE_CONTROL, 2) == 0x005F  # QEMU: no master abort mode
     # Windows start closed: base above limit. Address-width nibbles are read-only.
     assert config.read(0x1C, 2) == 0x00F0
     assert config.read(0x24, 4) == 0x0001FFF1
@@ -223,18 +229,44 @@ def test_define_refuses_writable_w1c_overlap() -> None:
 
 
 def test_capability_list() -> None:
-    config = endpoint()
+    """As QEMU's pci_add_capability: the newest heads the list, in the first free space."""
+    config = endpoint(express=True)
     assert config.capabilities() == []
     pm = caps.add_power_management(config)
-    express = caps.add_pci_express(config, caps.PortType.ENDPOINT)
+    express = caps.add_pcie_endpoint(config, 0x50, integrated=False)
     assert config.read(STATUS, 2) & 0x10
-    assert config.read(CAPABILITIES_POINTER, 1) == pm == 0x40
-    assert config.capabilities() == [(0x40, 0x01), (express, 0x10)]
-    assert config.read(pm + 1, 1) == express
-    assert config.read(express + 1, 1) == 0
+    assert pm == 0x40
+    assert config.read(CAPABILITIES_POINTER, 1) == express == 0x50
+    assert config.capabilities() == [(0x50, 0x10), (0x40, 0x01)]
+    assert config.read(express + 1, 1) == pm
+    assert config.read(pm + 1, 1) == 0
     assert config.find_capability(0x10) == express
     assert config.find_capability(0x11) is None
     assert caps.pcie_port_type(config) is caps.PortType.ENDPOINT
+    # 0x48-0x4f is free but too short for MSI's 14 bytes: it goes after the Express one.
+    assert caps.add_msi(config) == 0x50 + caps.PCIE_LENGTH
+    with pytest.raises(ConfigSpaceError, match="does not fit"):
+        config.add_capability(0x09, 4, 0x52)
+
+
+def test_free_bytes_are_writable_as_on_qemu() -> None:
+    config = endpoint()
+    assert config.write(0x80, 4, 0x12345678) and config.read(0x80, 4) == 0x12345678
+    pm = caps.add_power_management(config)
+    assert not config.write(pm, 2, 0)  # a capability's header is read-only
+
+
+def test_extended_space_conventional_or_express() -> None:
+    conventional = endpoint()
+    assert conventional.snapshot()[0x100:] == b"\xff" * 0xF00
+    assert not conventional.write(0x200, 4, 0)
+    assert conventional.extended_capabilities() == []
+    with pytest.raises(ConfigSpaceError, match="no extended space"):
+        caps.add_aer(conventional)
+    express = endpoint(express=True)
+    assert express.snapshot()[0x100:] == bytes(0xF00)
+    assert not express.write(0x100, 4, 0xFFFF_FFFF)  # the first header stays
+    assert express.write(0x104, 4, 1)
 
 
 def test_capabilities_must_fit_legacy_space() -> None:
@@ -245,7 +277,7 @@ def test_capabilities_must_fit_legacy_space() -> None:
 
 
 def test_extended_capability_chain() -> None:
-    config = endpoint()
+    config = endpoint(express=True)
     assert config.extended_capabilities() == []
     aer = caps.add_aer(config)
     second = config.add_extended_capability(0x000B, 1, 8)
@@ -260,14 +292,14 @@ def test_power_state_writable() -> None:
     config = endpoint()
     pm = caps.add_power_management(config)
     assert config.write(pm + 4, 2, 0xFFFF)
-    assert config.read(pm + 4, 2) == 0x0003 | caps.PM_NO_SOFT_RESET
+    assert config.read(pm + 4, 2) == 0x0003
     config.write(pm + 4, 2, 0)
     assert config.read(pm + 4, 2) & 3 == 0
 
 
 def test_root_port_express_capability() -> None:
     config = bridge()
-    express = caps.add_pci_express(config, caps.PortType.ROOT_PORT, slot=5)
+    express = caps.add_pcie_root_port(config, 0x54, slot=5)
     assert config.read(express + 2, 2) == 0x0142  # version 2, root port, slot implemented
     assert config.read(express + 0x14, 4) >> 19 == 5
     config.set_bits(express + 0x1A, 2, 0x0048)  # presence changed + presence detect state
@@ -275,11 +307,12 @@ def test_root_port_express_capability() -> None:
     assert config.read(express + 0x1A, 2) == 0x0040  # state is read-only, change is W1C
 
 
-def test_integrated_endpoint_has_no_link() -> None:
-    config = endpoint()
-    express = caps.add_pci_express(config, caps.PortType.ROOT_COMPLEX_INTEGRATED_ENDPOINT)
+def test_integrated_endpoint_keeps_link_registers() -> None:
+    """QEMU fills the link registers even of a root-complex integrated endpoint."""
+    config = endpoint(express=True)
+    express = caps.add_pcie_endpoint(config, 0x80, integrated=True)
     assert config.read(express + 2, 2) == 0x0092
-    assert config.read(express + 0x0C, 4) == 0
+    assert config.read(express + 0x0C, 4) == 0x0411
 
 
 def test_msix() -> None:
@@ -307,11 +340,15 @@ def test_msi() -> None:
     assert config.read(msi + 2, 2) == 0x00F5
     with pytest.raises(ConfigSpaceError):
         caps.add_msi(config, 3)
+    single = endpoint()
+    msi = caps.add_msi(single)
+    single.write(msi + 2, 2, 0xFFFF)
+    assert single.read(msi + 2, 2) == 0x0081  # QEMU clamps multiple message enable to 0
 
 
 def test_record_unsupported_request() -> None:
-    config = endpoint()
-    express = caps.add_pci_express(config, caps.PortType.ENDPOINT)
+    config = endpoint(express=True)
+    express = caps.add_pcie_endpoint(config, 0x40, integrated=False)
     aer = caps.add_aer(config)
     assert caps.record_unsupported_request(config)
     assert not caps.record_unsupported_request(config)
@@ -327,13 +364,13 @@ def test_record_unsupported_request() -> None:
 
 def populated() -> ConfigSpace:
     """A space with every kind of register: BARs, ROM, PM, Express, MSI-X, AER."""
-    config = endpoint()
+    config = endpoint(express=True)
     config.add_bar(0, 0x1000)
     config.add_bar(2, 0x20, BarKind.IO)
     config.add_bar(4, 0x4000, BarKind.MEMORY64, prefetchable=True)
     config.add_rom_bar(0x800)
     caps.add_power_management(config)
-    caps.add_pci_express(config, caps.PortType.ENDPOINT)
+    caps.add_pcie_endpoint(config, 0x48, integrated=False)
     caps.add_msix(config, 4, table_bar=0, table_offset=0, pba_bar=0, pba_offset=0x800)
     caps.add_aer(config)
     return config
@@ -343,18 +380,19 @@ def populated_bridge() -> ConfigSpace:
     config = bridge()
     config.set_bus_numbers(0, 1, 1)
     config.add_bar(0, 0x1000)
-    caps.add_pci_express(config, caps.PortType.ROOT_PORT, slot=1)
+    caps.add_pcie_root_port(config, 0x40, slot=1)
     caps.add_aer(config, root_port=True)
     return config
 
 
 # What a guest may change in the two spaces above, written out (dword offset: writable
-# bits, W1C bits); every other byte is read-only. From the PCI and PCIe specifications:
-# command, status, BARs and ROM BAR, bus numbers and windows, PM control, PCIe control
-# and status registers, MSI-X control, AER status, mask and severity registers.
+# bits, W1C bits); every other byte is read-only. As QEMU 7.2 makes them: command, status,
+# BARs and ROM BAR, bus numbers and windows, PM control, PCIe control and status registers,
+# MSI-X control, AER status and severity (not its mask), and every free byte past the
+# header that no capability claims.
 POPULATED_MASKS: Masks = {
-    0x004: (0x00000547, 0xF9000000),
-    0x00C: (0x0000FFFF, 0x00000000),
+    0x004: (0x00000507, 0xF9000000),
+    0x00C: (0x000000FF, 0x00000000),
     0x010: (0xFFFFF000, 0x00000000),
     0x018: (0xFFFFFFE0, 0x00000000),
     0x020: (0xFFFFC000, 0x00000000),
@@ -362,20 +400,20 @@ POPULATED_MASKS: Masks = {
     0x030: (0xFFFFF801, 0x00000000),
     0x03C: (0x000000FF, 0x00000000),
     0x044: (0x00000003, 0x00000000),
-    0x050: (0x00007FFF, 0x000F0000),
-    0x058: (0x000000CB, 0x00000000),
-    0x070: (0x0000001F, 0x00000000),
-    0x078: (0x0000000F, 0x00000000),
+    0x050: (0x00000000, 0x000F0000),
+    0x070: (0x00008000, 0x00000000),
     0x084: (0xC0000000, 0x00000000),
-    0x104: (0x00000000, 0x003FF030),
-    0x108: (0x003FF030, 0x00000000),
-    0x10C: (0x003FF030, 0x00000000),
+    **free(0x090, 0x100),
+    0x104: (0x00000000, 0x03FFF030),
+    0x10C: (0x03FFF030, 0x00000000),
     0x110: (0x00000000, 0x0000F1C1),
     0x114: (0x0000F1C1, 0x00000000),
+    0x118: (0x00000540, 0x00000000),
+    **free(0x148, 0x1000),
 }
 POPULATED_BRIDGE_MASKS: Masks = {
-    0x004: (0x00000547, 0xF9000000),
-    0x00C: (0x0000FFFF, 0x00000000),
+    0x004: (0x00000507, 0xF9000000),
+    0x00C: (0x000000FF, 0x00000000),
     0x010: (0xFFFFF000, 0x00000000),
     0x018: (0xFFFFFFFF, 0x00000000),
     0x01C: (0x0000F0F0, 0xF9000000),
@@ -383,21 +421,21 @@ POPULATED_BRIDGE_MASKS: Masks = {
     0x024: (0xFFF0FFF0, 0x00000000),
     0x028: (0xFFFFFFFF, 0x00000000),
     0x02C: (0xFFFFFFFF, 0x00000000),
-    0x03C: (0x007F00FF, 0x00000000),
-    0x048: (0x00007FFF, 0x000F0000),
-    0x050: (0x000000DB, 0x00000000),
-    0x058: (0x000017FF, 0x011F0000),
-    0x05C: (0x0000001F, 0x00000000),
+    0x03C: (0x005F00FF, 0x00000000),
+    0x048: (0x0000000F, 0x000F0000),
+    0x058: (0x000007F9, 0x01190000),
+    0x05C: (0x00000007, 0x00000000),
     0x060: (0x00000000, 0x00010000),
-    0x068: (0x0000001F, 0x00000000),
-    0x070: (0x0000000F, 0x00000000),
-    0x104: (0x00000000, 0x003FF030),
-    0x108: (0x003FF030, 0x00000000),
-    0x10C: (0x003FF030, 0x00000000),
+    0x068: (0x00008020, 0x00000000),
+    **free(0x07C, 0x100),
+    0x104: (0x00000000, 0x03FFF030),
+    0x10C: (0x03FFF030, 0x00000000),
     0x110: (0x00000000, 0x0000F1C1),
     0x114: (0x0000F1C1, 0x00000000),
+    0x118: (0x00000540, 0x00000000),
     0x12C: (0x00000007, 0x00000000),
     0x130: (0x00000000, 0x0000007F),
+    **free(0x148, 0x1000),
 }
 
 

@@ -88,9 +88,18 @@ def test_virtio_net() -> None:
     assert bars[4].kind is BarKind.MEMORY64 and bars[4].prefetchable
     assert bars[1].kind is BarKind.MEMORY32
     msix = config.find_capability(caps.CapabilityId.MSIX)
-    assert msix is not None and config.read(msix + 2, 2) & 0x7FF == 2  # 3 vectors
+    assert msix is not None and config.read(msix + 2, 2) & 0x7FF == 3  # 4 vectors, as QEMU
     vendor = [at for at, cap in config.capabilities() if cap == caps.CapabilityId.VENDOR_SPECIFIC]
-    assert [config.read(at + 3, 1) for at in vendor] == [1, 3, 4, 2]  # common, ISR, device, notify
+    # Newest first, as QEMU links them: PCI window, notify, device, ISR, common.
+    assert [config.read(at + 3, 1) for at in vendor] == [5, 2, 4, 3, 1]
+
+
+def test_virtio_on_the_root_bus_is_transitional() -> None:
+    config = build("virtio-net", Bdf(0, 2, 0)).config
+    assert (config.device_id, config.revision, config.read(0x2E, 2)) == (0x1000, 0, 1)
+    assert config.bars[0].index == 0 and config.bars[0].kind is BarKind.IO
+    assert config.find_capability(caps.CapabilityId.PCI_EXPRESS) is None
+    assert config.snapshot()[0x100:] == b"\xff" * 0xF00
 
 
 def test_endpoints_on_bus_0_are_integrated() -> None:
@@ -123,7 +132,7 @@ def test_ich9_set() -> None:
         (
             "root-port",
             {"bus": 1, "speed": 2},
-            r"does not take speed \(it takes: bus, subordinate\)",
+            r"does not take speed \(it takes: bus, chassis, slot, subordinate\)",
         ),
         ("root-port", {}, "root-port needs bus="),
         ("root-port", {"bus": 256}, "not a bus number"),
@@ -192,7 +201,7 @@ def guest_walk_extended(config: ConfigSpace) -> list[tuple[int, int]]:
     while at:
         assert 0x100 <= at < 0x1000 and at not in dict(found), f"pointer to {at:#x}"
         header = config.read(at, 4)
-        if header == 0:
+        if header in (0, 0xFFFF_FFFF):  # none; all ones: a conventional function (as Linux)
             break
         found.append((at, header & 0xFFFF))
         at = header >> 20 & ~3

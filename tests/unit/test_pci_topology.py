@@ -145,7 +145,7 @@ def test_nested_bridges_are_fine() -> None:
         ],
         4,
     )
-    assert len(topology) == 4
+    assert len(topology) == 8  # the four q35 built-ins are always there
 
 
 def test_default() -> None:
@@ -160,11 +160,13 @@ def test_default() -> None:
         ("01:00.0", "virtio-net"),
         ("02:00.0", "nvme"),
     ]
-    for bdf in ("00:1c.0", "00:1c.1", "00:1f.0", "00:1f.2", "00:1f.3"):
+    # Function 0 of a shared device (as QEMU's multifunction=on) and ICH9's own functions.
+    for bdf in ("00:1c.0", "00:1f.0", "00:1f.2", "00:1f.3"):
         function = topology.get(Bdf.parse(bdf))
         assert function is not None and function.config.is_multifunction
-    host = topology.get(Bdf(0, 0, 0))
-    assert host is not None and not host.config.is_multifunction
+    for bdf in ("00:00.0", "00:1c.1"):
+        function = topology.get(Bdf.parse(bdf))
+        assert function is not None and not function.config.is_multifunction
 
 
 def test_default_shrinks_with_the_window() -> None:
@@ -197,14 +199,30 @@ def test_lookup_and_offsets() -> None:
     assert offsets == [f.bdf.ecam_offset for f in topology.functions]
 
 
-def test_cold_plugged_slots_show_presence() -> None:
-    topology = Topology.default(3)
-    port = topology.config_at(Bdf(0, 0x1C, 0))
-    assert port is not None
-    express = port.find_capability(caps.CapabilityId.PCI_EXPRESS)
-    assert express is not None
-    assert port.read(express + caps.PCIE_SLOT_STATUS, 2) == caps.PCIE_SLOTSTA_PRESENCE_DETECT
-    assert port.read(express + caps.PCIE_LINK_STATUS, 2) & caps.PCIE_LNKSTA_DLL_ACTIVE
+def test_cold_plugged_slots_look_as_qemu_resets_them() -> None:
+    """Full slot: powered, the card's link; empty: powered off, the port's own link."""
+    topology = Topology.build(["00:1c.0=root-port,bus=1", "01:00.0=nvme",
+                               "00:1d.0=root-port,bus=2"], 3)
+    for device, control, link in ((0x1C, 0x01C0, 0x0011), (0x1D, 0x07C0, 0x0204)):
+        port = topology.config_at(Bdf(0, device, 0))
+        assert port is not None
+        express = port.find_capability(caps.CapabilityId.PCI_EXPRESS)
+        assert express is not None
+        assert port.read(express + caps.PCIE_SLOT_STATUS, 2) == 0  # q35 hot-plugs by ACPI
+        assert port.read(express + caps.PCIE_SLOT_CONTROL, 2) == control
+        assert port.read(express + caps.PCIE_LINK_STATUS, 2) == link
+
+
+def test_builtins_are_always_there() -> None:
+    assert [str(f.bdf) for f in Topology.build(["00:03.0=nvme"], 1)] == [
+        "00:00.0", "00:03.0", "00:1f.0", "00:1f.2", "00:1f.3"]
+    # Naming a built-in is harmless; putting something else at its address is not.
+    assert len(Topology.build(["00:1f.2=ich9-ahci", "00:00.0=host-bridge"], 1)) == 4
+    with pytest.raises(TopologyError, match=r"q35 built-in ich9-smbus .*--bare"):
+        Topology.build(["00:1f.3=nvme"], 1)
+    bare = Topology.build(["00:1f.3=nvme", "00:1f.0=ich9-lpc"], 1, bare=True)
+    assert [str(f.bdf) for f in bare] == ["00:00.0", "00:1f.0", "00:1f.3"]
+    assert [str(f.bdf) for f in Topology.bare(1)] == ["00:00.0"]
 
 
 def test_hot_plug_and_unplug() -> None:
@@ -241,7 +259,7 @@ def test_hot_plug_validates() -> None:
     with pytest.raises(TopologyError, match="secondary bus 1 is already taken") as caught:
         topology.add(MODELS["root-port"].build(Bdf(0, 0x1C, 1), {"bus": 1}))
     assert caught.value.spec == "00:1c.1=root-port,bus=1"
-    assert len(topology) == 2
+    assert len(topology) == 5  # host bridge, port, three ICH9 built-ins
 
 
 def test_hot_plug_a_sibling_marks_multifunction() -> None:
@@ -255,7 +273,7 @@ def test_remove_refuses_to_strand() -> None:
     topology = Topology.default(3)
     with pytest.raises(TopologyError, match=r"cannot remove it: .*bus 2 has no bridge") as caught:
         topology.remove(Bdf(0, 0x1C, 1))
-    assert caught.value.spec == "00:1c.1=root-port,bus=2"
+    assert caught.value.spec == "00:1c.1=root-port,bus=2,slot=1"
     with pytest.raises(TopologyError, match="has no function 0"):
         topology.remove(Bdf(0, 0x1F, 0))
     with pytest.raises(TopologyError, match=r"no function at 05:00\.0"):
