@@ -10,9 +10,8 @@ from typing import Any, BinaryIO
 
 from pcihole import layout
 from pcihole.chipset.mch import HOST_BRIDGE
-from pcihole.commands.options import add_machine_options, int_in_range
+from pcihole.commands.options import add_machine_options, int_in_range, machine_options
 from pcihole.errors import BadInput
-from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import BootError, BootMachine, check_image
 from pcihole.pci.devices import MODELS
@@ -40,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     Debug console bytes go to ``--debugcon`` (a file) or stdout; ``--stats`` names a file
     for a JSON account of the run. Bad input is checked before the VM is made.
     """
-    image, topology, backing = _checked_input(args)
+    image, topology = _checked_input(args)
+    options = machine_options(args)
     sink: BinaryIO | None = None
     try:
         try:
@@ -49,9 +49,8 @@ def run(args: argparse.Namespace) -> int:
             raise BadInput(f"--debugcon: {args.debugcon}: {error.strerror}") from None
         with (
             Kvm() as kvm,
-            BootMachine(kvm, image, topology, strategy=args.strategy, present=args.present,
-                        writes=args.writes, backing=backing, socket_path=args.socket,
-                        ram_size=args.ram_mib * layout.MiB, console=sink) as machine,
+            BootMachine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
+                        console=sink) as machine,
         ):  # fmt: skip
             result = machine.run()
             if args.stats:
@@ -65,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
     return result.status
 
 
-def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology, Backing | None]:
-    """The image, topology and backing the options name; ``BadInput`` naming the option."""
+def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology]:
+    """The image and topology the options name; ``BadInput`` naming the option."""
     bios, devices, buses = args.bios, args.device, args.buses
     option = "--bios"  # which option the input being checked came from, for the message
     try:
@@ -79,9 +78,7 @@ def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology, Backing |
         topology = Topology.build(devices, buses) if devices else Topology.qemu_nodefaults(buses)
         if HOST_BRIDGE not in topology:
             topology = Topology(buses, [*topology, MODELS["host-bridge"].build(HOST_BRIDGE)])
-        option = "--backing"
-        chosen_backing = None if args.backing == "auto" else Backing.parse(args.backing)
     except (BootError, PciError, ValueError) as error:
         text = str(error)  # topology errors already start with the --device text
         raise BadInput(text if text.startswith("--") else f"{option}: {text}") from None
-    return image, topology, chosen_backing
+    return image, topology

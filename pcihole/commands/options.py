@@ -94,7 +94,7 @@ def machine_options(args: argparse.Namespace) -> MachineOptions:
         writes=args.writes,
         backing=backing,
         socket_path=args.socket,
-        ring=args.ring,
+        ring=getattr(args, "ring", MachineOptions.ring),  # boot has no --ring
     )
 
 

@@ -14,6 +14,7 @@ from pcihole import layout
 from pcihole.closing import Closeable
 from pcihole.guest import longmode
 from pcihole.guest.build import GuestProgram, build
+from pcihole.guest.report import REPORT_SIZE, ReportPort
 from pcihole.kvm import CoalescedWrite, Kvm, Vm
 from pcihole.machine.bus import Bus
 from pcihole.machine.runloop import RunLoop, RunResult
@@ -54,6 +55,8 @@ class GuestVm(Closeable):
             longmode.enter_long_mode(self.vcpu, self.program)
             self.ports = Bus("port")
             self.mmio = Bus("mmio")
+            self.report = ReportPort(self.vcpu)
+            self.ports.add(layout.REPORT_PORT, REPORT_SIZE, self.report, "report")
             self.loop = RunLoop(self.vcpu, self.ports, self.mmio)
         except BaseException:
             self.close()
@@ -65,13 +68,17 @@ class GuestVm(Closeable):
         self.ram.write(layout.PARAMS_ADDR, struct.pack(f"<{len(values)}Q", *values))
 
     def on_sync(self, callback: Callable[[int], None] | None) -> None:
-        self.loop.on_sync = callback
+        self.report.on_sync = callback
 
     def on_coalesced(self, callback: Callable[[list[CoalescedWrite]], None] | None) -> None:
         self.loop.on_coalesced = callback
 
     def run(self, max_exits: int | None = None) -> RunResult:
-        return self.loop.run(max_exits)
+        """Run until the guest reports done (or stops otherwise); ``syncs`` are this run's."""
+        self.report.syncs = []
+        result = self.loop.run(max_exits)
+        result.syncs = self.report.syncs
+        return result
 
     def request_stop(self) -> None:
         self.loop.request_stop()

@@ -1,10 +1,11 @@
-"""The machine: buses, the run loop, the ECAM window, and the one builder.
+"""The machine: buses, the run loop, the ECAM window, and the one builder (``Machine``).
 
 ``window`` covers a VM's ECAM window (mirrors, hole slots, the device beneath); ``bus``
 and ``runloop`` carry exits to devices; ``firmware`` is the firmware machine
 (``pcihole boot``); ``bars`` places BAR register blocks; ``shadow`` applies PAM.
 """
 
+from pcihole.machine.builder import Machine, PlacedDevice, Shell
 from pcihole.machine.window import (
     CONFIG_PORTS,
     PRESENT_MODES,
@@ -24,7 +25,10 @@ __all__ = [
     "EcamDevice",
     "EcamWindow",
     "LegacyConfigPorts",
+    "Machine",
     "MachineError",
     "MachineOptions",
     "MachineReport",
+    "PlacedDevice",
+    "Shell",
 ]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from pcihole import layout
@@ -35,17 +35,11 @@ from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
 from pcihole.devices.rom import RomDevice
 from pcihole.errors import BadInput
 from pcihole.holes.slots import HoleSlotError
-from pcihole.holes.source import Backing
 from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vm, abi
-from pcihole.machine import (
-    CONFIG_PORTS,
-    EcamWindow,
-    LegacyConfigPorts,
-    MachineError,
-    MachineOptions,
-)
+from pcihole.machine.builder import Machine, PlacedDevice
 from pcihole.machine.bus import Bus, BusError
 from pcihole.machine.runloop import RunLoop, RunResult
+from pcihole.machine.window import MachineError, MachineOptions
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.topology import Topology
 
@@ -126,7 +120,7 @@ class BootVm(Closeable):
             )
             self.vcpu = self.vm.create_vcpu()
             self.vcpu.set_cpuid2(boot_cpuid(kvm))
-            self.loop = RunLoop(self.vcpu, self.ports, self.mmio, report_port=None)
+            self.loop = RunLoop(self.vcpu, self.ports, self.mmio)
         except BaseException:
             self.close()
             raise
@@ -207,56 +201,51 @@ class BootResult:
 
 
 class BootMachine(Closeable):
-    """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM."""
+    """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM:
+    the builder's ``Machine`` over the firmware shell, with the MCH placing the window,
+    the debug console and debug exit."""
 
     def __init__(
         self,
         kvm: Kvm,
         image: bytes,
         topology: Topology | None = None,
+        options: MachineOptions | None = None,
         *,
-        strategy: str = "shared",
-        present: str = "mirror",
-        writes: str = "coalesce",
-        backing: Backing | None = None,
-        socket_path: str | None = None,
         ram_size: int = layout.BOOT_RAM_SIZE,
         console: BinaryIO | None = None,
         name: str = "boot",
     ) -> None:
-        self.topology = topology or Topology.qemu_nodefaults()
-        self.topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
+        topology = topology or Topology.qemu_nodefaults()
+        topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
         try:
-            self.mch = Mch(self.topology, self.place_window)
+            self.mch = Mch(topology, self.place_window)
         except ValueError as error:
             raise BootError(str(error)) from None
-        self.options = MachineOptions(
-            buses=self.topology.buses,
-            strategy=strategy,
-            present=present,
-            writes=writes,
-            backing=backing,
-            socket_path=socket_path,
-        )
+        options = replace(options or MachineOptions(), buses=topology.buses)
         self.notes: list[str] = []
         self.placements: list[tuple[int | None, int]] = []
         self._started = time.perf_counter()
-        self.guest = BootVm(kvm, image, ram_size=ram_size, name=name)
-        try:
-            written = self.mch.config_written
-            self.window = EcamWindow(
-                self.guest, self.topology, self.options, base=None, on_config_write=written
-            )
-            self.legacy = LegacyConfigPorts(self.window, on_write=written)
-            ports = self.guest.ports
-            ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config")
-            self.console = DebugConsole(console, self._stamp)
-            ports.add(layout.DEBUGCON_PORT, 1, self.console, "debugcon")
-            self.debug_exit = DebugExit(self.guest.request_stop)
-            ports.add(layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit, "debug-exit")
-        except BaseException:
-            self.close()
-            raise
+        shell = BootVm(kvm, image, ram_size=ram_size, name=name)
+        self.console = DebugConsole(console, self._stamp)
+        self.debug_exit = DebugExit(shell.request_stop)
+        devices = [
+            PlacedDevice("port", layout.DEBUGCON_PORT, 1, self.console, "debugcon"),
+            PlacedDevice("port", layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit,
+                         "debug-exit"),
+        ]  # fmt: skip
+        self.guest = shell
+        self.machine = Machine(shell, topology, options, devices, window_base=None,
+                               on_config_write=self.mch.config_written)  # fmt: skip
+        self.topology, self.options = topology, options
+        self.window = self.machine.window
+        self.legacy = self.machine.legacy
+
+    def request_stop(self) -> None:
+        self.guest.request_stop()
+
+    def close(self) -> None:
+        self.machine.close()
 
     # --- PCIEXBAR ------------------------------------------------------------------------
     def place_window(self, base: int | None, buses: int) -> None:
@@ -298,9 +287,6 @@ class BootMachine(Closeable):
             list(self.placements),
         )
 
-    def request_stop(self) -> None:
-        self.guest.request_stop()
-
     def stats(self, result: BootResult) -> dict[str, Any]:
         """What the run cost, for ``--stats`` and the benchmarks."""
         exits = self.window.ecam.exits
@@ -334,12 +320,6 @@ class BootMachine(Closeable):
             "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
         }
-
-    def close(self) -> None:
-        window: EcamWindow | None = getattr(self, "window", None)
-        if window is not None:
-            window.close()
-        self.guest.close()
 
 
 __all__ = [

@@ -1,9 +1,9 @@
 """The run loop: KVM_RUN, decode, dispatch to the buses, until the guest stops.
 
-Exits are counted per kind; guest reports (see ``guest/asm/runtime.inc``) are decoded
-here; writes absorbed by coalesced MMIO zones are drained after every exit and at stop
-and handed to ``on_coalesced`` in guest order. Nothing is printed or timed here: the
-caller reads ``RunResult``.
+Exits are counted per kind; a device ends the run by raising ``Stop`` (the test guests'
+report port does, see ``pcihole.guest.report``); writes absorbed by coalesced MMIO zones
+are drained after every exit and at stop and handed to ``on_coalesced`` in guest order.
+Nothing is printed or timed here: the caller reads ``RunResult``.
 """
 
 from __future__ import annotations
@@ -14,21 +14,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pcihole import layout
 from pcihole.errors import EnvironmentProblem
 from pcihole.kvm import CoalescedWrite, Vcpu, exits
 from pcihole.machine.bus import Bus
-
-REPORT_SYNC = 1
-REPORT_DONE = 2
-REPORT_ASSERT = 3
-REPORT_EXCEPTION = 4
-
-EXCEPTION_NAMES = {
-    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
-    8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
-    17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP",
-}  # fmt: skip
 
 
 class StopReason(enum.Enum):
@@ -53,9 +41,16 @@ class GuestError(EnvironmentProblem):
         super().__init__(f"guest stopped: {result.reason.value}: {result.detail}")
 
 
+EXCEPTION_NAMES = {
+    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
+    8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
+    17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP",
+}  # fmt: skip
+
+
 @dataclass(frozen=True, slots=True)
 class GuestException:
-    """An exception the guest raised and its runtime reported."""
+    """An exception the guest raised and reported (the test guests' runtime does)."""
 
     vector: int
     rip: int
@@ -84,6 +79,7 @@ class RunResult:
     syncs: list[int] = field(default_factory=list)
     exit_counts: dict[str, int] = field(default_factory=dict)
     exception: GuestException | None = None
+    """What the guest's report said it raised (test guests only)."""
     assert_line: int | None = None
     error: BaseException | None = None
 
@@ -101,6 +97,14 @@ class RunResult:
         return self
 
 
+class Stop(Exception):
+    """Raised by a device to end the run with ``result`` (the test guests' report port)."""
+
+    def __init__(self, result: RunResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
+
+
 class RunLoop:
     """Runs one vCPU, dispatching its exits to a port bus and an MMIO bus."""
 
@@ -110,16 +114,11 @@ class RunLoop:
         ports: Bus,
         mmio: Bus,
         *,
-        on_sync: Callable[[int], None] | None = None,
         on_coalesced: Callable[[list[CoalescedWrite]], None] | None = None,
-        report_port: int | None = layout.REPORT_PORT,
     ) -> None:
         self.vcpu = vcpu
-        self.report_port = report_port
-        """Where guest reports arrive (None: no report protocol, e.g. for firmware)."""
         self.ports = ports
         self.mmio = mmio
-        self.on_sync = on_sync
         self.on_coalesced = on_coalesced
         self.counts: Counter[type] = Counter()
         self._stop = threading.Event()
@@ -148,6 +147,8 @@ class RunLoop:
         """Run until the guest is done or stops for another reason."""
         try:
             result = self._loop(max_exits)
+        except Stop as stop:
+            result = stop.result
         except Exception as error:  # a device or callback failed: keep it for the caller
             result = RunResult(StopReason.DEVICE_ERROR, f"{type(error).__name__}: {error}",
                                error=error)  # fmt: skip
@@ -167,11 +168,9 @@ class RunLoop:
         # The VM's live set of zones: windows placed or moved mid-run are drained too.
         zones = self.vcpu.vm.coalesced_zones
         drain = self.drain
-        syncs: list[int] = []
         remaining = -1 if max_exits is None else max_exits
         IoOut, IoIn, MmioRead, MmioWrite = (
             exits.IoOut, exits.IoIn, exits.MmioRead, exits.MmioWrite)  # fmt: skip
-        report_port = -1 if self.report_port is None else self.report_port
         # No per-exit check of the stop flag: request_stop() sets immediate_exit, so the
         # next (or current) KVM_RUN returns Interrupted and _other() sees the flag.
         while remaining:
@@ -187,11 +186,6 @@ class RunLoop:
             elif isinstance(exit, MmioWrite):
                 mmio.write(exit.address, exit.size, int.from_bytes(exit.data, "little"))
             elif isinstance(exit, IoOut):
-                if exit.port == report_port:
-                    result = self._report(exit, syncs)
-                    if result is not None:
-                        return result
-                    continue
                 step = exit.size
                 if exit.count == 1:
                     ports.write(exit.port, step, int.from_bytes(exit.data, "little"))
@@ -206,26 +200,25 @@ class RunLoop:
                 )
                 complete_read(exit, data)
             else:
-                stopped = self._other(exit, syncs)
+                stopped = self._other(exit)
                 if stopped is not None:
                     return stopped
-        return RunResult(StopReason.EXIT_LIMIT, f"stopped after {max_exits} exits", syncs)
+        return RunResult(StopReason.EXIT_LIMIT, f"stopped after {max_exits} exits")
 
-    def _other(self, exit: exits.Exit, syncs: list[int]) -> RunResult | None:
+    def _other(self, exit: exits.Exit) -> RunResult | None:
         if isinstance(exit, exits.Interrupted):
             if self._stop.is_set():
-                return RunResult(StopReason.INTERRUPTED, "stopped by the monitor", syncs)
+                return RunResult(StopReason.INTERRUPTED, "stopped by the monitor")
             return None  # a stray signal: carry on
         if isinstance(exit, exits.Hlt):
             rip = self.vcpu.get_regs().rip
-            return RunResult(StopReason.HLT, f"guest halted at RIP {rip:#x}", syncs)
+            return RunResult(StopReason.HLT, f"guest halted at RIP {rip:#x}")
         if isinstance(exit, exits.Shutdown):
-            return RunResult(StopReason.SHUTDOWN, "triple fault or shutdown", syncs)
+            return RunResult(StopReason.SHUTDOWN, "triple fault or shutdown")
         if isinstance(exit, exits.FailEntry):
             return RunResult(
                 StopReason.KVM_ERROR,
                 f"entry failed: hardware reason {exit.hardware_reason:#x} on CPU {exit.cpu}",
-                syncs,
             )
         if isinstance(exit, exits.InternalError):
             rip = self.vcpu.get_regs().rip
@@ -233,35 +226,8 @@ class RunLoop:
             return RunResult(
                 StopReason.KVM_ERROR,
                 f"KVM internal error {exit.suberror} at RIP {rip:#x} (data: {data})",
-                syncs,
             )
         if isinstance(exit, exits.SystemEvent):
-            return RunResult(StopReason.SHUTDOWN, f"system event {exit.kind}", syncs)
+            return RunResult(StopReason.SHUTDOWN, f"system event {exit.kind}")
         reason = exit.reason if isinstance(exit, exits.Unsupported) else exit
-        return RunResult(StopReason.KVM_ERROR, f"unsupported exit {reason}", syncs)
-
-    def _report(self, exit: exits.IoOut, syncs: list[int]) -> RunResult | None:
-        command = int.from_bytes(exit.data[:4], "little")
-        regs = self.vcpu.get_regs()
-        if command == REPORT_SYNC:
-            syncs.append(regs.rdi)
-            if self.on_sync is not None:
-                self.on_sync(regs.rdi)
-            return None
-        if command == REPORT_DONE:
-            return RunResult(StopReason.DONE, "guest reported done", syncs)
-        if command == REPORT_ASSERT:
-            line = regs.rdi
-            return RunResult(
-                StopReason.ASSERT_FAILED,
-                f"guest assertion failed at line {line} (value {regs.rsi:#x})",
-                syncs,
-                assert_line=line,
-            )
-        if command == REPORT_EXCEPTION:
-            cr2 = self.vcpu.get_sregs().cr2
-            exception = GuestException(regs.rdi, regs.rsi, regs.rcx, regs.r8 & 3, cr2)
-            return RunResult(
-                StopReason.GUEST_EXCEPTION, exception.describe(), syncs, exception=exception
-            )
-        return RunResult(StopReason.DEVICE_ERROR, f"unknown guest report {command}", syncs)
+        return RunResult(StopReason.KVM_ERROR, f"unsupported exit {reason}")

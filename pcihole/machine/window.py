@@ -156,7 +156,8 @@ class MachineReport:
 
 
 class WindowGuest(Protocol):
-    """What an ECAM window needs of its VM: ``GuestVm`` has it, so does ``boot.BootVm``."""
+    """What an ECAM window needs of its VM (a vCPU shell: ``guest.vm.GuestVm``,
+    ``machine.firmware.BootVm``)."""
 
     vm: Vm
     slots: SlotAllocator

@@ -13,6 +13,7 @@ from pcihole.cli import main
 from pcihole.errors import USAGE_STATUS
 from pcihole.guest.firmware import FirmwareOptions, build_firmware, exit_status, parse_output
 from pcihole.kvm import Kvm
+from pcihole.machine import MachineOptions
 from pcihole.machine.firmware import (
     GUEST_STOPPED_STATUS,
     BootMachine,
@@ -78,7 +79,8 @@ def test_firmware_enumerates_and_leaves_through_debug_exit(kvm: Kvm) -> None:
 
 def test_trap_strategy_exits_for_every_hole_probe(kvm: Kvm) -> None:
     image = small_image(scan_buses=2, ring3_passes=1, ring0_buses=0)
-    with BootMachine(kvm, image, strategy="trap", present="trap") as machine:
+    trap = MachineOptions(strategy="trap", present="trap")
+    with BootMachine(kvm, image, options=trap) as machine:
         result = machine.run()
     out = parse_output(result.text)
     scan = out.scan(3)

@@ -1,0 +1,56 @@
+"""The test guests' report protocol as a port device (see ``guest/asm/runtime.inc``).
+
+Like KVM selftests' ucall: a 4-byte OUT to ``layout.REPORT_PORT`` with the command in EAX
+and its arguments in RDI/RSI/RCX/R8, read back with KVM_GET_REGS. A sync is kept and the
+guest resumes; done, a failed assert and an exception end the run, by raising
+``machine.runloop.Stop`` with the result. Firmware machines do not have this device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pcihole.kvm import Vcpu
+from pcihole.machine.runloop import GuestException, RunResult, Stop, StopReason
+
+REPORT_SYNC = 1
+REPORT_DONE = 2
+REPORT_ASSERT = 3
+REPORT_EXCEPTION = 4
+REPORT_SIZE = 4
+"""The port decodes one dword."""
+
+
+class ReportPort:
+    """The host side of the protocol for one vCPU; ``syncs`` holds this run's values."""
+
+    def __init__(self, vcpu: Vcpu, on_sync: Callable[[int], None] | None = None) -> None:
+        self.vcpu = vcpu
+        self.on_sync = on_sync
+        self.syncs: list[int] = []
+
+    def read(self, offset: int, size: int) -> int:
+        return 0
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        regs = self.vcpu.get_regs()
+        if value == REPORT_SYNC:
+            self.syncs.append(regs.rdi)
+            if self.on_sync is not None:
+                self.on_sync(regs.rdi)
+            return
+        raise Stop(self._end(value, regs.rdi, regs.rsi, regs.rcx, regs.r8))
+
+    def _end(self, command: int, rdi: int, rsi: int, rcx: int, r8: int) -> RunResult:
+        syncs = self.syncs
+        if command == REPORT_DONE:
+            return RunResult(StopReason.DONE, "guest reported done", syncs)
+        if command == REPORT_ASSERT:
+            return RunResult(StopReason.ASSERT_FAILED,
+                             f"guest assertion failed at line {rdi} (value {rsi:#x})",
+                             syncs, assert_line=rdi)  # fmt: skip
+        if command == REPORT_EXCEPTION:
+            exception = GuestException(rdi, rsi, rcx, r8 & 3, self.vcpu.get_sregs().cr2)
+            return RunResult(StopReason.GUEST_EXCEPTION, exception.describe(), syncs,
+                             exception=exception)  # fmt: skip
+        return RunResult(StopReason.DEVICE_ERROR, f"unknown guest report {command}", syncs)

@@ -1,0 +1,129 @@
+"""The one machine builder: a vCPU shell, a topology, options and devices make a Machine.
+
+A shell is a VM with its vCPU and run loop, memory already mapped (RAM, ROM or a test
+program) and empty buses: ``guest.vm.GuestVm`` for the long-mode test guests,
+``machine.firmware.BootVm`` for firmware at the reset vector. The builder adds what every
+PC-like machine has the same way: the ECAM window (mirrors, hole slots, the device
+beneath), configuration mechanism #1 on CF8-CFF, then the caller's devices on the port
+and MMIO buses. ``on_config_write`` hears every config write that changed a function
+(the chipset's hook: PCIEXBAR, PAM, BARs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from pcihole import layout
+from pcihole.closing import Closeable
+from pcihole.holes.slots import HoleWrites
+from pcihole.holes.strategy import HoleStrategy
+from pcihole.machine.bus import Bus, BusDevice
+from pcihole.machine.runloop import RunResult
+from pcihole.machine.window import (
+    CONFIG_PORTS,
+    ConfigWritten,
+    EcamDevice,
+    EcamWindow,
+    LegacyConfigPorts,
+    MachineOptions,
+    MachineReport,
+    WindowGuest,
+)
+from pcihole.pci.bdf import Bdf
+from pcihole.pci.devices import Function
+from pcihole.pci.topology import Topology
+
+
+class Shell(WindowGuest, Protocol):
+    """A VM with one vCPU, its memory mapped, its buses empty, ready to run."""
+
+    ports: Bus
+
+    def run(self, max_exits: int | None = None) -> RunResult: ...
+
+    def request_stop(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PlacedDevice:
+    """A device and where it answers: ``size`` ports or bytes from ``base`` on one bus."""
+
+    bus: Literal["port", "mmio"]
+    base: int
+    size: int
+    device: BusDevice
+    name: str
+
+
+class Machine(Closeable):
+    """A shell with an ECAM window, CF8/CFC and ``devices``; owns (and closes) the shell.
+
+    ``window_base`` None leaves the window unplaced until the chipset places it (firmware
+    programs PCIEXBAR); test guests find it at ``layout.ECAM_BASE`` from the start.
+    """
+
+    def __init__(
+        self,
+        shell: Shell,
+        topology: Topology,
+        options: MachineOptions,
+        devices: Sequence[PlacedDevice] = (),
+        *,
+        window_base: int | None = layout.ECAM_BASE,
+        on_config_write: ConfigWritten | None = None,
+    ) -> None:
+        self.guest = shell
+        self.topology = topology
+        self.options = options
+        try:
+            self.window = EcamWindow(shell, topology, options, window_base, on_config_write)
+            self.legacy = LegacyConfigPorts(self.window, on_write=on_config_write)
+            shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config")
+            for placed in devices:
+                bus = shell.ports if placed.bus == "port" else shell.mmio
+                bus.add(placed.base, placed.size, placed.device, placed.name)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def ecam(self) -> EcamDevice:
+        return self.window.ecam
+
+    @property
+    def hole_writes(self) -> HoleWrites:
+        return self.window.hole_writes
+
+    @property
+    def strategy(self) -> HoleStrategy | None:
+        return self.window.strategy
+
+    @property
+    def memslots(self) -> int:
+        """Memslots the ECAM window uses (holes and mirror pages)."""
+        return self.window.memslots
+
+    def hot_plug(self, function: Function) -> None:
+        self.window.hot_plug(function)
+
+    def hot_unplug(self, bdf: Bdf) -> None:
+        self.window.hot_unplug(bdf)
+
+    def run(self, max_exits: int | None = None) -> RunResult:
+        return self.guest.run(max_exits)
+
+    def request_stop(self) -> None:
+        self.guest.request_stop()
+
+    def report(self) -> MachineReport:
+        return self.window.report()
+
+    def close(self) -> None:
+        window: EcamWindow | None = getattr(self, "window", None)
+        if window is not None:
+            window.close()
+        self.guest.close()
