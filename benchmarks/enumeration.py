@@ -34,9 +34,11 @@ import sys
 import time
 from typing import Any
 
-from pcihole import hostinfo, hostmem, layout
+from pcihole import layout
 from pcihole.guest.vm import GuestVm
 from pcihole.holes.memory import close_shared_hole_memory
+from pcihole.host import info as hostinfo
+from pcihole.host import mem as hostmem
 from pcihole.kvm import Kvm, abi
 from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf

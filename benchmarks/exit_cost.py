@@ -17,8 +17,9 @@ import sys
 import time
 from typing import Any
 
-from pcihole import hostinfo, layout
+from pcihole import layout
 from pcihole.guest.vm import GuestVm
+from pcihole.host import info as hostinfo
 from pcihole.kvm import Kvm, system
 
 KINDS = {"port-out": 0, "mmio-read": 1, "mmio-write": 2, "port-in": 3}

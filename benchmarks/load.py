@@ -33,10 +33,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pcihole import hostinfo, layout
+from pcihole import layout
 from pcihole.holes import source as source_mod
 from pcihole.holes.source import Backing, HoleSourceError
-from pcihole.hostinfo import meminfo
+from pcihole.host import info as hostinfo
+from pcihole.host.info import meminfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHUNK_NAME = "/memfd:pcihole-allones"

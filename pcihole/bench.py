@@ -8,8 +8,9 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pcihole import hostinfo, layout
+from pcihole import layout
 from pcihole.holes.memory import close_shared_hole_memory
+from pcihole.host import info as hostinfo
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.scan import run_scan

@@ -19,8 +19,8 @@ from typing import Any
 from pcihole import layout
 from pcihole.errors import EnvironmentProblem
 from pcihole.guest.machine import PciMachine, shared_hole_memory_bytes
-from pcihole.holes.accounting import resident_bytes
 from pcihole.host.meminfo import KernelMemory, MeminfoSampler
+from pcihole.host.smaps import resident_bytes
 from pcihole.kvm import Kvm
 from pcihole.layout import RECURSIVE_RESULTS_OFFSET
 from pcihole.machine import MachineOptions

@@ -201,13 +201,27 @@ def running_qemu(devices: Sequence[str], args: Sequence[str] = ()) -> Iterator[Q
         listener.bind(path)
         listener.listen(1)
         listener.settimeout(START_TIMEOUT)
-        command = [QEMU, "-accel", "kvm", "-machine", "q35", "-nodefaults", "-S",
-                   "-display", "none", "-qtest", f"unix:{path}", "-qtest-log", "/dev/null"]
+        command = [
+            QEMU,
+            "-accel",
+            "kvm",
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-S",
+            "-display",
+            "none",
+            "-qtest",
+            f"unix:{path}",
+            "-qtest-log",
+            "/dev/null",
+        ]
         command += args
         for device in devices:
             command += ["-device", device]
-        process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         try:
             try:
                 connection, _ = listener.accept()

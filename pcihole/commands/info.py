@@ -6,8 +6,8 @@ import argparse
 import json
 from typing import Any
 
-from pcihole import hostinfo
 from pcihole.holes.source import Backing, unavailable_reason
+from pcihole.host import info as hostinfo
 
 NAME = "info"
 

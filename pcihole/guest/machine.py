@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 from pcihole.guest.build import GuestProgram
 from pcihole.guest.vm import GuestVm
-from pcihole.holes.accounting import resident_bytes
+from pcihole.host.smaps import resident_bytes
 from pcihole.kvm import Kvm
 from pcihole.machine import Machine, MachineOptions
 from pcihole.machine.bars import BarDecoder, BarKey

@@ -27,10 +27,11 @@ import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pcihole import hostinfo, hostmem
 from pcihole.closing import Closeable
 from pcihole.errors import EnvironmentProblem
-from pcihole.hostmem import HostMemError, Mapping
+from pcihole.host import info as hostinfo
+from pcihole.host import mem as hostmem
+from pcihole.host.mem import HostMemError, Mapping
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 ALL_ONES = 0xFF

@@ -14,11 +14,12 @@ import abc
 import mmap
 from typing import ClassVar
 
-from pcihole import hostmem, layout
+from pcihole import layout
 from pcihole.errors import BadInput
 from pcihole.holes.memory import HoleMemory, shared_hole_memory
 from pcihole.holes.planner import Piece, Run, plan_pieces
 from pcihole.holes.source import Backing
+from pcihole.host import mem as hostmem
 
 
 class HoleStrategy(abc.ABC):

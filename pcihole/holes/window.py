@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import time
 
-from pcihole import hostmem
 from pcihole.closing import Closeable
 from pcihole.errors import EnvironmentProblem
 from pcihole.holes.source import AllOnesSource
-from pcihole.hostmem import HostMemError, Mapping
+from pcihole.host import mem as hostmem
+from pcihole.host.mem import HostMemError, Mapping
 from pcihole.layout import HUGE_PAGE_SIZE
 
 WINDOW_ALIGN = HUGE_PAGE_SIZE

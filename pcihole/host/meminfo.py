@@ -36,8 +36,9 @@ DEFAULT_INTERVAL = 0.005
 KIB = 1024
 
 
-def parse_meminfo(text: str) -> dict[str, int]:
-    """/proc/meminfo text as name -> bytes (``kB`` fields) or count (``HugePages_*``)."""
+def parse_meminfo(text: str, *, kib: int = KIB) -> dict[str, int]:
+    """/proc/meminfo text as name -> bytes (``kB`` fields) or count (``HugePages_*``);
+    ``kib=1`` keeps the kernel's kB."""
     values: dict[str, int] = {}
     for line in text.splitlines():
         name, sep, rest = line.partition(":")
@@ -45,7 +46,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
         if not sep or not fields or not fields[0].isdigit():
             continue
         unit = fields[1] if len(fields) > 1 else ""
-        values[name.strip()] = int(fields[0]) * (KIB if unit == "kB" else 1)
+        values[name.strip()] = int(fields[0]) * (kib if unit == "kB" else 1)
     return values
 
 

@@ -211,9 +211,7 @@ def add_pcie_root_port(config: ConfigSpace, offset: int, *, slot: int) -> int:
     config.define(offset + PCIE_LINK_STATUS, 2, PCIE_LNKSTA_ROOT_PORT_EMPTY)
     slot_capabilities = PCIE_SLOTCAP_ROOT_PORT | slot << PCIE_SLOTCAP_SLOT_NUMBER_SHIFT
     config.define(offset + PCIE_SLOT_CAPABILITIES, 4, slot_capabilities)
-    config.define(
-        offset + PCIE_SLOT_CONTROL, 2, PCIE_SLOTCTL_EMPTY, writable=PCIE_SLOTCTL_WRITABLE
-    )
+    config.define(offset + PCIE_SLOT_CONTROL, 2, PCIE_SLOTCTL_EMPTY, writable=PCIE_SLOTCTL_WRITABLE)
     config.define(offset + PCIE_SLOT_STATUS, 2, 0, w1c=PCIE_SLOTSTA_W1C)
     config.define(offset + PCIE_ROOT_CONTROL, 2, 0, writable=PCIE_ROOTCTL_WRITABLE)
     config.define(offset + PCIE_ROOT_STATUS, 4, 0, w1c=PCIE_ROOTSTA_PME_STATUS)

@@ -359,8 +359,11 @@ class ConfigSpace:
         if offset is None:
             offset = self._find_space(length)
         end = offset + length
-        if length < 2 or offset < FIRST_CAPABILITY or end > LEGACY_CONFIG_SIZE or any(
-            self._used[offset:end]
+        if (
+            length < 2
+            or offset < FIRST_CAPABILITY
+            or end > LEGACY_CONFIG_SIZE
+            or any(self._used[offset:end])
         ):
             raise ConfigSpaceError(
                 f"capability {capability_id:#04x} of {length} bytes does not fit at {offset:#x}"

@@ -168,7 +168,12 @@ def _root_port(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
     config.add_bar(0, 0x1000)  # holds the MSI-X table, as on QEMU's root port
     caps.add_bridge_subsystem(config, REDHAT_QEMU, 0, ROOT_PORT_SSVID)
     caps.add_msix(
-        config, 1, table_bar=0, table_offset=0, pba_bar=0, pba_offset=0x800,
+        config,
+        1,
+        table_bar=0,
+        table_offset=0,
+        pba_bar=0,
+        pba_offset=0x800,
         offset=ROOT_PORT_MSIX,
     )
     caps.add_pcie_root_port(config, ROOT_PORT_EXPRESS, slot=params.get("slot", 0))
@@ -307,8 +312,13 @@ def _nvme(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
     # An NVMe controller on the root bus is integrated into the root complex.
     caps.add_pcie_endpoint(config, NVME_EXPRESS, integrated=bdf.bus == 0)
     caps.add_msix(
-        config, NVME_MSIX_VECTORS, table_bar=0, table_offset=0x2000, pba_bar=0,
-        pba_offset=0x3000, offset=NVME_MSIX,
+        config,
+        NVME_MSIX_VECTORS,
+        table_bar=0,
+        table_offset=0x2000,
+        pba_bar=0,
+        pba_offset=0x3000,
+        offset=NVME_MSIX,
     )
     return config
 

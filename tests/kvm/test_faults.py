@@ -32,7 +32,7 @@ from pcihole.holes.planner import Run
 from pcihole.holes.service import REQUEST, connect
 from pcihole.holes.source import REQUIRED_SEALS, Backing, Seal, add_seals
 from pcihole.holes.strategy import SharedStrategy
-from pcihole.hostinfo import meminfo
+from pcihole.host.info import meminfo
 from pcihole.kvm import Kvm, KvmError, Vm
 from pcihole.machine import MachineOptions
 from pcihole.memory import GuestRam, SlotAllocator

@@ -16,10 +16,11 @@ from collections.abc import Callable
 
 import pytest
 
-from pcihole import hostmem, layout
+from pcihole import layout
 from pcihole.guest.build import ASM_DIR
 from pcihole.guest.machine import PciMachine
 from pcihole.holes.planner import Run
+from pcihole.host import mem as hostmem
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.machine.runloop import RunResult, StopReason

@@ -187,7 +187,12 @@ def test_main_prints_the_dump_and_rejects_bad_devices(capsys: pytest.CaptureFixt
     )
     out = capsys.readouterr().out
     assert re.findall(r"^\S\S:\S\S\.\S", out, re.MULTILINE) == [
-        "00:00.0", "00:02.0", "00:1f.0", "00:1f.2", "00:1f.3"]  # -device adds to q35's
+        "00:00.0",
+        "00:02.0",
+        "00:1f.0",
+        "00:1f.2",
+        "00:1f.3",
+    ]  # -device adds to q35's
     assert main(["lspci", "--device", "01:00.0=nvme", "--buses", "2"]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and "no bridge leading to it" in captured.err

@@ -77,7 +77,7 @@ def test_cli_json_and_bad_input() -> None:
 SHARER = """
 import sys
 from pcihole import layout
-from pcihole.holes.accounting import resident_bytes
+from pcihole.host.smaps import resident_bytes
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions

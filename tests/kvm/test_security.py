@@ -23,13 +23,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from pcihole import hostmem, layout
+from pcihole import layout
 from pcihole.guest.machine import PciMachine
 from pcihole.guest.vm import run_all
 from pcihole.holes.memory import HoleMemory
 from pcihole.holes.service import REQUEST, connect, serve
 from pcihole.holes.source import AllOnesSource, Backing
 from pcihole.holes.strategy import SharedStrategy
+from pcihole.host import mem as hostmem
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.machine.runloop import StopReason
@@ -108,7 +109,7 @@ def test_guest_writes_into_every_hole_change_nothing(
 
 ATTACKER = r"""
 import ctypes, errno, json, mmap, os, sys
-from pcihole import hostmem
+from pcihole.host import mem as hostmem
 from pcihole.holes.service import connect
 source = connect(sys.argv[1])
 fd, size, address = source.fd, source.size, source.address

@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from pcihole import hostmem
-from pcihole.hostmem import HostMemError
+from pcihole.host import mem as hostmem
+from pcihole.host.mem import HostMemError
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 

@@ -201,8 +201,9 @@ def test_lookup_and_offsets() -> None:
 
 def test_cold_plugged_slots_look_as_qemu_resets_them() -> None:
     """Full slot: powered, the card's link; empty: powered off, the port's own link."""
-    topology = Topology.build(["00:1c.0=root-port,bus=1", "01:00.0=nvme",
-                               "00:1d.0=root-port,bus=2"], 3)
+    topology = Topology.build(
+        ["00:1c.0=root-port,bus=1", "01:00.0=nvme", "00:1d.0=root-port,bus=2"], 3
+    )
     for device, control, link in ((0x1C, 0x01C0, 0x0011), (0x1D, 0x07C0, 0x0204)):
         port = topology.config_at(Bdf(0, device, 0))
         assert port is not None
@@ -215,7 +216,12 @@ def test_cold_plugged_slots_look_as_qemu_resets_them() -> None:
 
 def test_builtins_are_always_there() -> None:
     assert [str(f.bdf) for f in Topology.build(["00:03.0=nvme"], 1)] == [
-        "00:00.0", "00:03.0", "00:1f.0", "00:1f.2", "00:1f.3"]
+        "00:00.0",
+        "00:03.0",
+        "00:1f.0",
+        "00:1f.2",
+        "00:1f.3",
+    ]
     # Naming a built-in is harmless; putting something else at its address is not.
     assert len(Topology.build(["00:1f.2=ich9-ahci", "00:00.0=host-bridge"], 1)) == 4
     with pytest.raises(TopologyError, match=r"q35 built-in ich9-smbus .*--bare"):

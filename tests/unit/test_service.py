@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from pcihole import hostmem
 from pcihole.holes import source as source_mod
 from pcihole.holes.service import (
     REQUEST,
@@ -36,6 +35,7 @@ from pcihole.holes.source import (
     Seal,
     add_seals,
 )
+from pcihole.host import mem as hostmem
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 from tests.support import CHILD_ENV, join
 
@@ -365,7 +365,7 @@ def test_obtain_falls_back_on_backing_mismatch_and_for_thp(
 
 CHILD = """
 import sys
-from pcihole import hostmem
+from pcihole.host import mem as hostmem
 from pcihole.holes.service import connect
 src = connect(sys.argv[1])
 assert hostmem.is_filled(src.address, src.size)  # touches every page of the chunk

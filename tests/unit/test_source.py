@@ -15,7 +15,6 @@ from collections.abc import Iterator
 
 import pytest
 
-from pcihole import hostmem
 from pcihole.holes import source as source_mod
 from pcihole.holes.source import (
     REQUIRED_SEALS,
@@ -27,7 +26,8 @@ from pcihole.holes.source import (
     seal_text,
 )
 from pcihole.holes.window import HoleWindow, HoleWindowError
-from pcihole.hostmem import HostMemError
+from pcihole.host import mem as hostmem
+from pcihole.host.mem import HostMemError
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 MiB = 1 << 20

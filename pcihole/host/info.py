@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from pcihole.host.meminfo import MEMINFO, parse_meminfo
 from pcihole.kvm import Kvm
 
 THP_DIR = Path("/sys/kernel/mm/transparent_hugepage")
-MEMINFO = Path("/proc/meminfo")
 MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
 NR_HUGEPAGES = Path("/proc/sys/vm/nr_hugepages")
 
@@ -36,13 +36,7 @@ def thp_mode(kind: str = "enabled") -> str | None:
 
 def meminfo() -> dict[str, int]:
     """/proc/meminfo as name -> number (kB for sizes, a count for HugePages_*)."""
-    values: dict[str, int] = {}
-    for line in (_read(MEMINFO) or "").splitlines():
-        name, _, rest = line.partition(":")
-        fields = rest.split()
-        if fields and fields[0].isdigit():
-            values[name] = int(fields[0])
-    return values
+    return parse_meminfo(_read(MEMINFO) or "", kib=1)
 
 
 def max_map_count() -> int | None:

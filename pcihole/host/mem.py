@@ -18,9 +18,10 @@ import mmap as _mmap
 import os
 import weakref
 
-from pcihole import hostinfo
 from pcihole.closing import Closeable
 from pcihole.errors import EnvironmentProblem
+from pcihole.host import info as hostinfo
+from pcihole.host.smaps import vma_stats as vma_stats  # re-exported: callers ask hostmem
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 assert _mmap.PAGESIZE == PAGE_SIZE, "guest pages and host pages must be the same size"
@@ -279,26 +280,3 @@ def mappings_in(address: int, size: int, pid: int | str = "self") -> list[tuple[
         if start < address + size and end > address:
             found.append((start, end, fields[1]))
     return found
-
-
-def vma_stats(address: int, pid: int | str = "self") -> dict[str, int]:
-    """The /proc/PID/smaps counters (in kB) of the VMA containing ``address``.
-
-    Empty when no VMA contains it. Useful to see whether a range is really backed by a
-    huge page (``AnonHugePages``, ``Shared_Hugetlb``) and how it is shared (``Rss``, ``Pss``).
-    """
-    stats: dict[str, int] = {}
-    inside = False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            head = line.split(maxsplit=1)[0]
-            if "-" in head and not head.endswith(":"):
-                if inside:
-                    break
-                start_text, _, end_text = head.partition("-")
-                inside = int(start_text, 16) <= address < int(end_text, 16)
-            elif inside and head.endswith(":"):
-                parts = line.split()
-                if len(parts) >= 2 and parts[1].isdigit():
-                    stats[head[:-1]] = int(parts[1])
-    return stats
