@@ -41,9 +41,9 @@ from pcihole.host import info as hostinfo
 from pcihole.host import mem as hostmem
 from pcihole.kvm import Kvm, abi
 from pcihole.machine import MachineOptions
+from pcihole.measure.scan import MODES, RECORD, RECURSIVE_RESULTS_OFFSET, run_scan
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
-from pcihole.scan import MODES, RECORD, RECURSIVE_RESULTS_OFFSET, run_scan
 
 BUSES = 256
 PASSES = 2

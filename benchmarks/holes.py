@@ -19,12 +19,12 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pcihole.bench import measure_point, options_for, ratios, sweep
 from pcihole.holes import source as source_mod
 from pcihole.holes.memory import close_shared_hole_memory
 from pcihole.holes.source import Backing, HoleSourceError
 from pcihole.host import info as hostinfo
 from pcihole.kvm import Kvm
+from pcihole.measure.bench import measure_point, options_for, ratios, sweep
 
 BUSES = 256
 VM_COUNTS = [1, 2, 4, 8, 16, 32, 64]

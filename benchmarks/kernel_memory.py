@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from pcihole import layout
-from pcihole.bench import fits_in_memory, measure_point, options_for
 from pcihole.guest.machine import PciMachine
 from pcihole.holes.memory import close_shared_hole_memory
 from pcihole.holes.source import Backing
@@ -42,6 +41,7 @@ from pcihole.host import info as hostinfo
 from pcihole.host import mem as hostmem
 from pcihole.kvm import Kvm, abi
 from pcihole.machine import MachineOptions
+from pcihole.measure.bench import fits_in_memory, measure_point, options_for
 from pcihole.pci.topology import Topology
 
 BUSES = 256

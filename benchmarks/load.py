@@ -54,8 +54,8 @@ def worker(buses: int, vms: int, socket_path: str, backing: str) -> int:
     from pcihole.guest.vm import run_all
     from pcihole.kvm import Kvm
     from pcihole.machine import MachineOptions
+    from pcihole.measure.scan import RECORD
     from pcihole.pci.topology import Topology
-    from pcihole.scan import RECORD
 
     def say(data: dict[str, Any]) -> None:
         print(json.dumps(data), flush=True)

@@ -6,10 +6,10 @@ import argparse
 import json
 from typing import Any
 
-from pcihole.bench import run_bench
 from pcihole.commands.options import check_output_file, int_in_range
 from pcihole.errors import BadInput
-from pcihole.plot import plot_bench
+from pcihole.measure.bench import run_bench
+from pcihole.measure.plot import plot_bench
 
 NAME = "bench"
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from pcihole.commands.options import MAX_VMS, add_buses, check_output_file, int_in_range
-from pcihole.demo import render, run_demo
+from pcihole.measure.demo import render, run_demo
 
 NAME = "demo"
 

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from pcihole.commands.options import add_buses, device_error
-from pcihole.lspci_cmd import lspci_text
+from pcihole.guest.lspci import lspci_text
 from pcihole.pci.errors import PciError
 
 NAME = "lspci"

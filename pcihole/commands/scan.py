@@ -16,7 +16,7 @@ from pcihole.commands.options import (
 from pcihole.errors import BadInput
 from pcihole.holes.source import HoleSourceError
 from pcihole.kvm import Kvm
-from pcihole.scan import MODES, ScanReport, run_scan
+from pcihole.measure.scan import MODES, ScanReport, run_scan
 
 NAME = "scan"
 

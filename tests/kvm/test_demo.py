@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from pcihole import layout
-from pcihole.bench import ratios, sweep
 from pcihole.kvm import Kvm
+from pcihole.measure.bench import ratios, sweep
 from tests.support import run_pcihole
 
 BUSES = 16
@@ -40,7 +40,7 @@ def test_demo_runs_and_its_figures_hang_together(tmp_path: Path) -> None:
 
 def test_bench_sweep_and_plot(kvm: Kvm, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the plot is an optional extra: pcihole[plot]")
-    from pcihole.plot import plot_bench
+    from pcihole.measure.plot import plot_bench
 
     points, skipped = sweep(kvm, ("shared", "fill", "trap"), [1, 2], [1], lambda s, b: 2)
     assert skipped == []

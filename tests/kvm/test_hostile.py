@@ -27,6 +27,7 @@ from pcihole.holes.slots import HoleWrite
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.machine.runloop import RunResult, StopReason
+from pcihole.measure.scan import RECORD, RECURSIVE_RESULTS_OFFSET
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import (
     CLASS_CODE,
@@ -37,7 +38,6 @@ from pcihole.pci.config import (
 )
 from pcihole.pci.devices import MODELS
 from pcihole.pci.topology import Topology
-from pcihole.scan import RECORD, RECURSIVE_RESULTS_OFFSET
 from tests.model_masks import PlainConfig, plain_config
 from tests.support import Syncs, Worker, join, raise_stop_flag
 

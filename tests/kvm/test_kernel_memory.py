@@ -11,7 +11,7 @@ import pytest
 
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
-from pcihole.scan import run_scan
+from pcihole.measure.scan import run_scan
 
 VMS = 3
 FIELDS = ["VmallocUsed", "SecPageTables", "PageTables"]
@@ -43,8 +43,8 @@ def test_fill_costs_the_kernel_something_per_vm(kvm: Kvm) -> None:
 
 
 def test_bench_point_and_demo_table_carry_kernel_memory_per_vm(kvm: Kvm) -> None:
-    from pcihole.bench import measure_point, options_for
-    from pcihole.demo import render, run_demo
+    from pcihole.measure.bench import measure_point, options_for
+    from pcihole.measure.demo import render, run_demo
 
     point = measure_point(kvm, options_for("fill", 1), 2, 2, passes=1)
     per_vm = point["kernel_memory_bytes_per_vm"]

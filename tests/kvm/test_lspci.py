@@ -12,18 +12,17 @@ from pathlib import Path
 import pytest
 
 from pcihole.cli import main
-from pcihole.kvm import Kvm
-from pcihole.lspci_cmd import (
+from pcihole.guest.lspci import (
     DUMP_ROOM,
     LspciError,
-    format_pages,
     guest_config_pages,
     lspci_text,
 )
+from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import BAR0, COMMAND
-from pcihole.pci.lspci import format_lspci_dump
+from pcihole.pci.lspci import format_lspci_dump, format_pages
 from pcihole.pci.topology import Topology
 from tests.lspci_judge import needs_lspci, run_lspci, section
 

@@ -15,11 +15,11 @@ from pcihole import layout
 from pcihole.guest.machine import PciMachine
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
+from pcihole.measure.scan import RECORD, ScanReport, run_scan
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import BAR0, COMMAND, STATUS, VENDOR_ID
 from pcihole.pci.ecam import encode_config_address
 from pcihole.pci.topology import Topology
-from pcihole.scan import RECORD, ScanReport, run_scan
 
 CUSTOM = [
     "00:00.0=host-bridge",

@@ -14,7 +14,7 @@ from pcihole import layout
 from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
-from pcihole.scan import run_scan
+from pcihole.measure.scan import run_scan
 from tests.support import CHILD_ENV, HANG_SECONDS, pcihole_command, run_pcihole
 
 BUSES = 16

@@ -15,7 +15,7 @@ host's model of that address.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from pcihole import layout
 from pcihole.errors import EnvironmentProblem
@@ -24,8 +24,7 @@ from pcihole.kvm import Kvm
 from pcihole.layout import DUMP_LIST_ADDR, DUMP_ROOM
 from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
-from pcihole.pci.config import CLASS_CODE, CONFIG_SPACE_SIZE, REVISION_ID
-from pcihole.pci.lspci import BYTES_PER_LINE, format_lspci_dump
+from pcihole.pci.lspci import format_lspci_dump, format_pages
 from pcihole.pci.topology import Topology
 
 DUMP_PROGRAM = "ecam_dump"
@@ -67,34 +66,6 @@ def guest_config_pages(
         bdf = Bdf(address >> 8, address >> 3 & 0x1F, address & 7)
         pages[bdf] = data[index * layout.PAGE_SIZE : (index + 1) * layout.PAGE_SIZE]
     return pages
-
-
-def _title(bdf: Bdf, data: bytes, description: str | None) -> str:
-    """The line that starts a function's block, as ``format_function`` writes it."""
-    if description is None:  # a function the host has no model for: name it by its bytes
-        vendor, device = struct.unpack_from("<HH", data)
-        class_code = int.from_bytes(data[CLASS_CODE : CLASS_CODE + 3], "little")
-        description = f"Class {class_code >> 8:04x}: {vendor:04x}:{device:04x}"
-    title = f"{bdf} {description}"
-    revision = data[REVISION_ID]
-    return title + (f" (rev {revision:02x})" if revision else "")
-
-
-def format_pages(pages: Mapping[Bdf, bytes], topology: Topology | None = None) -> str:
-    """Raw config pages in ``lspci -xxxx`` form, in address order; titles name the model
-    ``topology`` has at each address (the bytes alone decide everything lspci decodes)."""
-    blocks = []
-    for bdf in sorted(pages):
-        data = pages[bdf]
-        if len(data) != CONFIG_SPACE_SIZE:
-            raise LspciError(f"{bdf}: {len(data)} bytes of config space, want 4096")
-        function = topology.get(bdf) if topology is not None else None
-        lines = [_title(bdf, data, function.description if function else None)]
-        for offset in range(0, CONFIG_SPACE_SIZE, BYTES_PER_LINE):
-            chunk = data[offset : offset + BYTES_PER_LINE]
-            lines.append(f"{offset:02x}: " + " ".join(f"{byte:02x}" for byte in chunk))
-        blocks.append("\n".join(lines) + "\n\n")
-    return "".join(blocks)
 
 
 def lspci_text(

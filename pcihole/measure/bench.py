@@ -13,7 +13,7 @@ from pcihole.holes.memory import close_shared_hole_memory
 from pcihole.host import info as hostinfo
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
-from pcihole.scan import run_scan
+from pcihole.measure.scan import run_scan
 
 STRATEGY_MODES = {
     "shared": "mirror",

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from pcihole import layout
-from pcihole.bench import options_for
 from pcihole.holes.memory import close_shared_hole_memory
 from pcihole.kvm import Kvm
+from pcihole.measure.bench import options_for
+from pcihole.measure.progress import Progress
+from pcihole.measure.scan import ScanReport, run_scan
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
-from pcihole.progress import Progress
-from pcihole.scan import ScanReport, run_scan
 
 STRATEGIES = ("trap", "fill", "shared")
 LABELS = {
