@@ -208,6 +208,7 @@ class BootMachine(Closeable):
         name: str = "boot",
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
+        topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
         try:
             self.mch = Mch(topology, self.place_window)
         except ValueError as error:
