@@ -77,6 +77,11 @@ LOW_RAM_END = 0xA0000
 HIGH_RAM_START = 1 * MiB
 ISA_BIOS_MAX = 128 * KiB
 """The tail of the image that also appears just below 1 MiB (QEMU's isa-bios alias)."""
+PAM_SHADOW_BASE = 0xC0000
+"""The first byte the MCH's PAM registers govern (option ROMs, then the BIOS)."""
+PAM_BIOS_SEGMENT = 0xF0000
+"""PAM0's one 64 KiB segment: the BIOS's own."""
+PAM_SHADOW_END = HIGH_RAM_START
 
 # ---------------------------------------------------------------------------------------
 # Port I/O.

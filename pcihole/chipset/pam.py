@@ -27,15 +27,12 @@ from pcihole import layout
 PAM0 = 0x90
 """MCH config offset of PAM0; PAM1-PAM6 follow."""
 PAM_REGISTERS = 7
-SHADOW_BASE = 0xC0000
-"""The first byte PAM governs."""
-SHADOW_END = 1 * layout.MiB
+SHADOW_BASE = layout.PAM_SHADOW_BASE
+SHADOW_END = layout.PAM_SHADOW_END
 SHADOW_SIZE = SHADOW_END - SHADOW_BASE
-BIOS_SEGMENT = 0xF0000
-"""PAM0's one 64 KiB segment."""
+BIOS_SEGMENT = layout.PAM_BIOS_SEGMENT
 SMALL_SEGMENT = 16 * layout.KiB
-ISA_BIOS_MAX = 128 * layout.KiB
-"""The tail of the BIOS image QEMU also shows ending at 1 MiB (its ``isa-bios`` alias)."""
+ISA_BIOS_MAX = layout.ISA_BIOS_MAX
 LOW_FIELD_SHIFT = 0
 HIGH_FIELD_SHIFT = 4
 FIELD_MASK = 3

@@ -19,7 +19,7 @@ from pcihole.commands.options import add_machine_options, int_in_range, machine_
 from pcihole.errors import BadInput, EnvironmentProblem
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import (
-    SIGNAL_STATUS_BASE,
+    SIGNAL_STATUS_OFFSET,
     TIMEOUT_STATUS,
     BootError,
     BootMachine,
@@ -122,7 +122,7 @@ def _run_until_stopped(machine: BootMachine, timeout: float | None) -> BootResul
 
     def on_signal(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
-        machine.stop(f"stopped by {name}", SIGNAL_STATUS_BASE + signum)
+        machine.stop(f"stopped by {name}", SIGNAL_STATUS_OFFSET + signum)
 
     timer = None
     if timeout is not None:

@@ -6,19 +6,24 @@ firmware machine (``pcihole.machine.firmware``) on the same builder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from pcihole.guest.build import GuestProgram
 from pcihole.guest.vm import GuestVm
 from pcihole.host.smaps import resident_bytes
 from pcihole.kvm import Kvm
 from pcihole.machine import Machine, MachineOptions
+from pcihole.machine.bars import BarDecoder, BarKey
+from pcihole.machine.bus import BusDevice
 from pcihole.pci.topology import Topology
 
 
 class PciMachine(Machine):
     """A test-guest machine: ``program`` in long mode at ``options.ring`` with ``params``,
-    the ECAM window at ``layout.ECAM_BASE``, CF8/CFC, and the report port."""
+    the ECAM window at ``layout.ECAM_BASE``, CF8/CFC, and the report port.
+
+    ``backends``: register blocks behind BARs (``bars.backends_for``); ``bars`` keeps them
+    where the guest's config writes, through ECAM or CF8 alike, make them decode."""
 
     def __init__(
         self,
@@ -28,9 +33,12 @@ class PciMachine(Machine):
         program: str | GuestProgram = "scan",
         params: Sequence[int] = (),
         name: str = "vm",
+        backends: Mapping[BarKey, BusDevice] | None = None,
     ) -> None:
         shell = GuestVm(kvm, program, ring=options.ring, params=params, name=name)
-        super().__init__(shell, topology, options)
+        self.bars = None if backends is None else BarDecoder(shell, lambda: topology, backends)
+        written = None if self.bars is None else self.bars.config_written
+        super().__init__(shell, topology, options, on_config_write=written)
         self.guest: GuestVm = shell
 
 

@@ -204,22 +204,27 @@ def _remove_stale_socket(path: str) -> None:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """Set ``stop`` on SIGTERM/SIGINT while inside (main thread only; elsewhere a no-op)."""
+def _on_stop_signals(handler: Callable[[int, FrameType | None], None]) -> Iterator[None]:
+    """``handler`` takes SIGTERM/SIGINT while inside (main thread only; elsewhere a no-op)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %d: stopping", signum)
-        stop.set()
-
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def _stop_on_signals(stop: threading.Event) -> contextlib.AbstractContextManager[None]:
+    """Set ``stop`` on SIGTERM/SIGINT while inside."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    return _on_stop_signals(handler)
 
 
 def _read_request(conn: socket.socket) -> bytes:
@@ -401,23 +406,14 @@ class _Stopped(Exception):
     """SIGTERM/SIGINT arrived before the service was listening."""
 
 
-@contextlib.contextmanager
-def _raise_on_signals() -> Iterator[None]:
+def _raise_on_signals() -> contextlib.AbstractContextManager[None]:
     """Turn SIGTERM/SIGINT into :class:`_Stopped` (main thread only), so that what the
     command holds (a reserved huge page) is given back by its ``finally`` blocks."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum: int, frame: FrameType | None) -> None:
         raise _Stopped(f"signal {signum}")
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
+    return _on_stop_signals(handler)
 
 
 def main_serve(

@@ -5,13 +5,16 @@
 - ``trap``: nothing mapped; every access exits and the monitor answers all ones (QEMU).
 
 A strategy turns hole runs into memslot pieces and says which host address backs each.
-Adding a fourth is one class.
+Adding a fourth is one class decorated with ``@register``: its name, label, colour and
+whether it maps memory are class attributes, and the command line, ``demo``, ``bench``
+and the plot read them from ``REGISTRY``.
 """
 
 from __future__ import annotations
 
 import abc
 import mmap
+from dataclasses import dataclass
 from typing import ClassVar
 
 from pcihole import layout
@@ -26,7 +29,22 @@ class HoleStrategy(abc.ABC):
     """Maps hole runs of one VM's ECAM window onto memory (or not at all)."""
 
     name: ClassVar[str]
+    label: ClassVar[str]
+    """How tables name it (what it stands for)."""
+    colour: ClassVar[str]
+    """Its colour in plots (a matplotlib colour name)."""
     maps_memory: ClassVar[bool] = True
+    """Whether hole reads stay in the guest (False: every hole access exits)."""
+    private_bytes_per_window_byte: ClassVar[int] = 0
+    """Host memory each VM owns per byte of window (``fill``: one), for sweeps to skip
+    points that cannot fit."""
+    present: ClassVar[str] = "mirror"
+    """How sweeps answer present functions alongside (``trap`` traps everything)."""
+
+    @classmethod
+    @abc.abstractmethod
+    def create(cls, options: StrategyOptions) -> HoleStrategy:
+        """One VM's instance."""
 
     def __init__(self) -> None:
         self.note = ""
@@ -61,14 +79,61 @@ class HoleStrategy(abc.ABC):
         """Release what this VM alone owns."""
 
 
+@dataclass(frozen=True)
+class StrategyOptions:
+    """What a strategy is made from for one VM."""
+
+    window_size: int
+    backing: Backing | None = None
+    socket_path: str | None = None
+    free_memslots: int | None = None
+
+
+REGISTRY: dict[str, type[HoleStrategy]] = {}
+"""Every strategy by name, in the order the command line offers them."""
+
+
+def register(cls: type[HoleStrategy]) -> type[HoleStrategy]:
+    """Class decorator: make ``cls`` a strategy the whole program knows."""
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+@register
 class SharedStrategy(HoleStrategy):
     """Every hole slot points into the process-wide all-ones memory."""
 
     name = "shared"
+    label = "shared (pcihole)"
+    colour = "tab:green"
 
     def __init__(self, memory: HoleMemory) -> None:
         super().__init__()
         self.memory = memory
+
+    @classmethod
+    def create(cls, options: StrategyOptions) -> HoleStrategy:
+        """Over the process's all-ones memory; with the backing left to choose and the
+        VM's free memslots known, a THP chunk (one slot per 2 MiB of holes) is passed over
+        for a memfd window (one slot per run) when the VM could not afford it."""
+        backing = options.backing
+        note = ""
+        chunk_slots = -(-options.window_size // layout.HUGE_PAGE_SIZE)
+        free = options.free_memslots
+        if backing is None and free is not None and chunk_slots > free:
+            memory = shared_hole_memory(None, options.socket_path)
+            if memory.window is None:  # the best backing here has no window: THP
+                backing = Backing.MEMFD
+                note = (
+                    f"a THP chunk would need {chunk_slots} memslots, {free} free: "
+                    "using a memfd window, one slot per run of holes"
+                )
+        memory = shared_hole_memory(backing, options.socket_path)
+        if backing is None and memory.window is None and not note:
+            note = thp_choice_note(chunk_slots)
+        strategy = cls(memory)
+        strategy.note = note
+        return strategy
 
     def pieces(self, runs: list[Run], window_start: int) -> list[Piece]:
         # Congruence modulo 2 MiB keeps huge mappings possible; a chunk smaller than that
@@ -91,10 +156,20 @@ class SharedStrategy(HoleStrategy):
         return f"{self.memory.origin}; {self.memory.report().layout}"
 
 
+@register
 class FillStrategy(HoleStrategy):
     """A private, 0xff-filled copy of the whole ECAM window per VM, mapped read-only."""
 
     name = "fill"
+    label = "fill (0xff copy)"
+    colour = "tab:orange"
+    private_bytes_per_window_byte = 1
+
+    @classmethod
+    def create(cls, options: StrategyOptions) -> HoleStrategy:
+        if options.window_size % mmap.PAGESIZE:
+            raise StrategyError(f"window size {options.window_size:#x} is not page aligned")
+        return cls(options.window_size)
 
     def __init__(self, window_size: int) -> None:
         super().__init__()
@@ -125,11 +200,19 @@ class FillStrategy(HoleStrategy):
         self.buffer.close()
 
 
+@register
 class TrapStrategy(HoleStrategy):
     """No memory at all: every hole access exits and the monitor answers."""
 
     name = "trap"
+    label = "trap (as QEMU)"
+    colour = "tab:red"
     maps_memory = False
+    present = "trap"
+
+    @classmethod
+    def create(cls, options: StrategyOptions) -> HoleStrategy:
+        return cls()
 
     def pieces(self, runs: list[Run], window_start: int) -> list[Piece]:
         return []
@@ -138,7 +221,9 @@ class TrapStrategy(HoleStrategy):
         raise AssertionError("trap maps nothing")
 
 
-STRATEGIES = ("shared", "fill", "trap")
+STRATEGIES = tuple(REGISTRY)
+REFERENCE = SharedStrategy.name
+"""The strategy tables compare the others against: pcihole's own."""
 
 KERNEL_BYTES_PER_SLOT = 24 << 10
 """x86 KVM's smallest memslot: six vmalloc'd arrays of at least one 4 KiB page each (rmap
@@ -181,31 +266,11 @@ def make_strategy(
     With the backing left to choose and ``free_memslots`` known, a THP chunk (one slot per
     2 MiB of holes) is passed over for a memfd window (one slot per run) when the VM could
     not afford a slot per 2 MiB of its window."""
-    if name not in STRATEGIES:
+    cls = REGISTRY.get(name)
+    if cls is None:
         raise StrategyError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
-    if name != "trap" and not readonly_memory:
+    if cls.maps_memory and not readonly_memory:
         strategy: HoleStrategy = TrapStrategy()
         strategy.note = f"{name} needs KVM_CAP_READONLY_MEM, absent here: trapping instead"
         return strategy
-    if name == "shared":
-        note = ""
-        chunk_slots = -(-window_size // layout.HUGE_PAGE_SIZE)
-        if backing is None and free_memslots is not None and chunk_slots > free_memslots:
-            memory = shared_hole_memory(None, socket_path)
-            if memory.window is None:  # the best backing here has no window: THP
-                backing = Backing.MEMFD
-                note = (
-                    f"a THP chunk would need {chunk_slots} memslots, {free_memslots} free: "
-                    "using a memfd window, one slot per run of holes"
-                )
-        memory = shared_hole_memory(backing, socket_path)
-        if backing is None and memory.window is None and not note:
-            note = thp_choice_note(chunk_slots)
-        strategy = SharedStrategy(memory)
-        strategy.note = note
-        return strategy
-    if name == "fill":
-        if window_size % mmap.PAGESIZE:
-            raise StrategyError(f"window size {window_size:#x} is not page aligned")
-        return FillStrategy(window_size)
-    return TrapStrategy()
+    return cls.create(StrategyOptions(window_size, backing, socket_path, free_memslots))

@@ -1,15 +1,13 @@
 """What sits behind the BARs, and where: register blocks that follow the guest's BAR and
 command writes onto the machine's MMIO and port buses.
 
-(Machine-side code: it belongs in the ``pcihole/machine/`` package once that replaces
-``machine.py``; it is a module of its own until then.)
-
 ``backends_for`` makes the register blocks a catalogue function has (``pcihole.devices``:
 AHCI, NVMe, virtio-pci, MSI-X tables), by BAR. ``BarDecoder`` keeps them placed: after
-every configuration write (the ECAM device's and the CF8 ports' write callbacks call
-``config_written``) it asks ``pcihole.pci.bars`` which BAR ranges decode now, through the
-bridges above each function, and moves blocks to match: off the bus when decoding stops or
-the BAR moves, onto it at the new range.
+every configuration write (the machine's config-write hook, which ECAM and CF8 writes
+reach alike, calls ``config_written``; ``PciMachine(backends=...)`` wires it) it asks
+``pcihole.pci.bars`` which BAR ranges decode now, through the bridges above each function,
+and moves blocks to match: off the bus when decoding stops or the BAR moves, onto it at
+the new range.
 
 A range that would overlap guest RAM, ROM, the ECAM window or another bus device is not
 placed and is counted (``clashes``): a real bus is undefined there (two decoders driving one

@@ -51,7 +51,7 @@ GUEST_STOPPED_STATUS = 70
 """Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
 TIMEOUT_STATUS = 124
 """As timeout(1)."""
-SIGNAL_STATUS_BASE = 128
+SIGNAL_STATUS_OFFSET = 128
 """A run ended by signal N exits with 128 + N, as a shell reports it."""
 
 
@@ -87,20 +87,7 @@ class BootVm(Closeable):
             self.ram = GuestRam(0, ram_size)
             self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
             self.rom.write(self.rom.base, image)
-            high = layout.HIGH_RAM_START
-            regions = [
-                (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
-                (
-                    Region(RegionKind.RAM, high, ram_size - high, "ram-high"),
-                    self.ram.host_address + high,
-                    0,
-                ),
-                (
-                    Region(RegionKind.ROM, self.rom.base, len(image), "bios"),
-                    self.rom.host_address,
-                    abi.KVM_MEM_READONLY,
-                ),
-            ]
+            regions = self._regions()
             shadow = Region(RegionKind.ROM, pam.SHADOW_BASE, pam.SHADOW_SIZE, "pam-shadow")
             self.memory_map = MemoryMap([*(region for region, _, _ in regions), shadow])
             self.ports = Bus("port")
@@ -118,6 +105,20 @@ class BootVm(Closeable):
         except BaseException:
             self.close()
             raise
+
+    def _regions(self) -> list[tuple[Region, int, int]]:
+        """(region, host address, memslot flags) of low RAM, high RAM and the image below
+        4 GiB. 0xc0000-0xfffff (the isa-bios alias among it) is the PAM shadow's."""
+        assert self.ram is not None and self.rom is not None
+        image_size, high = len(self.image), layout.HIGH_RAM_START
+        readonly = abi.KVM_MEM_READONLY
+        return [
+            (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
+            (Region(RegionKind.RAM, high, self.ram_size - high, "ram-high"),
+             self.ram.host_address + high, 0),
+            (Region(RegionKind.ROM, self.rom.base, image_size, "bios"),
+             self.rom.host_address, readonly),
+        ]  # fmt: skip
 
     def on_coalesced(self, callback: Callable[[list[CoalescedWrite]], None] | None) -> None:
         self.loop.on_coalesced = callback
@@ -244,6 +245,7 @@ class BootMachine(Closeable):
         name: str = "boot",
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
+        topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
         try:
             self.mch = Mch(topology, self.place_window)
         except ValueError as error:

@@ -30,9 +30,10 @@ from pcihole.machine.bus import Bus
 from pcihole.machine.runloop import RunLoop
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.bdf import Bdf
-from pcihole.pci.config import ACCESS_SIZES
+from pcihole.pci.config import ACCESS_SIZES, ConfigSpace
 from pcihole.pci.devices import Function
 from pcihole.pci.ecam import ConfigMechanism1
+from pcihole.pci.routing import BridgeState, Routing, bridge_state, route
 from pcihole.pci.topology import Topology
 
 PRESENT_MODES = ("mirror", "trap")
@@ -189,15 +190,20 @@ class EcamWindow:
         self.options = options
         self.size = layout.ecam_size(options.buses)
         self.base: int | None = None
+        self.routing = Routing({})
+        """Which guest address reaches which function, under the bridges' bus numbers."""
+        self._bridges: dict[Bdf, BridgeState] = {}
         self.functions_by_page: dict[int, Function] = {}
+        """Guest ECAM page -> the function answering exits there."""
         self.mirrors: dict[Bdf, Mirror] = {}
+        """By the function's built address (``Function.bdf``); mapped at its guest page."""
         self.hole_writes = HoleWrites()
         self.ecam = EcamDevice(self, on_config_write)
         self._lock = threading.RLock()
         self.strategy: HoleStrategy | None = None
         self.holes: HoleSlots | None = None
-        for function in topology:
-            self._index(function)
+        self._reroute()
+        self.functions_by_page = self._page_index()
         self.hole_setup_seconds = 0.0
         """Time spent making hole memory ready and its memslots: what `fill` spends filling."""
         try:
@@ -256,7 +262,7 @@ class EcamWindow:
         self.region = region
         self.guest.mmio.add(base, self.size, self.ecam, "ecam")
         if self.options.present == "mirror":
-            for function in self.topology:
+            for function in self.routing.functions.values():
                 if self._decodes(function):
                     self._map_mirror(function)
         started = time.perf_counter()
@@ -278,22 +284,48 @@ class EcamWindow:
 
     def _runs(self) -> list[Run]:
         assert self.base is not None
-        offsets = self.topology.present_offsets()
-        present = [self.base + offset for offset in offsets if offset < self.size]
+        present = [self.base + offset for offset in self.routing.present_offsets(self.size)]
         return hole_runs(self.base, self.size, present)
+
+    def _reroute(self) -> None:
+        """Route again from the bridges' registers; ``functions_by_page`` is left alone."""
+        self.routing = route(self.topology)
+        self._addresses = self.routing.address_of()
+        self._bridges = {}
+        for function in self.topology:
+            state = bridge_state(function)
+            if state is not None:
+                self._bridges[function.bdf] = state
+
+    def _page_index(self) -> dict[int, Function]:
+        return {
+            bdf.ecam_offset >> layout.PAGE_SHIFT: function
+            for bdf, function in self.routing.functions.items()
+        }
+
+    def guest_address(self, function: Function) -> Bdf | None:
+        """Where the guest reaches ``function`` now; None while no bus number leads there."""
+        return self._addresses.get(function.bdf)
+
+    def function_at(self, bdf: Bdf) -> Function | None:
+        """The function answering at guest address ``bdf`` (CF8 and ECAM alike)."""
+        return self.routing.function_at(bdf)
+
+    def config_at(self, bdf: Bdf) -> ConfigSpace | None:
+        return self.routing.config_at(bdf)
 
     def _decodes(self, function: Function) -> bool:
         """Whether the function's page lies inside the decoded part of the window."""
-        return function.bdf.ecam_offset < self.size
-
-    def _index(self, function: Function) -> None:
-        self.functions_by_page[function.bdf.ecam_offset >> layout.PAGE_SHIFT] = function
+        address = self.guest_address(function)
+        return address is not None and address.ecam_offset < self.size
 
     def _map_mirror(self, function: Function) -> None:
         assert self.base is not None
+        address = self.guest_address(function)
+        assert address is not None
         slots = self.guest.slots
-        (slot,) = slots.allocate(1, purpose=f"config page of {function.bdf}")
-        page = GuestRam(self.base + function.bdf.ecam_offset, layout.PAGE_SIZE)
+        (slot,) = slots.allocate(1, purpose=f"config page of {function.bdf} at {address}")
+        page = GuestRam(self.base + address.ecam_offset, layout.PAGE_SIZE)
         try:
             page.write(page.base, function.config.snapshot())
             self.guest.vm.set_memory_region(
@@ -313,11 +345,43 @@ class EcamWindow:
         mirror.page.close()
 
     def refresh_mirror(self, bdf: Bdf) -> None:
-        """Copy the model's registers into its read-only page (after a write or a plug)."""
+        """After a write to the function built at ``bdf`` (or a plug): copy its registers
+        into its read-only page, and if they were a bridge's bus numbers, re-plan."""
         mirror = self.mirrors.get(bdf)
         function = self.topology.get(bdf)
         if mirror is not None and function is not None:
             mirror.page.write(mirror.page.base, function.config.snapshot())
+        if function is not None and bridge_state(function) != self._bridges.get(bdf):
+            self.replan()
+
+    def replan(self) -> None:
+        """Follow the routing the bridges' registers give now: mirror pages move, hole
+        runs are planned again, memslots change live.
+
+        The order keeps what hot-plug keeps (a read sees all ones or a real header): a
+        mirror whose function moves or hides goes first; then exits answer the new
+        function where one was before, all ones where none is now; then hole slots
+        change (a hole slot is only added over pages no mirror maps any more, and leaves
+        pages that become present); then exits answer at new pages; then their mirrors
+        are mapped.
+        """
+        with self._lock:
+            old = dict(self._addresses)
+            self._reroute()
+            moved = [bdf for bdf in self.mirrors if self._addresses.get(bdf) != old.get(bdf)]
+            for bdf in moved:
+                self._unmap_mirror(bdf)
+            new_index = self._page_index()
+            kept = {page: new_index[page] for page in self.functions_by_page if page in new_index}
+            self.functions_by_page = kept
+            if self.base is not None:
+                assert self.holes is not None
+                self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
+            self.functions_by_page = new_index
+            if self.base is not None and self.options.present == "mirror":
+                for function in self.routing.functions.values():
+                    if function.bdf not in self.mirrors and self._decodes(function):
+                        self._map_mirror(function)
 
     # --- hot-plug ------------------------------------------------------------------------
     def hot_plug(self, function: Function) -> None:
@@ -329,21 +393,15 @@ class EcamWindow:
         unmapped) may be answered late, and must not show the header while the hole slot
         still maps the page, or the guest could read the header, all ones, the header.
         """
-        assert self.holes is not None
         with self._lock:
             changed = self.topology.add(function)
-            if self.base is None:
-                self._index(function)
-                return
             try:
-                self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
-                self._index(function)
-                if self.options.present == "mirror" and self._decodes(function):
-                    self._map_mirror(function)
+                self.replan()
             except BaseException:
-                self.functions_by_page.pop(function.bdf.ecam_offset >> layout.PAGE_SHIFT, None)
+                if function.bdf in self.mirrors:
+                    self._unmap_mirror(function.bdf)
                 self.topology.remove(function.bdf)
-                self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
+                self.replan()
                 raise
             for bdf in changed[1:]:
                 self.refresh_mirror(bdf)
@@ -354,15 +412,9 @@ class EcamWindow:
         The mirror goes first, then exits answer all ones, then the hole slot comes (the
         reverse of ``hot_plug``, for the same reason).
         """
-        assert self.holes is not None
         with self._lock:
             changed = self.topology.remove(bdf)
-            if bdf in self.mirrors:
-                self._unmap_mirror(bdf)
-            self.functions_by_page.pop(bdf.ecam_offset >> layout.PAGE_SHIFT, None)
-            if self.base is None:
-                return
-            self.holes.set_runs(self._runs(), self.base, drain=self.guest.loop.drain)
+            self.replan()
             for other in changed[1:]:
                 self.refresh_mirror(other)
 
@@ -403,7 +455,7 @@ class LegacyConfigPorts:
 
     def __init__(self, window: EcamWindow, on_write: ConfigWritten | None = None) -> None:
         self.window = window
-        self.mechanism = ConfigMechanism1(window.topology.config_at)
+        self.mechanism = ConfigMechanism1(window.config_at)
         self.on_write = on_write
         self.exits = 0
 
@@ -414,10 +466,11 @@ class LegacyConfigPorts:
     def write(self, offset: int, size: int, value: int) -> None:
         self.exits += 1
         changed = self.mechanism.io_write(layout.PCI_CONFIG_ADDRESS_PORT + offset, size, value)
-        if changed is not None:
-            self.window.refresh_mirror(changed)
+        function = None if changed is None else self.window.function_at(changed)
+        if function is not None:
+            self.window.refresh_mirror(function.bdf)
             if self.on_write is not None:
-                self.on_write(changed)
+                self.on_write(function.bdf)
 
 
 CONFIG_PORTS = 8

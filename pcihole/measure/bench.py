@@ -10,19 +10,11 @@ from typing import Any
 
 from pcihole import layout
 from pcihole.holes.memory import close_shared_hole_memory
+from pcihole.holes.strategy import REFERENCE, REGISTRY
 from pcihole.host import info as hostinfo
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.measure.scan import run_scan
-
-STRATEGY_MODES = {
-    "shared": "mirror",
-    "fill": "mirror",
-    "trap": "trap",
-}
-"""Present-function handling that goes with each hole strategy in comparisons: ``trap``
-is QEMU's way (every config access exits); ``fill`` and ``shared`` mirror present pages so
-that only the holes differ between them."""
 
 TIMED_KEYS = (
     "setup_seconds",
@@ -36,18 +28,22 @@ MEMORY_HEADROOM = 0.75
 
 
 def options_for(strategy: str, buses: int, **extra: Any) -> MachineOptions:
-    return MachineOptions(buses=buses, strategy=strategy, present=STRATEGY_MODES[strategy],
-                          **extra)  # fmt: skip
+    """The machine a comparison runs ``strategy`` on: present functions answered the way
+    that goes with it (``trap`` is QEMU's way, every config access exits; the others
+    mirror present pages so that only the holes differ)."""
+    present = REGISTRY[strategy].present
+    return MachineOptions(buses=buses, strategy=strategy, present=present, **extra)
 
 
 def fits_in_memory(strategy: str, vms: int, buses: int) -> str | None:
     """None when the point fits in host memory, else why it is skipped."""
-    if strategy != "fill":
+    per_byte = REGISTRY[strategy].private_bytes_per_window_byte
+    if not per_byte:
         return None
-    need = vms * layout.ecam_size(buses)
+    need = vms * layout.ecam_size(buses) * per_byte
     available = hostinfo.meminfo().get("MemAvailable", 0) * 1024
     if need > MEMORY_HEADROOM * available:
-        return f"needs {need >> 20} MiB of private fill, {available >> 20} MiB available"
+        return f"needs {need >> 20} MiB of private {strategy}, {available >> 20} MiB available"
     return None
 
 
@@ -143,7 +139,7 @@ def sweep(
     return points, skipped
 
 
-def ratios(points: list[dict[str, Any]], key: str, base: str = "shared") -> dict[str, float]:
+def ratios(points: list[dict[str, Any]], key: str, base: str = REFERENCE) -> dict[str, float]:
     """``key`` of each point over the ``base`` strategy's at the same buses and VM count."""
     by_place = {(p["buses"], p["vms"], p["strategy"]): p for p in points}
     out: dict[str, float] = {}
@@ -157,7 +153,6 @@ def ratios(points: list[dict[str, Any]], key: str, base: str = "shared") -> dict
 
 VM_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 BUS_COUNTS = (1, 16, 256)
-STRATEGIES = ("shared", "fill", "trap")
 
 
 def run_bench(
@@ -176,11 +171,12 @@ def run_bench(
     repeat_count = 1 if quick else repeats
 
     def repeats_for(strategy: str, buses: int) -> int:
-        return 1 if strategy == "trap" and buses == layout.ECAM_MAX_BUSES else repeat_count
+        trapping = not REGISTRY[strategy].maps_memory  # every probe exits: seconds a VM
+        return 1 if trapping and buses == layout.ECAM_MAX_BUSES else repeat_count
 
     started = time.perf_counter()
     with Kvm() as kvm:
-        points, skipped = sweep(kvm, STRATEGIES, counts, BUS_COUNTS, repeats_for,
+        points, skipped = sweep(kvm, tuple(REGISTRY), counts, BUS_COUNTS, repeats_for,
                                 progress=progress, passes=1)  # fmt: skip
     close_shared_hole_memory()
     return {

@@ -13,6 +13,7 @@ from typing import Any
 
 from pcihole import layout
 from pcihole.holes.memory import close_shared_hole_memory
+from pcihole.holes.strategy import REFERENCE, REGISTRY
 from pcihole.kvm import Kvm
 from pcihole.measure.bench import options_for
 from pcihole.measure.progress import Progress
@@ -20,12 +21,11 @@ from pcihole.measure.scan import ScanReport, run_scan
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
 
-STRATEGIES = ("trap", "fill", "shared")
-LABELS = {
-    "trap": "trap (as QEMU)",
-    "fill": "fill (0xff copy)",
-    "shared": "shared (pcihole)",
-}
+
+def order() -> tuple[str, ...]:
+    """Table rows: every registered strategy, the reference (pcihole's own) last, under
+    what it is compared with."""
+    return (*(name for name in reversed(REGISTRY) if name != REFERENCE), REFERENCE)
 
 
 @dataclass
@@ -46,11 +46,11 @@ class DemoResult:
 
 def run_demo(vms: int = 8, buses: int = layout.ECAM_MAX_BUSES) -> DemoResult:
     started = time.perf_counter()
-    progress = Progress("demo", len(STRATEGIES) * (vms + 1))
+    progress = Progress("demo", len(order()) * (vms + 1))
     reports: dict[str, ScanReport] = {}
     try:
         with Kvm() as kvm:
-            for strategy in STRATEGIES:
+            for strategy in order():
 
                 def built(label: str, strategy: str = strategy) -> None:
                     progress.step(f"{strategy}: {label}")
@@ -96,10 +96,10 @@ def listing(report: ScanReport, buses: int) -> list[str]:
 
 
 def render(result: DemoResult) -> str:
-    shared = result.reports["shared"].as_json()
+    shared = result.reports[REFERENCE].as_json()
     out = [
         f"One guest's view (brute force and recursive agree, {result.vms} VMs agree):",
-        *("  " + line for line in listing(result.reports["shared"], result.buses)),
+        *("  " + line for line in listing(result.reports[REFERENCE], result.buses)),
         "",
         f"{result.vms} VMs, {result.buses}-bus ECAM window "
         f"({_size(layout.ecam_size(result.buses))}), each guest enumerating at ring 3:",
@@ -110,12 +110,12 @@ def render(result: DemoResult) -> str:
         f"{'exits/VM':>9} {'scan (all VMs)':>14} {'memory':>8} {'time':>8}"
     )
     out += [header, "-" * len(header)]
-    for name in STRATEGIES:
+    for name in order():
         data = result.reports[name].as_json()
         exits = data["exits_per_vm"]
         config_exits = exits["hole"] + exits["device"] + exits["device_reads"]
         out.append(
-            f"{LABELS[name]:<18} {_size(data['hole_memory_bytes_total']):>11} "
+            f"{REGISTRY[name].label:<18} {_size(data['hole_memory_bytes_total']):>11} "
             f"{_size(data['hole_memory_bytes_per_vm']):>9} "
             f"{_size(data['kernel_memory_bytes_per_vm']):>9} {data['memslots_per_vm']:>8} "
             f"{config_exits:>9} {data['scan_seconds']:>12.3f} s "

@@ -10,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pcihole.errors import BadInput
-
-COLORS = {"shared": "tab:green", "fill": "tab:orange", "trap": "tab:red"}
+from pcihole.holes.strategy import REGISTRY
 
 
 class PlotError(BadInput):
@@ -29,7 +28,8 @@ def plot_bench(report: dict[str, Any], path: str) -> None:
     points = report["points"]
     buses = max(report["bus_counts"])
     figure, (memory_axis, kernel_axis, time_axis) = plt.subplots(1, 3, figsize=(17, 4.8))
-    for strategy, color in COLORS.items():
+    for strategy, kind in REGISTRY.items():
+        color = kind.colour
         rows = sorted((p for p in points if p["strategy"] == strategy and p["buses"] == buses),
                       key=lambda p: p["vms"])  # fmt: skip
         if not rows:
@@ -61,8 +61,10 @@ def plot_bench(report: dict[str, Any], path: str) -> None:
         axis.grid(True, which="both", alpha=0.3)
         axis.legend()
         axis.set_xticks(report["vm_counts"], [str(n) for n in report["vm_counts"]])
-    memory_axis.annotate("trap: 0 bytes of user memory, but every probe exits", xy=(0.02, 0.5),
-                         xycoords="axes fraction", fontsize=9, color=COLORS["trap"])  # fmt: skip
+    for y, kind in enumerate(k for k in REGISTRY.values() if not k.maps_memory):
+        memory_axis.annotate(f"{kind.name}: 0 bytes of user memory, but every probe exits",
+                             xy=(0.02, 0.5 - 0.06 * y), xycoords="axes fraction", fontsize=9,
+                             color=kind.colour)  # fmt: skip
     kernel_axis.annotate("VmallocUsed + SecPageTables + PageTables, peak rise over\n"
                          "set-up and scan / VMs (host-wide /proc/meminfo: noisy at few VMs)",
                          xy=(0.02, 0.9), xycoords="axes fraction", fontsize=8)  # fmt: skip

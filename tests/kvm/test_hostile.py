@@ -145,6 +145,60 @@ class Op:
     value: int
 
 
+SECONDARY_BUS, SUBORDINATE_BUS, BRIDGE_CONTROL = 0x19, 0x1A, 0x3E
+SECONDARY_BUS_RESET = 0x40
+"""Bridge Control bit: while set, the bridge forwards nothing to its secondary side."""
+ROUTING_BYTES = (SECONDARY_BUS, SUBORDINATE_BUS, BRIDGE_CONTROL)
+
+
+class PlainMachine:
+    """Plain configs of a topology by built address, and which ECAM page (``pages``)
+    holds which under the bus numbers the guest has written into the bridges.
+
+    Its routing is written here from the PCI-to-PCI bridge specification, never asked of
+    pcihole, for one shape only (the default topology's): bridges on bus 0, each leading
+    to a bus whose functions sit at device 0 and are not bridges (so a PCIe port's ARI
+    Forwarding Enable changes nothing). A bus number B >= 1 goes to the first bridge, in
+    (device, function) order, with secondary <= B <= subordinate and no Secondary Bus
+    Reset; its functions answer there if B is its secondary, nothing does otherwise."""
+
+    def __init__(self, topology: Topology) -> None:
+        self.configs = {f.bdf: plain_config(f) for f in topology}
+        self.behind: dict[Bdf, list[Bdf]] = {}
+        for f in topology:
+            if f.bridge_buses is not None:
+                wired = [g.bdf for g in topology if g.bdf.bus == f.bridge_buses[0]]
+                assert f.bdf.bus == 0 and all(g.device == 0 for g in wired), "not this shape"
+                assert all(topology.get(g).bridge_buses is None for g in wired)  # type: ignore[union-attr]
+                self.behind[f.bdf] = wired
+        self.ports = {self.configs[bdf]: bdf for bdf in self.behind}
+        self.pages: dict[int, PlainConfig] = {}
+        self.reroute()
+
+    def reroute(self) -> bool:
+        """Derive ``pages`` from the bridges' registers again; whether any page changed."""
+        pages = {bdf.ecam_offset >> 12: c for bdf, c in self.configs.items() if bdf.bus == 0}
+        claims: list[range] = []
+        for port in sorted(self.behind):
+            data = self.configs[port].data
+            if data[BRIDGE_CONTROL] & SECONDARY_BUS_RESET:
+                continue
+            secondary, subordinate = data[SECONDARY_BUS], data[SUBORDINATE_BUS]
+            if 0 < secondary <= subordinate and not any(secondary in c for c in claims):
+                for bdf in self.behind[port]:
+                    guest = Bdf(secondary, bdf.device, bdf.function)
+                    pages[guest.ecam_offset >> 12] = self.configs[bdf]
+            claims.append(range(max(secondary, 1), subordinate + 1))
+        changed = pages != self.pages
+        self.pages = pages
+        return changed
+
+    def page_of(self, bdf: Bdf) -> int | None:
+        """The page where the function built at ``bdf`` answers now, if any."""
+        config = self.configs[bdf]
+        return next((page for page, c in self.pages.items() if c is config), None)
+
+
 @dataclass
 class Replay:
     """What a plain model of PCI says about a log of accesses."""
@@ -153,6 +207,8 @@ class Replay:
     hole_writes: list[tuple[int, int, bytes]] = field(default_factory=list)
     reads: int = 0
     writes: int = 0
+    reroutes: int = 0
+    """Writes after which a function answered at another page (or at none)."""
 
 
 def read_log(machine: PciMachine, count: int) -> list[Op]:
@@ -165,44 +221,62 @@ def read_log(machine: PciMachine, count: int) -> list[Op]:
     return ops
 
 
-def replay(ops: Sequence[Op], model: dict[int, PlainConfig]) -> Replay:
-    """Apply ``ops`` to ``model`` (page number -> plain config under its model's literal
-    masks) byte by byte; holes read all ones and drop writes. Every read must return what
-    the model holds at that moment."""
+def replay_write(op: Op, model: PlainMachine, out: Replay) -> None:
+    """Byte by byte into the configs of the pages they land on; bytes on no function's
+    page are hole writes, one per page piece. A write to a bridge's routing bytes
+    re-derives the pages after the whole access (a page's piece is one write)."""
+    pieces: dict[int, list[int]] = {}
+    routing = False
+    for byte, address in enumerate(range(op.offset, op.offset + op.width)):
+        pieces.setdefault(address >> 12, []).append(address)
+        config = model.pages.get(address >> 12)
+        if config is not None:
+            config.write(address & 0xFFF, 1, op.value >> (8 * byte) & 0xFF)
+            routing |= config in model.ports and (address & 0xFFF) in ROUTING_BYTES
+    start = 0
+    for page, where in pieces.items():
+        data = bytes(op.value >> (8 * (start + i)) & 0xFF for i in range(len(where)))
+        if page not in model.pages:
+            out.hole_writes.append((where[0], len(where), data))
+        start += len(where)
+    if routing and model.reroute():
+        out.reroutes += 1
+
+
+def replay(ops: Sequence[Op], model: PlainMachine) -> Replay:
+    """Apply ``ops`` to ``model`` (plain configs under their models' literal masks, at
+    the pages the bridges route them to); holes read all ones and drop writes. Every read
+    must return what the model holds at that moment."""
     out = Replay()
     for index, op in enumerate(ops):
-        addresses = range(op.offset, op.offset + op.width)
         if op.is_write:
             out.writes += 1
-            pieces: dict[int, list[int]] = {}
-            for byte, address in enumerate(addresses):
-                pieces.setdefault(address >> 12, []).append(address)
-                config = model.get(address >> 12)
-                if config is not None:
-                    config.write(address & 0xFFF, 1, op.value >> (8 * byte) & 0xFF)
-            start = 0
-            for page, where in pieces.items():
-                data = bytes(op.value >> (8 * (start + i)) & 0xFF for i in range(len(where)))
-                if page not in model:
-                    out.hole_writes.append((where[0], len(where), data))
-                start += len(where)
-        else:
-            out.reads += 1
-            expected = 0
-            for byte, address in enumerate(addresses):
-                config = model.get(address >> 12)
-                value = 0xFF if config is None else config.read(address & 0xFFF, 1)
-                expected |= value << (8 * byte)
-            if expected != op.value:
-                out.mismatches.append(
-                    f"op {index}: {op.width}-byte read at {op.offset:#x} gave {op.value:#x}, "
-                    f"the model says {expected:#x}"
-                )
+            replay_write(op, model, out)
+            continue
+        out.reads += 1
+        expected = 0
+        for byte, address in enumerate(range(op.offset, op.offset + op.width)):
+            config = model.pages.get(address >> 12)
+            value = 0xFF if config is None else config.read(address & 0xFFF, 1)
+            expected |= value << (8 * byte)
+        if expected != op.value:
+            out.mismatches.append(
+                f"op {index}: {op.width}-byte read at {op.offset:#x} gave {op.value:#x}, "
+                f"the model says {expected:#x}"
+            )
     return out
 
 
-def page_models(topology: Topology) -> dict[int, PlainConfig]:
-    return {f.bdf.ecam_offset >> 12: plain_config(f) for f in topology}
+def check_mirror(machine: PciMachine, model: PlainMachine, bdf: Bdf, expected: bytes) -> None:
+    """The function's mirror is at the page the model routes it to, if that is in the
+    window, and shows ``expected``; otherwise it has none."""
+    page = model.page_of(bdf)
+    if page is None or page << 12 >= machine.window.size:
+        assert bdf not in machine.window.mirrors, bdf
+        return
+    mirror = machine.window.mirrors[bdf].page
+    assert mirror.base == layout.ECAM_BASE + (page << 12), bdf
+    assert mirror.read(mirror.base, layout.PAGE_SIZE) == expected
 
 
 @pytest.mark.parametrize(
@@ -239,9 +313,10 @@ def test_random_accesses_read_what_a_plain_model_says(
             assert runs.hostile.syncs == [ops]
             log = read_log(machine, ops)
             plain = Topology.default(buses)
-            models = page_models(plain)
-            result = replay(log, models)
+            model = PlainMachine(plain)
+            result = replay(log, model)
             assert result.mismatches == []
+            assert result.reroutes > 0  # the guest renumbered the root ports
             assert result.reads > ops // 3 and result.writes > ops // 3
             # Some accesses crossed a page: the model had a hole piece and a device piece.
             crossing = [op for op in log if op.offset >> 12 != (op.offset + op.width - 1) >> 12]
@@ -251,11 +326,10 @@ def test_random_accesses_read_what_a_plain_model_says(
             for function in plain:
                 mine = machine.topology.get(function.bdf)
                 assert mine is not None
-                expected = models[function.bdf.ecam_offset >> 12].snapshot()
+                expected = model.configs[function.bdf].snapshot()
                 assert mine.config.snapshot() == expected, function.bdf
                 if present == "mirror":
-                    page = machine.window.mirrors[function.bdf].page
-                    assert page.read(page.base, layout.PAGE_SIZE) == expected
+                    check_mirror(machine, model, function.bdf, expected)
             strategy_object = machine.strategy
             assert strategy_object is not None
             if strategy == "shared":
@@ -267,13 +341,49 @@ def test_random_accesses_read_what_a_plain_model_says(
 
 def test_the_replay_catches_a_wrong_read() -> None:
     """The model is not a tautology: one wrong value in the log is found."""
-    model = page_models(Topology.default(BUSES))
+    model = PlainMachine(Topology.default(BUSES))
     ops = [Op(0, 4, False, 0x29C08086), Op(0x1000, 2, False, 0xFFFF), Op(0x0, 2, False, 0x8087)]
     assert len(replay(ops, model).mismatches) == 1
     # and a write to a read-only register does not change what is read next
-    model = page_models(Topology.default(BUSES))
+    model = PlainMachine(Topology.default(BUSES))
     ops = [Op(0, 2, True, 0x1234), Op(0, 2, False, 0x1234)]
     assert len(replay(ops, model).mismatches) == 1
+
+
+PORT_1C0 = 0xE0000
+"""00:1c.0's page: the root port to bus 1 (virtio-net at 01:00.0) in the default topology;
+00:1c.1 leads to bus 2 (nvme at 02:00.0)."""
+NET, NVME = Bdf(1, 0, 0), Bdf(2, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("writes", "net_bus", "nvme_bus"),
+    [
+        ([], 1, 2),
+        ([(0x19, 1, 3), (0x1A, 1, 3)], 3, 2),
+        ([(0x18, 4, 0x0505_0500)], 5, 2),  # one dword: primary, secondary, subordinate
+        ([(0x19, 1, 3)], None, 2),  # secondary above subordinate: it claims nothing
+        ([(0x19, 1, 0)], None, 2),  # as out of reset
+        ([(0x3E, 1, 0x40)], None, 2),  # Secondary Bus Reset
+        ([(0x19, 1, 2), (0x1A, 1, 2)], 2, None),  # both claim bus 2: 00:1c.0 comes first
+        ([(0x1A, 1, 2)], 1, None),  # 00:1c.0 claims 1-2, so bus 2 goes nowhere
+    ],
+)
+def test_the_replay_routes_by_the_bus_numbers_written(
+    writes: list[tuple[int, int, int]], net_bus: int | None, nvme_bus: int | None
+) -> None:
+    """The replay's own routing moves and hides what is behind the root ports as the
+    guest's writes to their bus numbers and bridge control say."""
+    topology = Topology.default(BUSES)
+    model = PlainMachine(topology)
+    replay([Op(PORT_1C0 + at, width, True, value) for at, width, value in writes], model)
+    found = {bus: 0xFFFF_FFFF for bus in range(1, 6)}
+    for bdf, bus in ((NET, net_bus), (NVME, nvme_bus)):
+        assert model.page_of(bdf) == (None if bus is None else bus << 8)
+        if bus is not None:
+            found[bus] = topology.get(bdf).config.read(0, 4)  # type: ignore[union-attr]
+    reads = [Op(bus << 20, 4, False, ids) for bus, ids in found.items()]
+    assert replay(reads, model).mismatches == []
 
 
 # -- write storms ---------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pytest
 
 from pcihole import layout
 from pcihole.holes.memory import HoleMemory
-from pcihole.holes.planner import Run, hole_runs
+from pcihole.holes.planner import Piece, Run, hole_runs
 from pcihole.holes.source import AllOnesSource, Backing
 from pcihole.holes.strategy import (
     FillStrategy,
@@ -87,3 +87,35 @@ def test_a_small_slot_budget_passes_thp_over_for_a_window() -> None:
         assert isinstance(roomy, SharedStrategy) and roomy.memory is best
     finally:
         close_shared_hole_memory()
+
+
+def test_a_new_strategy_is_one_registered_class() -> None:
+    from pcihole.holes.strategy import REGISTRY, HoleStrategy, StrategyOptions, register
+    from pcihole.measure import bench, demo
+
+    @register
+    class Mirrored(HoleStrategy):
+        name = "mirrored"
+        label = "mirrored (test)"
+        colour = "tab:blue"
+        maps_memory = False
+        present = "trap"
+
+        @classmethod
+        def create(cls, options: StrategyOptions) -> HoleStrategy:
+            return cls()
+
+        def pieces(self, runs: list[Run], window_start: int) -> list[Piece]:
+            return []
+
+        def host_address(self, piece: Piece) -> int:
+            raise AssertionError
+
+    try:
+        made = make_strategy("mirrored", window_size=1 << 20, readonly_memory=True)
+        assert isinstance(made, Mirrored)
+        assert "mirrored" in demo.order() and demo.order()[-1] == "shared"
+        assert bench.options_for("mirrored", 1).present == "trap"
+        assert bench.fits_in_memory("mirrored", 64, 256) is None
+    finally:
+        del REGISTRY["mirrored"]

@@ -11,6 +11,8 @@
  *   2. enables ECAM at FW_ECAM_BASE, 256 buses, by writing the host bridge's PCIEXBAR
  *      (config 0x60) through CF8/CFC; with FW_ECAM_MOVE set it then moves the window
  *      there by writing PCIEXBAR through ECAM itself (length code FW_ECAM_MOVE_LENGTH);
+ *      then numbers the bridges depth first through CF8/CFC, as SeaBIOS does (bridges
+ *      come out of reset with bus numbers 0, so nothing behind them answers before);
  *   3. drops to ring 3 and scans FW_SCAN_BUSES buses brute force FW_RING3_PASSES times,
  *      then returns to ring 0 (int3) and scans FW_RING0_BUSES buses once;
  *      every scan reads the vendor ID of every function page and is timed with RDTSC;
@@ -56,6 +58,7 @@
 #define V_ECAM qword ptr [FW_VARS]
 #define V_PASS qword ptr [FW_VARS + 8]
 #define V_T0 qword ptr [FW_VARS + 16]
+#define V_NEXT_BUS dword ptr [FW_VARS + 24]
 
 #define SEL_CODE32 0x08
 #define SEL_DATA 0x10
@@ -223,6 +226,10 @@ long_start:
     mov rax, V_ECAM
     call print_num
     call newline
+
+    mov V_NEXT_BUS, 0
+    xor edi, edi
+    call number_bus
 
     /* CPUID leaves that may give the TSC frequency (0x15: crystal ratio, 0x16: MHz). */
     lea rsi, [rip + s_cpuid]
@@ -456,6 +463,67 @@ config_write:
     pop rax
     mov dx, PCI_CONFIG_DATA_PORT
     out dx, eax
+    ret
+
+/* number_bus(edi = bus): each bridge on the bus gets secondary = the next free bus,
+ * subordinate 255 while the buses below it are numbered, then the last of them. */
+number_bus:
+    push rbx
+    push r12
+    push r13
+    push r14
+    push r15
+    mov r12d, edi
+    xor r13d, r13d                      /* devfn */
+1:  mov ebx, r12d
+    shl ebx, 16
+    mov eax, r13d
+    shl eax, 8
+    or ebx, eax
+    or ebx, CF8_ENABLE                  /* ebx: CF8 address of this function */
+    mov eax, ebx
+    call config_read
+    cmp ax, 0xffff
+    je 3f
+    lea eax, [rbx + 0x0c]
+    call config_read
+    shr eax, 16
+    and eax, 0x7f
+    cmp eax, 1                          /* header type 1: a bridge */
+    jne 3f
+    mov r14d, V_NEXT_BUS
+    inc r14d
+    mov V_NEXT_BUS, r14d                /* r14: its secondary bus */
+    lea eax, [rbx + 0x18]
+    call config_read
+    and eax, 0xff000000
+    mov r15d, eax                       /* keep the secondary latency timer */
+    mov edx, r14d
+    shl edx, 8
+    or edx, r12d
+    or edx, r15d
+    or edx, 0xff0000
+    lea eax, [rbx + 0x18]
+    call config_write
+    mov edi, r14d
+    call number_bus
+    mov edx, V_NEXT_BUS
+    shl edx, 16
+    or edx, r15d
+    mov eax, r14d
+    shl eax, 8
+    or edx, eax
+    or edx, r12d
+    lea eax, [rbx + 0x18]
+    call config_write
+3:  inc r13d
+    cmp r13d, 256
+    jb 1b
+    pop r15
+    pop r14
+    pop r13
+    pop r12
+    pop rbx
     ret
 
 /* set_gate(rdi = IDT entry, rax = handler, edx = type and attributes << 8). */
