@@ -3,17 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcihole import layout
+from pcihole.arch.x86.acpi import read_acpi_tables
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
-from pcihole.errors import BadInput
+from pcihole.errors import BadInput, EnvironmentProblem
 from pcihole.kvm import Kvm
-from pcihole.machine.firmware import BootError, BootMachine, check_image
+from pcihole.machine.firmware import (
+    SIGNAL_STATUS_OFFSET,
+    TIMEOUT_STATUS,
+    BootError,
+    BootMachine,
+    BootResult,
+    check_image,
+)
 from pcihole.pci.devices import MODELS
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
@@ -21,52 +33,163 @@ from pcihole.pci.topology import Topology
 NAME = "boot"
 
 
+DEFAULT_BIOS = Path("/usr/share/seabios/bios.bin")
+"""Debian's SeaBIOS (package ``seabios``), what ``qemu-system-x86_64 -machine q35`` runs."""
+UNTIL_DEFAULT_HELP = "No bootable device."
+
+
 def add_parser(commands: Any) -> None:
-    boot = commands.add_parser(NAME, help="run a flat firmware image as QEMU q35 -bios does")
-    boot.add_argument("--bios", required=True, metavar="FILE", help="flat firmware image")
+    boot = commands.add_parser(NAME, help="run firmware (SeaBIOS by default) as QEMU q35 does")
+    boot.add_argument(
+        "--bios",
+        metavar="FILE",
+        help=f"flat firmware image (default: {DEFAULT_BIOS}, package seabios)",
+    )
     add_machine_options(boot)
     boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
-    boot.add_argument("--ram-mib", type=int_in_range("--ram-mib", 2, 3072),
-                      default=layout.BOOT_RAM_SIZE // layout.MiB)  # fmt: skip
-    boot.add_argument("--stats", metavar="FILE", help="write a JSON account of the run")
-    boot.set_defaults(handler=run)
+    boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
+    boot.add_argument(
+        "--ram-mib",
+        type=int_in_range("--ram-mib", 2, 3072),
+        default=layout.BOOT_RAM_SIZE // layout.MiB,
+    )
+    boot.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="end the run after SECONDS (exit status 124)",
+    )
+    boot.add_argument(
+        "--until",
+        metavar="TEXT",
+        help=f"end the run when the debug console prints TEXT "
+        f"(e.g. {UNTIL_DEFAULT_HELP!r}; exit status 0)",
+    )
+    boot.add_argument(
+        "--stats", metavar="FILE", help="write a JSON account of the run, however it ends"
+    )
+    boot.add_argument(
+        "--acpi-dump",
+        metavar="DIR",
+        help="after the run, write every ACPI table found from the RSDP to DIR",
+    )
+    boot.set_defaults(handler=run)  # fmt: skip
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1e9:
+        raise argparse.ArgumentTypeError(
+            f"--timeout: want a positive number of seconds, not {text!r}"
+        )
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``--bios`` and return the process exit status: QEMU's for debug-exit, else
-    ``GUEST_STOPPED_STATUS`` with the reason on stderr.
+    """Run the firmware and return the process exit status; one line on stderr says how
+    the run ended (power off, reset, time limit, signal, ``--until``, debug-exit, or the
+    vCPU stopping by itself), and ``--stats`` is written in every case.
 
-    Debug console bytes go to ``--debugcon`` (a file) or stdout; ``--stats`` names a file
-    for a JSON account of the run. Bad input is checked before the VM is made.
+    Debug console bytes go to ``--debugcon`` (a file) or stdout, the UART's to
+    ``--serial``. Bad input is checked before the VM is made.
     """
     image, topology = _checked_input(args)
     options = machine_options(args)
-    sink: BinaryIO | None = None
-    try:
-        try:
-            sink = open(args.debugcon, "wb") if args.debugcon else sys.stdout.buffer  # noqa: SIM115
-        except OSError as error:
-            raise BadInput(f"--debugcon: {args.debugcon}: {error.strerror}") from None
+    with contextlib.ExitStack() as files:
+        console = _open_sink(files, "--debugcon", args.debugcon)
+        serial = _open_sink(files, "--serial", args.serial) if args.serial else None
+        until = args.until.encode() if args.until else None
         with (
             Kvm() as kvm,
             BootMachine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
-                        console=sink) as machine,
+                        console=console, serial=None if serial is None else _writer(serial),
+                        until=until) as machine,
         ):  # fmt: skip
-            result = machine.run()
+            result = _run_until_stopped(machine, args.timeout)
             if args.stats:
-                Path(args.stats).write_text(json.dumps(machine.stats(result), indent=2) + "\n")
-    finally:
-        if sink is not None and sink is not sys.stdout.buffer:
-            sink.close()
-    if result.exit_value is None:
-        print(f"pcihole boot: guest stopped without debug-exit: {result.run.reason.value}: "
-              f"{result.run.detail}", file=sys.stderr)  # fmt: skip
+                _write(args.stats, json.dumps(machine.stats(result), indent=2) + "\n")
+            if args.acpi_dump:
+                _dump_acpi(machine, args.acpi_dump)
+    print(f"pcihole boot: {result.reason} after {result.seconds:.1f} s", file=sys.stderr)
     return result.status
+
+
+def _run_until_stopped(machine: BootMachine, timeout: float | None) -> BootResult:
+    """Run with SIGINT/SIGTERM and the time limit ending the run (not the process)."""
+
+    def on_signal(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        machine.stop(f"stopped by {name}", SIGNAL_STATUS_OFFSET + signum)
+
+    timer = None
+    if timeout is not None:
+        reason = f"time limit of {timeout:g} s reached"
+        timer = threading.Timer(timeout, machine.stop, (reason, TIMEOUT_STATUS))
+        timer.daemon = True
+    previous = {number: signal.signal(number, on_signal) for number in STOP_SIGNALS}
+    try:
+        if timer is not None:
+            timer.start()
+        return machine.run()
+    finally:
+        if timer is not None:
+            timer.cancel()
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _open_sink(files: contextlib.ExitStack, option: str, target: str | None) -> BinaryIO:
+    """stdout for None or ``stdio``, else the file, opened for writing."""
+    if target is None or target == "stdio":
+        return sys.stdout.buffer
+    try:
+        return files.enter_context(open(target, "wb"))
+    except OSError as error:
+        raise BadInput(f"{option}: {target}: {error.strerror}") from None
+
+
+def _writer(sink: BinaryIO) -> Callable[[bytes], None]:
+    def write(data: bytes) -> None:
+        sink.write(data)
+        sink.flush()
+
+    return write
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        Path(path).write_text(text)
+    except OSError as error:
+        raise BadInput(f"--stats: {path}: {error.strerror}") from None
+
+
+def _dump_acpi(machine: BootMachine, directory: str) -> None:
+    tables = read_acpi_tables(machine.read_memory)
+    try:
+        written = tables.write_tables(directory)
+    except OSError as error:
+        raise BadInput(f"--acpi-dump: {directory}: {error.strerror}") from None
+    names = ", ".join(path.name for path in written) or "none (no RSDP found)"
+    print(f"pcihole boot: ACPI tables written to {directory}: {names}", file=sys.stderr)
+    for problem in tables.problems:
+        print(f"pcihole boot: ACPI: {problem}", file=sys.stderr)
 
 
 def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology]:
     """The image and topology the options name; ``BadInput`` naming the option."""
     bios, devices, buses = args.bios, args.device, args.buses
+    if bios is None and not DEFAULT_BIOS.exists():
+        raise EnvironmentProblem(
+            f"no --bios given and no SeaBIOS at {DEFAULT_BIOS}: install it "
+            "(apt-get install seabios, or bash scripts/setup) or give --bios FILE"
+        )
+    bios = bios or str(DEFAULT_BIOS)
     option = "--bios"  # which option the input being checked came from, for the message
     try:
         try:

@@ -28,23 +28,31 @@ from typing import Any, BinaryIO
 from pcihole import layout
 from pcihole.arch.x86.cpuid import boot_cpuid
 from pcihole.arch.x86.reset import prepare_real_mode
-from pcihole.chipset.mch import Mch
+from pcihole.chipset import pam
+from pcihole.chipset.mch import HOST_BRIDGE, Mch
 from pcihole.closing import Closeable
 from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit, exit_status
 from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
 from pcihole.devices.rom import RomDevice
 from pcihole.errors import BadInput
 from pcihole.holes.slots import HoleSlotError
-from pcihole.kvm import CoalescedWrite, Kvm, KvmError, Vm, abi
+from pcihole.kvm import Cap, CoalescedWrite, Kvm, KvmError, Vm, abi
+from pcihole.machine.bars import BarDecoder, backends_for
 from pcihole.machine.builder import Machine, PlacedDevice
-from pcihole.machine.bus import Bus, BusError
+from pcihole.machine.bus import Bus, BusDevice, BusError
+from pcihole.machine.q35 import LPC, Q35Platform
 from pcihole.machine.runloop import RunLoop, RunResult
-from pcihole.machine.window import MachineError, MachineOptions
+from pcihole.machine.window import CONFIG_PORTS, MachineError, MachineOptions
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
+from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
 
 GUEST_STOPPED_STATUS = 70
 """Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
+TIMEOUT_STATUS = 124
+"""As timeout(1)."""
+SIGNAL_STATUS_OFFSET = 128
+"""A run ended by signal N exits with 128 + N, as a shell reports it."""
 
 
 class BootError(BadInput):
@@ -79,20 +87,18 @@ class BootVm(Closeable):
             self.ram = GuestRam(0, ram_size)
             self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
             self.rom.write(self.rom.base, image)
-            alias_size = min(layout.ISA_BIOS_MAX, len(image))
-            regions = self._regions(alias_size)
-            self.memory_map = MemoryMap(region for region, _, _ in regions)
+            regions = self._regions()
+            shadow = Region(RegionKind.ROM, pam.SHADOW_BASE, pam.SHADOW_SIZE, "pam-shadow")
+            self.memory_map = MemoryMap([*(region for region, _, _ in regions), shadow])
             self.ports = Bus("port")
             self.mmio = Bus("mmio")
-            self.rom_devices = [RomDevice(image), RomDevice(image[len(image) - alias_size :])]
+            self.rom_devices = [RomDevice(image)]
             for (region, host_address, flags), slot in zip(
                 regions, self.slots.allocate(len(regions), purpose="RAM and firmware"), strict=True
             ):
                 self.vm.set_memory_region(slot, region.start, region.size, host_address, flags)
             self.mmio.add(self.rom.base, len(image), self.rom_devices[0], "bios")
-            self.mmio.add(
-                layout.HIGH_RAM_START - alias_size, alias_size, self.rom_devices[1], "isa-bios"
-            )
+            self.has_irqchip = _create_interrupt_controllers(self.vm)
             self.vcpu = self.vm.create_vcpu()
             self.vcpu.set_cpuid2(boot_cpuid(kvm))
             self.loop = RunLoop(self.vcpu, self.ports, self.mmio)
@@ -100,16 +106,14 @@ class BootVm(Closeable):
             self.close()
             raise
 
-    def _regions(self, alias_size: int) -> list[tuple[Region, int, int]]:
-        """(region, host address, memslot flags) of low RAM, the isa-bios alias, high RAM
-        and the image below 4 GiB."""
+    def _regions(self) -> list[tuple[Region, int, int]]:
+        """(region, host address, memslot flags) of low RAM, high RAM and the image below
+        4 GiB. 0xc0000-0xfffff (the isa-bios alias among it) is the PAM shadow's."""
         assert self.ram is not None and self.rom is not None
         image_size, high = len(self.image), layout.HIGH_RAM_START
         readonly = abi.KVM_MEM_READONLY
         return [
             (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
-            (Region(RegionKind.ROM, high - alias_size, alias_size, "isa-bios"),
-             self.rom.host_address + image_size - alias_size, readonly),
             (Region(RegionKind.RAM, high, self.ram_size - high, "ram-high"),
              self.ram.host_address + high, 0),
             (Region(RegionKind.ROM, self.rom.base, image_size, "bios"),
@@ -137,6 +141,17 @@ class BootVm(Closeable):
         self.ram = self.rom = None
 
 
+def _create_interrupt_controllers(vm: Vm) -> bool:
+    """KVM's PIC, IOAPIC, local APIC and PIT in the kernel, as QEMU's default
+    ``kernel-irqchip`` (before any vCPU). False where this KVM has none."""
+    if not vm.kvm.check_extension(Cap.IRQCHIP):
+        return False
+    vm.create_irqchip()
+    if vm.kvm.check_extension(Cap.PIT2):
+        vm.create_pit2()
+    return True
+
+
 def check_image(image: bytes) -> None:
     """Refuse what QEMU's -bios refuses (whole 64 KiB units), and images over 16 MiB."""
     if not image or len(image) % layout.IMAGE_ALIGN or len(image) > layout.MAX_IMAGE_SIZE:
@@ -155,6 +170,14 @@ class Interval:
     config_exits: int
 
 
+@dataclass(frozen=True)
+class Ending:
+    """Why the machine ended a run, and the process exit status that says so."""
+
+    reason: str
+    status: int
+
+
 @dataclass
 class BootResult:
     """How a boot ended."""
@@ -167,13 +190,25 @@ class BootResult:
     seconds: float
     placements: list[tuple[int | None, int]] = field(default_factory=list)
     """Every place the ECAM window went to: ``(base or None, buses)``."""
+    ending: Ending | None = None
+    """Why the machine stopped it (power off, reset, time limit, signal, ``until``)."""
 
     @property
     def status(self) -> int:
-        """The process exit status: QEMU's for debug-exit, else GUEST_STOPPED_STATUS."""
-        if self.exit_value is None:
-            return GUEST_STOPPED_STATUS
-        return exit_status(self.exit_value)
+        """The process exit status: QEMU's for debug-exit, the ending's, else
+        GUEST_STOPPED_STATUS (the vCPU stopped by itself: a shutdown, a KVM error)."""
+        if self.exit_value is not None:
+            return exit_status(self.exit_value)
+        return GUEST_STOPPED_STATUS if self.ending is None else self.ending.status
+
+    @property
+    def reason(self) -> str:
+        """One line saying how the run ended."""
+        if self.exit_value is not None:
+            return f"the guest wrote {self.exit_value:#x} to debug-exit"
+        if self.ending is not None:
+            return self.ending.reason
+        return f"the guest stopped: {self.run.reason.value}: {self.run.detail}"
 
     @property
     def text(self) -> str:
@@ -205,6 +240,8 @@ class BootMachine(Closeable):
         *,
         ram_size: int = layout.BOOT_RAM_SIZE,
         console: BinaryIO | None = None,
+        serial: Callable[[bytes], None] | None = None,
+        until: bytes | None = None,
         name: str = "boot",
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
@@ -218,25 +255,87 @@ class BootMachine(Closeable):
         self.placements: list[tuple[int | None, int]] = []
         self._started = time.perf_counter()
         shell = BootVm(kvm, image, ram_size=ram_size, name=name)
+        self.guest = shell
+        self.ending: Ending | None = None
+        self.until = until
         self.console = DebugConsole(console, self._stamp)
         self.debug_exit = DebugExit(shell.request_stop)
         devices = [
-            PlacedDevice("port", layout.DEBUGCON_PORT, 1, self.console, "debugcon"),
+            PlacedDevice("port", layout.DEBUGCON_PORT, 1,
+                         _Watched(self.console, self._console_written), "debugcon"),
             PlacedDevice("port", layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit,
                          "debug-exit"),
         ]  # fmt: skip
-        self.guest = shell
+        try:
+            assert shell.ram is not None
+            self.platform = Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots,
+                                        image, on_stop=lambda reason: self.stop(reason),
+                                        serial=serial)  # fmt: skip
+            backends = {
+                (function.bdf, index): device
+                for function in topology
+                for index, device in backends_for(function, shell.ram).items()
+            }
+            self.bars = BarDecoder(shell, lambda: list(topology), backends)
+        except BaseException:
+            self._close_platform()
+            shell.close()
+            raise
         self.machine = Machine(shell, topology, options, devices, window_base=None,
-                               on_config_write=self.mch.config_written)  # fmt: skip
+                               on_config_write=self._config_written)  # fmt: skip
         self.topology, self.options = topology, options
         self.window = self.machine.window
         self.legacy = self.machine.legacy
+        # Reset control (0xcf9) sits inside CF8-CFF: byte accesses there are its.
+        shell.ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)
+        config_ports = self.platform.config_ports(self.legacy)
+        shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
 
     def request_stop(self) -> None:
         self.guest.request_stop()
 
+    def read_memory(self, address: int, length: int) -> bytes:
+        """Guest-physical RAM as the guest reads it (the PAM range through its shadow)."""
+        assert self.guest.ram is not None
+        shadow = self.platform.shadow
+        start, end = max(address, pam.SHADOW_BASE), min(address + length, pam.SHADOW_END)
+        if start >= end:
+            return self.guest.ram.read(address, length)
+        return (
+            self.guest.ram.read(address, start - address)
+            + shadow.view(start, end - start)
+            + self.guest.ram.read(end, address + length - end)
+        )
+
+    def _close_platform(self) -> None:
+        platform: Q35Platform | None = getattr(self, "platform", None)
+        if platform is not None:
+            platform.close()
+
     def close(self) -> None:
+        self._close_platform()
         self.machine.close()
+
+    # --- chipset --------------------------------------------------------------------------
+    def _config_written(self, bdf: Bdf) -> None:
+        self.mch.config_written(bdf)
+        self.bars.config_written(bdf)
+        function = self.topology.get(bdf)
+        if bdf == HOST_BRIDGE and function is not None:
+            self.platform.host_bridge_written(function.config)
+        elif bdf == LPC and function is not None:
+            self.platform.lpc_written(function.config)
+
+    def stop(self, reason: str, status: int = 0) -> None:
+        """End the run (the guest powered off or reset, a time limit, a signal, ``until``);
+        safe from any thread and from a signal handler. The first reason given wins."""
+        if self.ending is None:
+            self.ending = Ending(reason, status)
+        self.guest.request_stop()
+
+    def _console_written(self) -> None:
+        if self.until is not None and self.console.output.endswith(self.until):
+            self.stop(f"the debug console printed {self.until.decode(errors='replace')!r}")
 
     # --- PCIEXBAR ------------------------------------------------------------------------
     def place_window(self, base: int | None, buses: int) -> None:
@@ -276,6 +375,7 @@ class BootMachine(Closeable):
             list(self.console.lines),
             seconds,
             list(self.placements),
+            self.ending,
         )
 
     def stats(self, result: BootResult) -> dict[str, Any]:
@@ -297,7 +397,15 @@ class BootMachine(Closeable):
                 "legacy_ports": self.legacy.exits,
             },
             "hole_writes": self.window.hole_writes.count,
-            "rom_writes": sum(device.writes for device in self.guest.rom_devices),
+            "rom_writes": sum(device.writes for device in self.guest.rom_devices)
+            + self.platform.shadow.dropped_writes,
+            "pam": {
+                "registers": list(self.platform.shadow.registers),
+                "changes": self.platform.shadow.changes,
+                "exits": self.platform.shadow.exits,
+            },
+            "irq_line_changes": dict(sorted(self.platform.irq_lines.items())),
+            "reason": result.reason,
             "unclaimed": {"mmio": self.guest.mmio.unclaimed, "ports": self.guest.ports.unclaimed},
             "window": {
                 "base": self.window.base,
@@ -311,6 +419,21 @@ class BootMachine(Closeable):
             "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
         }
+
+
+class _Watched:
+    """A port device that tells ``after_write`` of every write it passed on."""
+
+    def __init__(self, device: BusDevice, after_write: Callable[[], None]) -> None:
+        self.device = device
+        self.after_write = after_write
+
+    def read(self, offset: int, size: int) -> int:
+        return self.device.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        self.device.write(offset, size, value)
+        self.after_write()
 
 
 __all__ = [

@@ -80,11 +80,15 @@ class ShadowMemory:
 
     def read(self, offset: int, size: int) -> int:
         self.exits += 1
+        return int.from_bytes(self.view(pam.SHADOW_BASE + offset, size), "little")
+
+    def view(self, address: int, length: int) -> bytes:
+        """What the guest reads at ``[address, address+length)`` inside the PAM range."""
         data = bytearray()
-        for address in range(pam.SHADOW_BASE + offset, pam.SHADOW_BASE + offset + size):
-            memory = self.ram if self._mode(address).reads_ram else self.pci
-            data += memory.read(address, 1)
-        return int.from_bytes(data, "little")
+        for byte in range(address, address + length):
+            memory = self.ram if self._mode(byte).reads_ram else self.pci
+            data += memory.read(byte, 1)
+        return bytes(data)
 
     def write(self, offset: int, size: int, value: int) -> None:
         self.exits += 1

@@ -83,7 +83,8 @@ CASES: dict[str, Case] = {
     "bench-json-is-a-dir": case("bench --quick --json /tmp", "--json"),
     # lspci
     # boot: a missing image, an image of the wrong size, a bad device
-    "boot-no-bios": case("boot", "--bios"),
+    "boot-timeout": case("boot --timeout 0", "--timeout"),
+    "boot-serial": case(f"boot --timeout 1 --serial {MISSING_DIR}/s.txt", "--serial"),
     "boot-missing-bios": case(f"boot --bios {MISSING_DIR}/fw.bin", "--bios"),
     "boot-short-bios": case("boot --bios /proc/self/cmdline", "--bios"),
     "boot-device": case("boot --bios /proc/self/cmdline --device 00:00.0=nope", "--bios"),

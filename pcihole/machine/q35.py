@@ -1,0 +1,149 @@
+"""The q35 platform devices firmware uses, wired onto a VM's buses as QEMU 7.2 places them.
+
+- PAM shadowing of 0xc0000-0xfffff (``machine.shadow``), following the MCH's PAM registers;
+- the RTC/CMOS at 0x70 (IRQ 8), a 16550A at 0x3f8 (IRQ 4), fw_cfg at 0x510 with DMA at
+  0x514 into guest RAM, port 0x92 and reset control at 0xcf9 (which shares the CF8
+  ports' range: byte accesses at 0xcf9 are reset control, as on QEMU);
+- the ACPI PM block wherever the ICH9 LPC's PMBASE/ACPI_CNTL put it, its SCI on the IRQ
+  ACPI_CNTL selects.
+Interrupt lines go to KVM's in-kernel PIC/IOAPIC (``KVM_IRQ_LINE``) when the VM has one.
+What the guest asks of the machine (power off, reset) reaches ``on_stop`` with a reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from pcihole import layout
+from pcihole.chipset import pam
+from pcihole.chipset.lpc import Ich9LpcDecoder
+from pcihole.devices.acpi_pm import AcpiPm
+from pcihole.devices.cmos import Cmos
+from pcihole.devices.fw_cfg import FwCfg, FwCfgDevice
+from pcihole.devices.irq import IrqLine, no_irq
+from pcihole.devices.reset import Port92, ResetControl
+from pcihole.devices.uart import Uart16550
+from pcihole.kvm import Vm
+from pcihole.machine.bus import Bus, BusDevice
+from pcihole.machine.shadow import ShadowMemory, pci_side
+from pcihole.memory import GuestRam, SlotAllocator
+from pcihole.pci.bdf import Bdf
+from pcihole.pci.config import ConfigSpace
+
+LPC = Bdf(0, 0x1F, 0)
+RESET_CONTROL_OFFSET = layout.RESET_CONTROL_PORT - layout.PCI_CONFIG_ADDRESS_PORT
+
+StopRequest = Callable[[str], None]
+"""The guest asked the machine to stop; the argument says why ("power off", "reset")."""
+
+
+class ConfigAndResetPorts:
+    """CF8-CFF: the config mechanism, except byte accesses at 0xcf9 (reset control)."""
+
+    def __init__(self, config: BusDevice, reset: BusDevice) -> None:
+        self.config = config
+        self.reset = reset
+
+    def read(self, offset: int, size: int) -> int:
+        if offset == RESET_CONTROL_OFFSET and size == 1:
+            return self.reset.read(0, 1)
+        return self.config.read(offset, size)
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        if offset == RESET_CONTROL_OFFSET and size == 1:
+            self.reset.write(0, 1, value)
+        else:
+            self.config.write(offset, size, value)
+
+
+class Q35Platform:
+    """Every platform device of a q35 machine but the PCI functions and the debug ports."""
+
+    def __init__(
+        self,
+        vm: Vm,
+        ports: Bus,
+        mmio: Bus,
+        ram: GuestRam,
+        slots: SlotAllocator,
+        image: bytes,
+        *,
+        on_stop: StopRequest,
+        serial: Callable[[bytes], None] | None = None,
+        cpus: int = 1,
+    ) -> None:
+        self.vm = vm
+        self.ports = ports
+        self.on_stop = on_stop
+        self.irq_lines: dict[int, int] = {}
+        """Every KVM_IRQ_LINE change sent, by IRQ."""
+        self.shadow = ShadowMemory(vm, slots, ram, pci_side(image))
+        mmio.add(pam.SHADOW_BASE, pam.SHADOW_SIZE, self.shadow, "pam-shadow")
+        self.cmos = Cmos(ram_size=ram.size, cpus=cpus, irq=self.irq(layout.CMOS_IRQ))
+        ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
+        self.uart = Uart16550(serial, irq=self.irq(layout.SERIAL_COM1_IRQ))
+        ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
+        self.fw_cfg = FwCfgDevice(FwCfg.q35(ram_size=ram.size, cpus=cpus), ram)
+        ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
+        ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
+        self.port92 = Port92(
+            lambda: on_stop("the guest reset the machine (port 0x92); a reset ends the run")
+        )
+        ports.add(layout.PORT_92, 1, self.port92, "port92")
+        self.reset_control = ResetControl(
+            lambda: on_stop("the guest reset the machine (0xcf9); a reset ends the run")
+        )
+        self._sci_irq: int | None = None
+        self._sci_level = False
+        self.acpi_pm = AcpiPm(power_off=lambda: on_stop("the guest powered off"), sci=self._sci)
+        self.pm_base: int | None = None
+        self.lpc = Ich9LpcDecoder(
+            on_pm_base=self._place_pm, on_pirq=lambda _pirq, _irq: None, on_sci_irq=self._route_sci
+        )
+
+    def config_ports(self, config: BusDevice) -> ConfigAndResetPorts:
+        """The device to put on CF8-CFF: ``config`` there, reset control at 0xcf9."""
+        return ConfigAndResetPorts(config, self.reset_control)
+
+    # --- interrupts ----------------------------------------------------------------------
+    def irq(self, number: int) -> IrqLine:
+        """A line into KVM's in-kernel interrupt controllers (nowhere without them)."""
+        if not getattr(self.vm, "has_irqchip", False):
+            return no_irq
+
+        def line(level: bool) -> None:
+            self.irq_lines[number] = self.irq_lines.get(number, 0) + 1
+            self.vm.irq_line(number, int(level))
+
+        return line
+
+    def _route_sci(self, irq: int | None) -> None:
+        if self._sci_irq is not None and self._sci_level:
+            self.irq(self._sci_irq)(False)
+        self._sci_irq = irq
+        if irq is not None and self._sci_level:
+            self.irq(irq)(True)
+
+    def _sci(self, level: bool) -> None:
+        self._sci_level = level
+        if self._sci_irq is not None:
+            self.irq(self._sci_irq)(level)
+
+    # --- chipset registers -----------------------------------------------------------------
+    def _place_pm(self, base: int | None) -> None:
+        if self.pm_base is not None:
+            self.ports.remove(self.pm_base)
+        self.pm_base = base
+        if base is not None:
+            self.ports.add(base, layout.ACPI_PM_SIZE, self.acpi_pm, "acpi-pm")
+
+    def host_bridge_written(self, config: ConfigSpace) -> None:
+        """After a write to the MCH: follow its PAM registers."""
+        self.shadow.apply([config.read(pam.PAM0 + index, 1) for index in range(pam.PAM_REGISTERS)])
+
+    def lpc_written(self, config: ConfigSpace) -> None:
+        """After a write to the ICH9 LPC function: follow PMBASE, ACPI_CNTL, PIRQs."""
+        self.lpc.sync(config)
+
+    def close(self) -> None:
+        self.shadow.close()
