@@ -11,8 +11,8 @@ import threading
 from collections.abc import Callable, Sequence
 
 from pcihole import layout
+from pcihole.arch.x86 import longmode
 from pcihole.closing import Closeable
-from pcihole.guest import longmode
 from pcihole.guest.build import GuestProgram, build
 from pcihole.guest.report import REPORT_SIZE, ReportPort
 from pcihole.kvm import CoalescedWrite, Kvm, Vm
@@ -49,10 +49,12 @@ class GuestVm(Closeable):
             self.ram = GuestRam(layout.RAM_BASE, ram_size)
             (ram_slot,) = self.slots.allocate(1, purpose="guest RAM")
             self.vm.set_memory_region(ram_slot, layout.RAM_BASE, ram_size, self.ram.host_address)
-            longmode.write_system_tables(self.ram, self.program)
+            stubs = [self.program.exception_stub(v) for v in range(longmode.EXCEPTION_VECTORS)]
+            longmode.write_system_tables(self.ram, stubs)
+            self.ram.write(self.program.load_address, self.program.code)
             self.set_params(params)
             self.vcpu = self.vm.create_vcpu()
-            longmode.enter_long_mode(self.vcpu, self.program)
+            longmode.enter_long_mode(self.vcpu, self.program.load_address)
             self.ports = Bus("port")
             self.mmio = Bus("mmio")
             self.report = ReportPort(self.vcpu)

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import FrameType
 
-from pcihole.errors import EnvironmentProblem
+from pcihole.errors import BadInput, EnvironmentProblem
 from pcihole.holes.source import (
     REQUIRED_SEALS,
     AllOnesSource,
@@ -421,6 +421,9 @@ def main_serve(
 ) -> int:
     """``pcihole serve-holes``: create a shareable source and serve it until SIGTERM/SIGINT.
 
+    Errors are raised (``BadInput`` for the options, ``HoleSourceError`` or
+    ``HoleServiceError`` for the host); ``pcihole.cli`` reports them in one line.
+
     With ``reserve_hugepage`` (root), first grow the 2 MiB hugetlb pool by one page, serve
     a hugetlb source from it, and shrink the pool by that page again when stopping, so that
     clients get a hugetlb window (one memslot per run of holes, 2 MiB first touch) without
@@ -429,18 +432,11 @@ def main_serve(
     try:
         wanted = Backing.parse(backing) if backing else None
     except ValueError as exc:
-        print(f"serve-holes: {exc}", file=sys.stderr)
-        return 1
+        raise BadInput(f"--backing: {exc}") from None
     if wanted is Backing.THP:
-        print(
-            "serve-holes: thp has no fd and cannot be shared; use hugetlb or memfd", file=sys.stderr
-        )
-        return 2
+        raise BadInput("--backing: thp has no fd and cannot be shared; use hugetlb or memfd")
     if reserve_hugepage and wanted not in (None, Backing.HUGETLB):
-        print(
-            f"serve-holes: --reserve-hugepage serves hugetlb, not {wanted.value}", file=sys.stderr
-        )
-        return 2
+        raise BadInput(f"--reserve-hugepage serves hugetlb, not {wanted.value}")
     reservation: HugePageReservation | None = None
     try:
         with _raise_on_signals():
@@ -459,11 +455,7 @@ def main_serve(
                 if reservation is not None:
                     _give_back(reservation)
     except _Stopped as stopped:
-        print(f"serve-holes: stopped by {stopped} before serving", file=sys.stderr)
-        return 1
-    except HoleSourceError as exc:
-        print(f"serve-holes: {exc}", file=sys.stderr)
-        return 1
+        raise HoleServiceError(f"stopped by {stopped} before serving") from None
 
 
 def _give_back(reservation: HugePageReservation) -> None:
@@ -482,9 +474,8 @@ def _give_back(reservation: HugePageReservation) -> None:
 def _serve_new_source(socket_path: str, wanted: Backing | None, group: str | None) -> int:
     try:
         source = AllOnesSource.create(wanted, shareable=True)
-    except (HoleSourceError, OSError) as exc:
-        print(f"serve-holes: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:
+        raise HoleServiceError(f"cannot make the all-ones memory: {exc}") from None
     with source:
 
         def announce() -> None:
@@ -493,13 +484,9 @@ def _serve_new_source(socket_path: str, wanted: Backing | None, group: str | Non
                 flush=True,
             )
 
-        try:
-            # A group is given so that its members can connect: rw for the group too.
-            mode = 0o600 if group is None else 0o660
-            stats = serve(socket_path, source, mode=mode, group=group, on_ready=announce)
-        except HoleServiceError as exc:
-            print(f"serve-holes: {exc}", file=sys.stderr)
-            return 1
+        # A group is given so that its members can connect: rw for the group too.
+        mode = 0o600 if group is None else 0o660
+        stats = serve(socket_path, source, mode=mode, group=group, on_ready=announce)
     print(
         f"serve-holes: stopped after serving {stats.served} client(s), refusing {stats.refused}",
         file=sys.stderr,

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pcihole.errors import BadInput
 from pcihole.holes import source as source_mod
 from pcihole.holes.service import (
     REQUEST,
@@ -485,10 +486,10 @@ def test_main_serve_until_signalled(sock_path: str, sig: signal.Signals) -> None
 def test_main_serve_refuses_thp_and_nonsense(
     sock_path: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main_serve(sock_path, "thp", None) == 2
-    assert "cannot be shared" in capsys.readouterr().err
-    assert main_serve(sock_path, "ramdisk", None) == 1
-    assert "unknown backing" in capsys.readouterr().err
+    with pytest.raises(BadInput, match="cannot be shared"):
+        main_serve(sock_path, "thp", None)
+    with pytest.raises(BadInput, match="unknown backing"):
+        main_serve(sock_path, "ramdisk", None)
     assert not os.path.exists(sock_path)
 
 

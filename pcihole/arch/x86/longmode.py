@@ -3,15 +3,15 @@
 The host writes the GDT, IDT, TSS and identity page tables into guest RAM and sets the
 segment and control registers directly: no real-mode trampoline, which matters because
 ring-0 guest code is emulated (slow) on these machines. The guest's runtime can then drop
-to ring 3 with IOPL=3 (see ``asm/runtime.inc``).
+to ring 3 with IOPL=3 (see ``pcihole/guest/asm/runtime.inc``).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from pcihole import layout
-from pcihole.guest.build import GuestProgram
 from pcihole.kvm import Vcpu, abi
 from pcihole.memory import GuestRam
 
@@ -82,11 +82,13 @@ def _gate(offset: int) -> bytes:
     )
 
 
-def write_system_tables(ram: GuestRam, program: GuestProgram) -> None:
-    """GDT, IDT, TSS and page tables into guest RAM, and the program at CODE_ADDR."""
+def write_system_tables(ram: GuestRam, exception_stubs: Sequence[int]) -> None:
+    """GDT, IDT (gate ``v`` to ``exception_stubs[v]``), TSS and page tables into RAM."""
     gdt = b"".join(struct.pack("<Q", d) for d in _GDT) + _tss_descriptor(layout.TSS_ADDR)
     ram.write(layout.GDT_ADDR, gdt)
-    idt = b"".join(_gate(program.exception_stub(v)) for v in range(EXCEPTION_VECTORS))
+    if len(exception_stubs) != EXCEPTION_VECTORS:
+        raise ValueError(f"{len(exception_stubs)} exception stubs, need {EXCEPTION_VECTORS}")
+    idt = b"".join(_gate(stub) for stub in exception_stubs)
     ram.write(layout.IDT_ADDR, idt)
     # TSS: RSP0 at offset 4, then an I/O permission bitmap granting every port. IOPL=3
     # alone would do on bare metal, but this host's KVM clears IOPL at ring 3 (measured:
@@ -109,7 +111,6 @@ def write_system_tables(ram: GuestRam, program: GuestProgram) -> None:
         f"<{entries}Q", *((i * layout.HUGE_PAGE_SIZE) | flags | PTE_HUGE for i in range(entries))
     )
     ram.write(layout.PD_ADDR, pds)
-    ram.write(program.load_address, program.code)
 
 
 def _flat_segment(selector: int, code: bool) -> abi.kvm_segment:
@@ -129,8 +130,8 @@ def _flat_segment(selector: int, code: bool) -> abi.kvm_segment:
     return segment
 
 
-def enter_long_mode(vcpu: Vcpu, program: GuestProgram) -> None:
-    """Registers for 64-bit ring 0 at the program's entry, tables already in RAM."""
+def enter_long_mode(vcpu: Vcpu, entry: int) -> None:
+    """Registers for 64-bit ring 0 at ``entry``, tables already in RAM."""
     sregs = vcpu.get_sregs()
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG
     sregs.cr3 = layout.PML4_ADDR
@@ -152,7 +153,7 @@ def enter_long_mode(vcpu: Vcpu, program: GuestProgram) -> None:
     sregs.idt.limit = EXCEPTION_VECTORS * 16 - 1
     vcpu.set_sregs(sregs)
     regs = abi.kvm_regs()
-    regs.rip = program.load_address
+    regs.rip = entry
     regs.rsp = layout.KERNEL_STACK_TOP
     regs.rflags = 0x3002
     vcpu.set_regs(regs)
