@@ -7,6 +7,7 @@ they are counted (``Bus.unclaimed``) and answered with all ones, as a PC bus wou
 from __future__ import annotations
 
 import bisect
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
@@ -51,6 +52,9 @@ class Bus:
         self._mappings: list[Mapping] = []
         self.unclaimed = 0
         """Accesses that hit no device."""
+        self.hits: Counter[str] = Counter()
+        """Accesses (exits) each device took, by the name it was added under: the run's
+        account of exits by device, kept across a device's moves and removal."""
         self._last_hit: Mapping | None = None
 
     def add(self, base: int, size: int, device: BusDevice, name: str) -> None:
@@ -95,22 +99,26 @@ class Bus:
     def read(self, address: int, size: int) -> int:
         last = self._last_hit  # the common case, inlined: once per exit
         if last is not None and last.base <= address and address + size <= last.end:
+            self.hits[last.name] += 1
             return last.device.read(address - last.base, size)
         mapping = self.find(address, size)
         if mapping is None:
             self.unclaimed += 1
             return all_ones(size)
+        self.hits[mapping.name] += 1
         return mapping.device.read(address - mapping.base, size)
 
     def write(self, address: int, size: int, value: int) -> None:
         last = self._last_hit
         if last is not None and last.base <= address and address + size <= last.end:
+            self.hits[last.name] += 1
             last.device.write(address - last.base, size, value)
             return
         mapping = self.find(address, size)
         if mapping is None:
             self.unclaimed += 1
             return
+        self.hits[mapping.name] += 1
         mapping.device.write(address - mapping.base, size, value)
 
     def __iter__(self) -> Iterator[Mapping]:

@@ -407,6 +407,10 @@ class BootMachine(Closeable):
             "irq_line_changes": dict(sorted(self.platform.irq_lines.items())),
             "reason": result.reason,
             "unclaimed": {"mmio": self.guest.mmio.unclaimed, "ports": self.guest.ports.unclaimed},
+            "exits_by_device": {
+                "ports": dict(sorted(self.guest.ports.hits.items())),
+                "mmio": dict(sorted(self.guest.mmio.hits.items())),
+            },
             "window": {
                 "base": self.window.base,
                 "buses": self.window.size // layout.ECAM_BUS_SIZE,
