@@ -36,9 +36,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pcihole.measure.qemu import QEMU, SEABIOS
+from pcihole.measure.qemu import qemu_command as reference_command
+
 REPO = Path(__file__).resolve().parents[1]
-SEABIOS = Path("/usr/share/seabios/bios.bin")
-QEMU = "qemu-system-x86_64"
 MARKER = b"No bootable device."
 STRATEGIES = ("shared", "fill", "trap")
 TARGET_RATIO = 1.2
@@ -96,10 +97,7 @@ def timed_until_marker(command: Sequence[str]) -> float:
 
 
 def qemu_command(args: Sequence[str]) -> list[str]:
-    return [QEMU, "-accel", "kvm", "-machine", "q35", "-nodefaults", "-bios", str(SEABIOS),
-            "-display", "none", "-monitor", "none", "-serial", "none", "-no-reboot",
-            "-chardev", "stdio,id=dbg", "-device", "isa-debugcon,iobase=0x402,chardev=dbg",
-            *args]  # fmt: skip
+    return reference_command(["-no-reboot", *args], bios=SEABIOS, debugcon=True)
 
 
 def pcihole_command(devices: Sequence[str], stats: Path, *extra: str) -> list[str]:

@@ -40,9 +40,9 @@ from typing import Any
 
 from pcihole import __version__
 from pcihole.guest.firmware import FirmwareOptions, build_firmware, exit_status, parse_output
+from pcihole.measure.qemu import QEMU, QEMU_PACKAGE
+from pcihole.measure.qemu import qemu_command as reference_command
 
-QEMU = "qemu-system-x86_64"
-QEMU_PACKAGE = "qemu-system-x86"
 TARGET_RATIO = 100.0
 """The goal: the exit-less ring-3 scan at least this many times faster than QEMU's."""
 
@@ -72,12 +72,8 @@ def ensure_qemu() -> str:
 
 
 def qemu_command(qemu: str, image: Path) -> list[str]:
-    return [
-        qemu, "-accel", "kvm", "-machine", "q35", "-nodefaults", "-display", "none",
-        "-bios", str(image),
-        "-chardev", "stdio,id=dbg", "-device", "isa-debugcon,iobase=0x402,chardev=dbg",
-        "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
-    ]  # fmt: skip
+    exit_device = ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
+    return [qemu, *reference_command(exit_device, bios=image, debugcon=True)[1:]]
 
 
 # --- pcihole -----------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 
 from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
-from tests.qemu_monitor import SEABIOS, Qemu, qemu_missing_reason
+from pcihole.measure.qemu import SEABIOS, Qemu, qemu_missing_reason
 
 RAM_SIZE = 128 << 20
 BOOT_TIMEOUT = 120.0
@@ -32,7 +32,7 @@ def test_dump_of_seabios_tables_disassembles(tmp_path: Path) -> None:
     if reason is not None:
         pytest.skip(reason)
     image = tmp_path / "ram.bin"
-    with Qemu(["-bios", SEABIOS], machine="q35,acpi=off", debugcon=True) as qemu:
+    with Qemu(bios=SEABIOS, machine="q35,acpi=off", debugcon=True) as qemu:
         qemu.read_until(b"No bootable device.", BOOT_TIMEOUT)
         qemu.command("stop")
         qemu.command("pmemsave", val=0, size=RAM_SIZE, filename=str(image))

@@ -1,6 +1,6 @@
 """Every function's 4096 bytes, and its answers to writes, against QEMU 7.2 q35 itself.
 
-One paused QEMU per topology (tests/qemu_ref.py). For each function: the reset bytes must be
+One paused QEMU per topology (tests/qemu.py). For each function: the reset bytes must be
 equal, and writing each dword zeros, ones, then its old value must read back the same on
 both. The only exceptions are listed below, each with its reason (also in the README).
 """
@@ -14,7 +14,7 @@ import pytest
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import PCIEXBAR
 from pcihole.pci.topology import Topology
-from tests.qemu_ref import ECAM_BASE, PCIEXBAR_ENABLE, probe_model, qemu_missing_reason, read_qemu
+from tests.qemu import ECAM_BASE, PCIEXBAR_ENABLE, probe_model, qemu_missing_reason, read_qemu
 
 BLOCKDEVS = ("-blockdev", "null-co,node-name=d0", "-blockdev", "null-co,node-name=d1")
 

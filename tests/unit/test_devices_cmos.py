@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from pcihole.devices.cmos import Cmos
 from pcihole.errors import BadInput
-from pcihole.layout import GiB, MiB
+from pcihole.layout import CMOS_PORT, GiB, MiB
+from pcihole.measure.qemu import Qemu, qemu_missing_reason
 
 LEAP_DAY = 1709214359
 """2024-02-29 13:45:59 UTC, a Thursday."""
@@ -245,55 +240,20 @@ def test_bad_arguments() -> None:
         Cmos(ram_size=128 * MiB, cpus=1, boot_order="x")
 
 
-class Qmp:
-    """Just enough of QEMU's monitor protocol to run human-monitor commands."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.file = sock.makefile("rw")
-        self.file.readline()  # greeting
-        self.execute("qmp_capabilities")
-
-    def execute(self, command: str, **arguments: str) -> object:
-        self.file.write(json.dumps({"execute": command, "arguments": arguments}) + "\n")
-        self.file.flush()
-        while True:
-            reply = json.loads(self.file.readline())
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                raise AssertionError(f"QMP {command}: {reply['error']}")
-
-    def hmp(self, line: str) -> str:
-        return str(self.execute("human-monitor-command", **{"command-line": line}))
-
-
 @pytest.fixture
-def qemu_q35() -> Iterator[Qmp]:
-    """A stopped QEMU q35 (128 MiB, 1 CPU) whose monitor connects to us."""
-    binary = shutil.which("qemu-system-x86_64")
-    if binary is None:
-        pytest.skip("qemu-system-x86_64 is absent (Debian package qemu-system-x86)")
-    with tempfile.TemporaryDirectory() as tmp, socket.socket(socket.AF_UNIX) as listener:
-        path = os.path.join(tmp, "qmp.sock")
-        listener.bind(path)
-        listener.listen(1)
-        listener.settimeout(60)
-        command = [binary, "-accel", "kvm", "-accel", "tcg", "-machine", "q35", "-nodefaults"]
-        command += ["-S", "-display", "none", "-m", "128M", "-smp", "1", "-qmp", f"unix:{path}"]
-        qemu = subprocess.Popen(command, stderr=subprocess.DEVNULL)
-        try:
-            sock, _ = listener.accept()
-            with sock:
-                yield Qmp(sock)
-        finally:
-            qemu.kill()
-            qemu.wait()
+def qemu_q35() -> Iterator[Qemu]:
+    """A paused QEMU q35 (128 MiB, 1 CPU)."""
+    reason = qemu_missing_reason()
+    if reason:
+        pytest.skip(reason)
+    with Qemu(["-smp", "1"], paused=True, memory="128M") as qemu:
+        yield qemu
 
 
-def test_cmos_bytes_equal_qemus(qemu_q35: Qmp) -> None:
+def test_cmos_bytes_equal_qemus(qemu_q35: Qemu) -> None:
     def qemu_byte(index: int) -> int:
-        qemu_q35.hmp(f"o /b 0x70 {index:#x}")
-        return int(qemu_q35.hmp("i /b 0x71").split("=")[1], 16)
+        qemu_q35.port_out(CMOS_PORT, 1, index)
+        return qemu_q35.port_in(CMOS_PORT + 1, 1)
 
     ours = make(FakeClock())
     indexes = range(0x0A, 0x80)

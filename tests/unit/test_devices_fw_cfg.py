@@ -17,7 +17,7 @@ from pcihole.devices.fw_cfg import (
     FwCfgError,
     Selector,
 )
-from tests.qemu_monitor import Qemu, fw_cfg_directory, fw_cfg_item, qemu_missing_reason
+from tests.qemu import Qemu, fw_cfg_directory, fw_cfg_item, qemu_missing_reason
 
 MiB = 1 << 20
 DESCRIPTOR = 0x1000
@@ -262,7 +262,7 @@ def test_same_items_as_qemu(memory: str, cpus: int) -> None:
         pytest.skip(reason)
     ram_size = int(memory[:-1]) << {"M": 20, "G": 30}[memory[-1]]
     ours = FwCfg.q35(ram_size=ram_size, cpus=cpus)
-    with Qemu(["-S", "-smp", str(cpus)], memory=memory) as qemu:  # paused: firmware idle
+    with Qemu(["-smp", str(cpus)], paused=True, memory=memory) as qemu:  # firmware idle
         theirs = {name: size for name, (_, size) in fw_cfg_directory(qemu).items()}
         kept = {name: size for name, size in theirs.items() if name not in QEMU_FILES_LEFT_OUT}
         assert {f.name: f.size for f in ours.directory()} == kept
