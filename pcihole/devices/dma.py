@@ -3,7 +3,7 @@
 Devices that read or write guest memory (AHCI's received-FIS area, NVMe's queues, virtio
 rings) are given a ``GuestMemory`` at construction and know nothing else of the machine.
 ``pcihole.memory.ram.GuestRam`` has this shape, so does a test's ``bytearray`` wrapper.
-It is the same shape ``fw_cfg.GuestMemory`` names for fw_cfg's DMA interface.
+fw_cfg's DMA interface uses it too.
 """
 
 from __future__ import annotations

@@ -19,10 +19,10 @@ import enum
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
 
 from pcihole.arch.x86 import e820
-from pcihole.errors import BadInput, PciholeError
+from pcihole.devices.dma import MEMORY_ERRORS, GuestMemory
+from pcihole.errors import BadInput
 
 SIGNATURE = b"QEMU"
 """What the signature item (selector 0) holds: SeaBIOS reads it to detect fw_cfg."""
@@ -132,22 +132,6 @@ class DmaControl(enum.IntFlag):
 
 class FwCfgError(BadInput):
     """An item or file the device cannot hold: a bad name, a duplicate, no slot left."""
-
-
-class GuestMemory(Protocol):
-    """Guest-physical memory as DMA reaches it (``pcihole.memory.ram.GuestRam`` is one).
-
-    An access outside guest memory raises ``ValueError`` or a ``PciholeError``; the device
-    turns it into the ERROR bit, as QEMU does for a failed DMA access.
-    """
-
-    def read(self, address: int, length: int) -> bytes: ...
-
-    def write(self, address: int, data: bytes) -> None: ...
-
-
-MEMORY_ERRORS = (ValueError, PciholeError)
-"""What ``GuestMemory`` raises for an address outside guest memory."""
 
 
 @dataclass(frozen=True, slots=True)
