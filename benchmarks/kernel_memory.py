@@ -39,6 +39,7 @@ from pcihole.holes.memory import close_shared_hole_memory
 from pcihole.holes.source import Backing
 from pcihole.host import info as hostinfo
 from pcihole.host import mem as hostmem
+from pcihole.host import vmallocinfo
 from pcihole.kvm import Kvm, abi
 from pcihole.machine import MachineOptions
 from pcihole.measure.bench import fits_in_memory, measure_point, options_for
@@ -86,10 +87,7 @@ def hugetlb_service() -> Iterator[tuple[str | None, str]]:
             proc.wait(30)
 
 
-KVM_CALLERS = ("memslot_rmap_alloc", "kvm_arch_prepare_memory_region",
-               "kvm_page_track_create_memslot")  # fmt: skip
-"""Where x86 KVM vmallocs a memslot's arrays: rmap per level; lpage_info per huge level;
-write tracking (2 bytes per 4 KiB page, shadow paging only)."""
+KVM_CALLERS = vmallocinfo.KVM_MEMSLOT_CALLERS
 
 
 def slot_cost_by_caller(kvm: Kvm, count: int = 64, trials: int = 3) -> list[dict[str, Any]]:
@@ -150,14 +148,7 @@ def _arrays_once(kvm: Kvm, options: MachineOptions, vms: int) -> dict[str, int]:
 
 
 def _vmalloc_by_caller() -> collections.Counter[str]:
-    found: collections.Counter[str] = collections.Counter()
-    with open("/proc/vmallocinfo") as info:
-        for line in info:
-            fields = line.split()
-            pages = next((int(f[6:]) for f in fields if f.startswith("pages=")), 0)
-            if len(fields) > 2:
-                found[fields[2].split("+")[0]] += pages * 4096
-    return found
+    return vmallocinfo.bytes_by_caller(vmallocinfo.read_vmallocinfo())
 
 
 def measure_configs(

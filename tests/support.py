@@ -37,6 +37,19 @@ CHILD_ENV = {
 }
 
 
+def frame_of(address: int, pid: int | str = "self") -> int:
+    """The physical frame behind ``address`` in process ``pid`` (/proc/PID/pagemap; frame
+    numbers need root). Equal frames at two mappings are one page of memory, whatever
+    other processes on the host allocate meanwhile."""
+    with open(f"/proc/{pid}/pagemap", "rb") as pagemap:
+        pagemap.seek(address // 4096 * 8)
+        entry = int.from_bytes(pagemap.read(8), "little")
+    assert entry >> 63, f"{address:#x} is not present in process {pid}"
+    frame = entry & ((1 << 55) - 1)
+    assert frame, "frame numbers hidden: /proc/PID/pagemap shows them to root only"
+    return frame
+
+
 def pcihole_command(*args: str) -> list[str]:
     """The command line running ``python -m pcihole ARGS`` (with ``CHILD_ENV``)."""
     return [sys.executable, "-m", "pcihole", *args]

@@ -12,14 +12,14 @@ import statistics
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pcihole import layout
 from pcihole.errors import EnvironmentProblem
 from pcihole.guest.machine import PciMachine, shared_hole_memory_bytes
-from pcihole.host.meminfo import KernelMemory, MeminfoSampler
+from pcihole.host.meminfo import KernelMemory, MeminfoSampler, read_meminfo
 from pcihole.host.smaps import resident_bytes
 from pcihole.kvm import Kvm
 from pcihole.layout import RECURSIVE_RESULTS_OFFSET
@@ -166,8 +166,12 @@ def run_scan(
     passes: int = 1,
     topology: Callable[[], Topology] | None = None,
     progress: Callable[[str], None] | None = None,
+    read_kernel: Callable[[], Mapping[str, int]] = read_meminfo,
 ) -> ScanReport:
-    """Build ``vms`` machines, let each guest enumerate, and report."""
+    """Build ``vms`` machines, let each guest enumerate, and report.
+
+    ``read_kernel`` gives the kernel figures the sampler watches (/proc/meminfo; tests
+    give figures only their own VMs move)."""
     if mode not in MODES:
         raise ScanError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if vms < 1:
@@ -176,7 +180,7 @@ def run_scan(
     params = [layout.ECAM_BASE, options.buses, MODES[mode], passes]
     machines: list[PciMachine] = []
     # Sampled from before the first VM until the scan ends (the VMs still exist then).
-    sampler = MeminfoSampler()
+    sampler = MeminfoSampler(read=read_kernel)
     try:
         sampler.start()
         started = time.perf_counter()

@@ -124,3 +124,23 @@ def test_stopping_twice_keeps_the_first_result() -> None:
     first = sampler.stop()
     assert sampler.stop() is first
     assert first.peak_rise["total"] == 4096
+
+
+VMALLOCINFO_TEXT = """\
+0x00000000e5a54b46-0x0000000013926eed   20480 irq_init_percpu_irqstack+0xca/0x100 vmap
+0x00000000d10981d3-0x0000000055fe57c5    8192 kvm_page_track_create_memslot+0x4c/0x80 pages=1
+0x0000000055fe57c5-0x00000000ffc639ea   12288 memslot_rmap_alloc+0x68/0xb0 pages=2 vmalloc N0=2
+0x00000000c176aae6-0x00000000c3243a68    8192 memslot_rmap_alloc+0x68/0xb0 pages=1 vmalloc N0=1
+"""
+
+
+def test_vmallocinfo_areas_by_key_and_caller() -> None:
+    from pcihole.host.vmallocinfo import bytes_by_caller, parse_vmallocinfo
+
+    areas = parse_vmallocinfo(VMALLOCINFO_TEXT)
+    assert areas["0x0000000055fe57c5-0x00000000ffc639ea"] == ("memslot_rmap_alloc", 8192)
+    assert areas["0x00000000e5a54b46-0x0000000013926eed"] == ("irq_init_percpu_irqstack", 0)
+    assert len(areas) == 4
+    assert bytes_by_caller(areas) == {"memslot_rmap_alloc": 12288,
+                                      "kvm_page_track_create_memslot": 4096,
+                                      "irq_init_percpu_irqstack": 0}  # fmt: skip
