@@ -109,6 +109,12 @@ SERIAL_COM1_PORT = 0x3F8
 SERIAL_COM1_IRQ = 4
 SERIAL_PORTS = 8
 CMOS_IRQ = 8
+I8042_PORT = 0x60
+"""i8042 PS/2 controller: data at 0x60, status/command at 0x64 (0x61 between is the PIT's
+speaker port, which KVM_CREATE_PIT2 answers in the kernel)."""
+I8042_PORTS = 5
+KEYBOARD_IRQ = 1
+MOUSE_IRQ = 12
 """The RTC's ISA interrupt."""
 FW_CFG_PORT = 0x510
 """QEMU's fw_cfg: selector (16 bits) at 0x510, data (8 bits) at 0x511."""

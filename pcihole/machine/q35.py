@@ -1,7 +1,8 @@
 """The q35 platform devices firmware uses, wired onto a VM's buses as QEMU 7.2 places them.
 
 - PAM shadowing of 0xc0000-0xfffff (``machine.shadow``), following the MCH's PAM registers;
-- the RTC/CMOS at 0x70 (IRQ 8), a 16550A at 0x3f8 (IRQ 4), fw_cfg at 0x510 with DMA at
+- the RTC/CMOS at 0x70 (IRQ 8), a 16550A at 0x3f8 (IRQ 4), the i8042 at 0x60/0x64
+  (IRQs 1 and 12), fw_cfg at 0x510 with DMA at
   0x514 into guest RAM, port 0x92 and reset control at 0xcf9 (which shares the CF8
   ports' range: byte accesses at 0xcf9 are reset control, as on QEMU);
 - the ACPI PM block wherever the ICH9 LPC's PMBASE/ACPI_CNTL put it, its SCI on the IRQ
@@ -20,6 +21,7 @@ from pcihole.chipset.lpc import Ich9LpcDecoder
 from pcihole.devices.acpi_pm import AcpiPm
 from pcihole.devices.cmos import Cmos
 from pcihole.devices.fw_cfg import FwCfg, FwCfgDevice
+from pcihole.devices.i8042 import I8042
 from pcihole.devices.irq import IrqLine, no_irq
 from pcihole.devices.reset import Port92, ResetControl
 from pcihole.devices.uart import Uart16550
@@ -86,6 +88,12 @@ class Q35Platform:
         self.fw_cfg = FwCfgDevice(FwCfg.q35(ram_size=ram.size, cpus=cpus), ram)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
+        self.i8042 = I8042(
+            lambda: on_stop("the guest reset the machine (i8042); a reset ends the run"),
+            self.irq(layout.KEYBOARD_IRQ),
+            self.irq(layout.MOUSE_IRQ),
+        )
+        ports.add(layout.I8042_PORT, layout.I8042_PORTS, self.i8042, "i8042")
         self.port92 = Port92(
             lambda: on_stop("the guest reset the machine (port 0x92); a reset ends the run")
         )

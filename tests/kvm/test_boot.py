@@ -10,7 +10,7 @@ import pytest
 from pcihole import layout
 from pcihole.chipset.mch import decode_pciexbar
 from pcihole.cli import main
-from pcihole.errors import USAGE_STATUS
+from pcihole.errors import ENVIRONMENT_STATUS, USAGE_STATUS
 from pcihole.guest.firmware import FirmwareOptions, build_firmware, exit_status, parse_output
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
@@ -248,3 +248,14 @@ def test_main_boot_files_status_and_errors(
     assert main(["boot", "--bios", str(tmp_path / "missing.bin")]) == USAGE_STATUS
     assert main(["boot", "--bios", str(bios), "--device", "00:00.0=nvme"]) == USAGE_STATUS
     assert "host bridge" in capsys.readouterr().err
+
+
+def test_without_bios_and_without_seabios_says_how_to_install_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from pcihole.commands import boot as boot_command
+
+    monkeypatch.setattr(boot_command, "DEFAULT_BIOS", tmp_path / "absent" / "bios.bin")
+    assert main(["boot"]) == ENVIRONMENT_STATUS
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "apt-get install seabios" in error and "--bios" in error
