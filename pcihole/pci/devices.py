@@ -120,7 +120,7 @@ class DeviceModel:
 
 # -- builders ----------------------------------------------------------------------------
 # Capability offsets and order, BAR sizes and reset values are QEMU 7.2's, measured with
-# tests/qemu_ref.py against a running qemu-system-x86_64 (tests/kvm/test_qemu_config.py).
+# tests/qemu.py against a running qemu-system-x86_64 (tests/kvm/test_qemu_config.py).
 
 
 def _host_bridge(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
