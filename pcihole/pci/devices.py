@@ -123,14 +123,47 @@ class DeviceModel:
 # tests/qemu.py against a running qemu-system-x86_64 (tests/kvm/test_qemu_config.py).
 
 
-def _host_bridge(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    config = ConfigSpace(
-        vendor_id=INTEL,
-        device_id=0x29C0,
-        class_code=0x060000,
+ICH9_REVISION = 2
+
+
+def _qemu_function(
+    *,
+    vendor_id: int,
+    device_id: int,
+    class_code: int,
+    revision: int = 0,
+    interrupt_pin: int = 0,
+    multifunction: bool = False,
+    express: bool = False,
+) -> ConfigSpace:
+    """A function with the subsystem IDs QEMU gives the devices it emulates."""
+    return ConfigSpace(
+        vendor_id=vendor_id,
+        device_id=device_id,
+        class_code=class_code,
+        revision=revision,
         subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
         subsystem_id=QEMU_SUBSYSTEM,
+        interrupt_pin=interrupt_pin,
+        multifunction=multifunction,
+        express=express,
     )
+
+
+def _ich9_function(device_id: int, class_code: int, interrupt_pin: int = 0) -> ConfigSpace:
+    """One of the ICH9 functions at 00:1f (LPC, SATA, SMBus): multi-function device."""
+    return _qemu_function(
+        vendor_id=INTEL,
+        device_id=device_id,
+        class_code=class_code,
+        revision=ICH9_REVISION,
+        interrupt_pin=interrupt_pin,
+        multifunction=True,
+    )
+
+
+def _host_bridge(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
+    config = _qemu_function(vendor_id=INTEL, device_id=0x29C0, class_code=0x060000)
     # Everything from 0x40 is plain writable bytes on QEMU's MCH (PAM, F_SMBASE ...),
     # except what follows.
     config.define(MCH_GGC, 2, MCH_GGC_DEFAULT, writable=MCH_GGC_WRITABLE)
@@ -297,13 +330,11 @@ NVME_EXPRESS = 0x80
 
 
 def _nvme(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    config = ConfigSpace(
+    config = _qemu_function(
         vendor_id=REDHAT_QEMU,
         device_id=0x0010,
         class_code=0x010802,
         revision=2,
-        subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
-        subsystem_id=QEMU_SUBSYSTEM,
         interrupt_pin=INTA,
         express=True,
     )
@@ -323,19 +354,8 @@ def _nvme(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
     return config
 
 
-ICH9_REVISION = 2
-
-
 def _ich9_lpc(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    config = ConfigSpace(
-        vendor_id=INTEL,
-        device_id=0x2918,
-        class_code=0x060100,
-        revision=ICH9_REVISION,
-        subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
-        subsystem_id=QEMU_SUBSYSTEM,
-        multifunction=True,  # function 0 of 00:1f, with SATA and SMBus beside it
-    )
+    config = _ich9_function(0x2918, 0x060100)  # function 0, SATA and SMBus beside it
     # PMBASE: I/O space indicator set; ACPI_CNTL, GEN_PMCON, RCBA ... are plain writable
     # bytes from 0x40 on, as on QEMU.
     config.define(LPC_PMBASE, 4, LPC_PMBASE_DEFAULT, writable=LPC_PMBASE_WRITABLE)
@@ -354,16 +374,7 @@ AHCI_MAP_AHCI_MODE = 0x40
 
 
 def _ich9_ahci(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    config = ConfigSpace(
-        vendor_id=INTEL,
-        device_id=0x2922,
-        class_code=0x010601,
-        revision=ICH9_REVISION,
-        subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
-        subsystem_id=QEMU_SUBSYSTEM,
-        interrupt_pin=INTA,
-        multifunction=True,
-    )
+    config = _ich9_function(0x2922, 0x010601, interrupt_pin=INTA)
     config.add_bar(4, 0x20, BarKind.IO)  # index/data pair
     config.add_bar(5, 0x1000)  # ABAR: the AHCI registers
     sata = config.add_capability(caps.CapabilityId.SATA, AHCI_SATA_LENGTH, AHCI_SATA)
@@ -379,16 +390,7 @@ SMBUS_HOSTC_WRITABLE = 0xF7
 
 
 def _ich9_smbus(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    config = ConfigSpace(
-        vendor_id=INTEL,
-        device_id=0x2930,
-        class_code=0x0C0500,
-        revision=ICH9_REVISION,
-        subsystem_vendor_id=QEMU_SUBSYSTEM_VENDOR,
-        subsystem_id=QEMU_SUBSYSTEM,
-        interrupt_pin=INTA,
-        multifunction=True,
-    )
+    config = _ich9_function(0x2930, 0x0C0500, interrupt_pin=INTA)
     config.add_bar(4, 0x40, BarKind.IO)
     config.define(SMBUS_HOSTC, 1, 0, writable=SMBUS_HOSTC_WRITABLE)
     return config

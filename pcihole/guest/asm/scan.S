@@ -88,44 +88,45 @@ scan_bus:
     mov rbx, rdi
     shl rbx, 20            /* rbx: ECAM offset of the bus */
     xor ebp, ebp           /* rbp: device * 8 + function */
-device_next:
-    mov rdi, rbp
-    shl rdi, 12
-    add rdi, rbx
-    inc PROBES
-    movzx eax, word ptr [ECAM + rdi]
-    cmp eax, 0xffff
-    je device_skip         /* no function 0: no device */
-    call found_function
-    /* other functions only on a multi-function device */
-    mov rdi, rbp
-    shl rdi, 12
-    add rdi, rbx
-    test byte ptr [ECAM + rdi + 0x0e], 0x80
-    jz device_skip
 function_next:
-    inc rbp
-    test rbp, 7
-    jz device_done         /* wrapped to the next device */
-    mov rdi, rbp
-    shl rdi, 12
-    add rdi, rbx
-    inc PROBES
-    movzx eax, word ptr [ECAM + rdi]
-    cmp eax, 0xffff
-    je function_next
+    call probe
+    je function_absent
     call found_function
-    jmp function_next
+    test rbp, 7
+    jnz function_step      /* functions 1-7: the device is multi-function */
+    call function_offset
+    test byte ptr [ECAM + rdi + 0x0e], 0x80
+    jnz function_step      /* other functions only on a multi-function device */
 device_skip:
     add rbp, 8
     and rbp, ~7
-    jmp device_check
-device_done:
-device_check:
+    jmp bus_check
+function_absent:
+    test rbp, 7
+    jz device_skip         /* no function 0: no device */
+function_step:
+    inc rbp
+bus_check:
     cmp rbp, 256
-    jb device_next
+    jb function_next
     pop rbp
     pop rbx
+    ret
+
+/* probe(): one vendor-ID load of function rbp on the bus at rbx; rdi = its ECAM offset,
+ * ZF set when nothing answers. */
+probe:
+    call function_offset
+    inc PROBES
+    movzx eax, word ptr [ECAM + rdi]
+    cmp eax, 0xffff
+    ret
+
+/* function_offset(): rdi = ECAM offset of function rbp on the bus at rbx. */
+function_offset:
+    mov rdi, rbp
+    shl rdi, 12
+    add rdi, rbx
     ret
 
 /* found_function(rdi = ECAM offset): record it; descend through a bridge. */

@@ -188,11 +188,10 @@ long_start:
     call config_read
     call print_num
     /* The ECAM range before PCIEXBAR is enabled. */
-    lea rsi, [rip + s_before]
-    call puts
     mov rax, FW_ECAM_BASE
     mov eax, [rax]
-    call print_num
+    lea rsi, [rip + s_before]
+    call print_field
     call newline
 
     /* Enable ECAM: PCIEXBAR high dword, then base | 256 buses | enable. */
@@ -221,10 +220,9 @@ long_start:
     call config_read
     or rax, rbx
     call print_num
-    lea rsi, [rip + s_ecam]
-    call puts
     mov rax, V_ECAM
-    call print_num
+    lea rsi, [rip + s_ecam]
+    call print_field
     call newline
 
     mov V_NEXT_BUS, 0
@@ -291,10 +289,9 @@ back_to_ring0:
     mov esi, FW_RING0_BUSES
     call timed_scan
 .endif
-    lea rsi, [rip + s_exit]
-    call puts
     mov eax, FW_EXIT_VALUE
-    call print_num
+    lea rsi, [rip + s_exit]
+    call print_field
     call newline
     mov eax, FW_EXIT_VALUE
     jmp debug_exit
@@ -311,36 +308,27 @@ timed_scan:
     call scan_head
     lea rsi, [rip + s_start]
     call puts
-    lfence
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
+    call read_tsc
     mov V_T0, rax
     mov edi, r13d
     call scan                           /* rax = functions found */
     mov rbx, rax
-    lfence
-    rdtsc
-    shl rdx, 32
-    or rax, rdx
+    call read_tsc
     sub rax, V_T0
     push rax
     mov edi, r12d
     mov esi, r13d
     call scan_head
-    lea rsi, [rip + s_probes]
-    call puts
     mov eax, r13d
     shl eax, 8
-    call print_num
-    lea rsi, [rip + s_found]
-    call puts
+    lea rsi, [rip + s_probes]
+    call print_field
     mov rax, rbx
-    call print_num
-    lea rsi, [rip + s_ticks]
-    call puts
+    lea rsi, [rip + s_found]
+    call print_field
     pop rax
-    call print_num
+    lea rsi, [rip + s_ticks]
+    call print_field
     call newline
     mov rdi, rbx
     call print_records
@@ -352,18 +340,15 @@ timed_scan:
 /* scan_head(edi = ring, esi = buses): "scan ring=R pass=P buses=B " */
 scan_head:
     push rsi
-    lea rsi, [rip + s_scan]
-    call puts
     mov eax, edi
-    call print_num
-    lea rsi, [rip + s_pass]
-    call puts
+    lea rsi, [rip + s_scan]
+    call print_field
     mov rax, V_PASS
-    call print_num
-    lea rsi, [rip + s_buses]
-    call puts
+    lea rsi, [rip + s_pass]
+    call print_field
     pop rax
-    call print_num
+    lea rsi, [rip + s_buses]
+    call print_field
     ret
 
 /* scan(edi = buses) -> rax = functions found; records (u32 page index, u32 IDs) at
@@ -635,6 +620,19 @@ print_num:
     pop rcx
     ret
 
+/* print_field(rsi = label, rax = value): the label, then the value. */
+print_field:
+    call puts
+    jmp print_num
+
+/* read_tsc() -> rax: the TSC, after all earlier instructions (lfence). */
+read_tsc:
+    lfence
+    rdtsc
+    shl rdx, 32
+    or rax, rdx
+    ret
+
 /* debug_exit(eax = value): QEMU's isa-debug-exit; the process ends (value << 1) | 1. */
 debug_exit:
     mov dx, DEBUG_EXIT_PORT
@@ -657,26 +655,21 @@ exception_stubs:
 .endr
 
 exception_common:
-    lea rsi, [rip + s_exception]
-    call puts
     mov rax, [rsp]
-    call print_num
-    lea rsi, [rip + s_error]
-    call puts
+    lea rsi, [rip + s_exception]
+    call print_field
     mov rax, [rsp + 8]
-    call print_num
-    lea rsi, [rip + s_rip]
-    call puts
+    lea rsi, [rip + s_error]
+    call print_field
     mov rax, [rsp + 16]
-    call print_num
-    lea rsi, [rip + s_cs]
-    call puts
+    lea rsi, [rip + s_rip]
+    call print_field
     mov rax, [rsp + 24]
-    call print_num
-    lea rsi, [rip + s_cr2]
-    call puts
+    lea rsi, [rip + s_cs]
+    call print_field
     mov rax, cr2
-    call print_num
+    lea rsi, [rip + s_cr2]
+    call print_field
     call newline
     mov eax, FW_FAIL_VALUE
     jmp debug_exit
