@@ -8,6 +8,7 @@ behind their BARs.
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -150,16 +151,10 @@ def _qemu_function(
     )
 
 
-def _ich9_function(device_id: int, class_code: int, interrupt_pin: int = 0) -> ConfigSpace:
-    """One of the ICH9 functions at 00:1f (LPC, SATA, SMBus): multi-function device."""
-    return _qemu_function(
-        vendor_id=INTEL,
-        device_id=device_id,
-        class_code=class_code,
-        revision=ICH9_REVISION,
-        interrupt_pin=interrupt_pin,
-        multifunction=True,
-    )
+_ich9_function = functools.partial(
+    _qemu_function, vendor_id=INTEL, revision=ICH9_REVISION, multifunction=True
+)
+"""One of the ICH9 functions of the multi-function device at 00:1f (LPC, SATA, SMBus)."""
 
 
 def _host_bridge(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
@@ -355,7 +350,8 @@ def _nvme(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
 
 
 def _ich9_lpc(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    config = _ich9_function(0x2918, 0x060100)  # function 0, SATA and SMBus beside it
+    # Function 0 of 00:1f, with SATA and SMBus beside it.
+    config = _ich9_function(device_id=0x2918, class_code=0x060100)
     # PMBASE: I/O space indicator set; ACPI_CNTL, GEN_PMCON, RCBA ... are plain writable
     # bytes from 0x40 on, as on QEMU.
     config.define(LPC_PMBASE, 4, LPC_PMBASE_DEFAULT, writable=LPC_PMBASE_WRITABLE)
@@ -374,7 +370,7 @@ AHCI_MAP_AHCI_MODE = 0x40
 
 
 def _ich9_ahci(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    config = _ich9_function(0x2922, 0x010601, interrupt_pin=INTA)
+    config = _ich9_function(device_id=0x2922, class_code=0x010601, interrupt_pin=INTA)
     config.add_bar(4, 0x20, BarKind.IO)  # index/data pair
     config.add_bar(5, 0x1000)  # ABAR: the AHCI registers
     sata = config.add_capability(caps.CapabilityId.SATA, AHCI_SATA_LENGTH, AHCI_SATA)
@@ -390,7 +386,7 @@ SMBUS_HOSTC_WRITABLE = 0xF7
 
 
 def _ich9_smbus(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
-    config = _ich9_function(0x2930, 0x0C0500, interrupt_pin=INTA)
+    config = _ich9_function(device_id=0x2930, class_code=0x0C0500, interrupt_pin=INTA)
     config.add_bar(4, 0x40, BarKind.IO)
     config.define(SMBUS_HOSTC, 1, 0, writable=SMBUS_HOSTC_WRITABLE)
     return config
