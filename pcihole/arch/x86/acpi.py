@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcihole import layout
-from pcihole.devices.dma import MEMORY_ERRORS
+from pcihole.errors import PciholeError
 
 GuestReader = Callable[[int, int], bytes]
 """``read(address, length) -> bytes`` of guest-physical memory (``GuestRam.read`` is one);
-outside guest memory it raises one of ``MEMORY_ERRORS``."""
+outside guest memory it raises ``ValueError`` or a ``PciholeError``."""
 
 RSDP_SIGNATURE = b"RSD PTR "
 RSDP_V1 = struct.Struct("<8sB6sBI")
@@ -42,6 +42,7 @@ FADT_DSDT_OFFSET = 40
 FADT_X_FIRMWARE_CTRL_OFFSET = 132
 FADT_X_DSDT_OFFSET = 140
 _SIGNATURE_PATTERN = re.compile(rb"[A-Z0-9_]{4}")
+MEMORY_ERRORS = (ValueError, PciholeError)
 
 
 @dataclass(frozen=True, slots=True)
