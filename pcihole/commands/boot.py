@@ -45,7 +45,7 @@ def add_parser(commands: Any) -> None:
         metavar="FILE",
         help=f"flat firmware image (default: {DEFAULT_BIOS}, package seabios)",
     )
-    add_machine_options(boot)
+    add_machine_options(boot, "default: the q35 built-ins alone, as QEMU -nodefaults")
     boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
     boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
     boot.add_argument(
@@ -198,7 +198,7 @@ def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology]:
             raise BootError(f"{bios}: {error.strerror}") from None
         check_image(image)
         option = "--device"
-        topology = Topology.build(devices, buses) if devices else Topology.qemu_nodefaults(buses)
+        topology = Topology.build(devices or [], buses, bare=args.bare)
         if HOST_BRIDGE not in topology:
             topology = Topology(buses, [*topology, MODELS["host-bridge"].build(HOST_BRIDGE)])
     except (BootError, PciError, ValueError) as error:

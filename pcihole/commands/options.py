@@ -73,16 +73,18 @@ def int_in_range(name: str, low: int, high: int) -> Callable[[str], int]:
 def topology_factory(args: argparse.Namespace) -> Callable[[], Topology]:
     """A function making a fresh topology per VM; bad --device text is a BadInput now."""
     devices: list[str] = args.device or []
+    bare: bool = args.bare
+
+    def make() -> Topology:
+        if devices or bare:
+            return Topology.build(devices, args.buses, bare=bare)
+        return Topology.default(args.buses)
+
     try:
-        if devices:
-            Topology.build(devices, args.buses)
-        else:
-            Topology.default(args.buses)
+        make()
     except PciError as error:
         raise device_error(error) from None
-    if devices:
-        return lambda: Topology.build(devices, args.buses)
-    return lambda: Topology.default(args.buses)
+    return make
 
 
 def machine_options(args: argparse.Namespace) -> MachineOptions:
@@ -98,7 +100,11 @@ def machine_options(args: argparse.Namespace) -> MachineOptions:
     )
 
 
-def add_machine_options(parser: argparse.ArgumentParser) -> None:
+def add_machine_options(
+    parser: argparse.ArgumentParser, devices: str = "default: a q35-like set"
+) -> None:
+    """The options of a command that runs a machine; ``devices`` says what runs without
+    ``--device``."""
     parser.add_argument(
         "--strategy",
         choices=STRATEGIES,
@@ -132,11 +138,21 @@ def add_machine_options(parser: argparse.ArgumentParser) -> None:
         default=layout.ECAM_MAX_BUSES,
         help="ECAM window size in buses",
     )
+    add_device_options(parser, devices)
+
+
+def add_device_options(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--device`` (``default`` says what runs without one) and ``--bare``."""
     parser.add_argument(
         "--device",
         action="append",
         metavar="BB:DD.F=MODEL[,k=v]",
-        help="a function to place (repeatable); default: a q35-like set",
+        help=f"a function to place, beside the q35 built-ins (repeatable); {default}",
+    )
+    parser.add_argument(
+        "--bare",
+        action="store_true",
+        help="no q35 built-ins: only the host bridge at 00:00.0 and the --device functions",
     )
 
 

@@ -34,10 +34,13 @@ class LspciError(EnvironmentProblem):
     """The VM view could not be taken; the message says why."""
 
 
-def make_topology(topology_specs: Sequence[str] | None, buses: int) -> Topology:
-    """The topology ``--device`` texts describe, or the default q35-like one."""
-    if topology_specs:
-        return Topology.build(topology_specs, buses)
+def make_topology(
+    topology_specs: Sequence[str] | None, buses: int, *, bare: bool = False
+) -> Topology:
+    """The topology ``--device`` texts describe (``bare``: on the host bridge alone, not
+    the q35 built-ins), or the default q35-like one."""
+    if topology_specs or bare:
+        return Topology.build(topology_specs or [], buses, bare=bare)
     return Topology.default(buses)
 
 
@@ -75,14 +78,15 @@ def lspci_text(
     *,
     kvm: Kvm | None = None,
     options: MachineOptions | None = None,
+    bare: bool = False,
 ) -> str:
     """Every present function's configuration space in the text ``lspci -F FILE`` reads.
 
     ``vm_view``: as a ring-3 guest reads it through ECAM in a real VM (``options`` picks
     how that VM answers its window; default shared holes, mirrored functions), else
-    straight from the models. ``kvm`` reuses an open /dev/kvm.
+    straight from the models. ``kvm`` reuses an open /dev/kvm. ``bare``: no q35 built-ins.
     """
-    topology = make_topology(topology_specs, buses)
+    topology = make_topology(topology_specs, buses, bare=bare)
     if not vm_view:
         return format_lspci_dump(topology)
     if kvm is not None:

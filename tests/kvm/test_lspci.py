@@ -202,3 +202,16 @@ def test_main_prints_the_dump_and_rejects_bad_devices(capsys: pytest.CaptureFixt
 def test_main_vm_view(kvm: Kvm, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["lspci", "--buses", "3", "--vm-view"]) == 0
     assert capsys.readouterr().out == format_lspci_dump(Topology.default(3))
+
+
+def test_main_bare_starts_from_the_host_bridge_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    def listed(*args: str) -> list[str]:
+        assert main(["lspci", *args]) == 0
+        return re.findall(r"^\S\S:\S\S\.\S", capsys.readouterr().out, re.MULTILINE)
+
+    assert listed("--bare", "--device", "00:03.0=nvme") == ["00:00.0", "00:03.0"]
+    assert listed("--bare") == ["00:00.0"]
+    # The LPC's place is free on a bare host bridge; beside the q35 built-ins it is not.
+    assert listed("--bare", "--device", "00:1f.0=nvme") == ["00:00.0", "00:1f.0"]
+    assert main(["lspci", "--device", "00:1f.0=nvme"]) == 2
+    assert "--bare starts from a bare host bridge" in capsys.readouterr().err

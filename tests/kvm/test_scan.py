@@ -148,3 +148,10 @@ def _rollup(pid: int) -> dict[str, int]:
             if len(fields) == 2 and fields[1] == "kB":
                 values[name] = int(fields[0])
     return values
+
+
+def test_scan_bare_finds_the_host_bridge_and_the_devices_given() -> None:
+    out = run_pcihole("scan", "--bare", "--device", "00:03.0=nvme", "--buses", "1")
+    assert out.returncode == 0, out.stderr
+    assert "found 2 functions:" in out.stdout
+    assert "00:00.0  8086:29c0" in out.stdout and "00:03.0  1b36:0010" in out.stdout
