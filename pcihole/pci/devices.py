@@ -10,11 +10,12 @@ from __future__ import annotations
 import enum
 import functools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pcihole.pci import capabilities as caps
 from pcihole.pci.bdf import BUSES, Bdf
 from pcihole.pci.config import (
+    DEVICE_ID,
     SECONDARY_BUS,
     SUBORDINATE_BUS,
     BarKind,
@@ -96,6 +97,9 @@ class DeviceModel:
     keys: frozenset[str] = frozenset()
     """Parameters the model accepts, each an integer."""
     required_keys: frozenset[str] = frozenset()
+    other_descriptions: Mapping[int, str] = field(default_factory=dict)
+    """What lspci calls the model under another device ID it takes (a transitional virtio
+    device's on the root bus), by that ID."""
 
     def build(self, bdf: Bdf, params: Mapping[str, int] | None = None, spec: str = "") -> Function:
         """Make the function at ``bdf``; raises DeviceError for parameters it cannot take."""
@@ -116,7 +120,8 @@ class DeviceModel:
         if config.is_bridge:
             secondary = config.read(SECONDARY_BUS, 1)
             bridge_buses = range(secondary, config.read(SUBORDINATE_BUS, 1) + 1)
-        return Function(bdf, config, self.name, spec, self.description, bridge_buses)
+        description = self.other_descriptions.get(config.read(DEVICE_ID, 2), self.description)
+        return Function(bdf, config, self.name, spec, description, bridge_buses)
 
 
 # -- builders ----------------------------------------------------------------------------
@@ -313,8 +318,8 @@ def _virtio_capabilities(config: ConfigSpace) -> None:
     # The PCI configuration access capability: bar, offset, length and data the guest sets.
     window = caps.add_vendor_specific(config, bytes([VirtioCfgType.PCI]) + bytes(16))
     config.define(window + 4, 1, 0, writable=0xFF)
-    for field in (8, 12, 16):
-        config.define(window + field, 4, 0, writable=0xFFFF_FFFF)
+    for register in (8, 12, 16):
+        config.define(window + register, 4, 0, writable=0xFFFF_FFFF)
 
 
 NVME_MSIX_VECTORS = 65
@@ -414,12 +419,16 @@ MODELS: dict[str, DeviceModel] = {
             "Ethernet controller: Red Hat, Inc. Virtio 1.0 network device",
             False,
             _virtio(VirtioKind(1, 0x1000, 0x020000, vectors=4, legacy_io_size=0x20, rom=True)),
+            other_descriptions={0x1000: "Ethernet controller: Red Hat, Inc. Virtio network device"},
         ),
         DeviceModel(
             "virtio-blk",
             "SCSI storage controller: Red Hat, Inc. Virtio 1.0 block device",
             False,
             _virtio(VirtioKind(2, 0x1001, 0x010000, vectors=2, legacy_io_size=0x80, rom=False)),
+            other_descriptions={
+                0x1001: "SCSI storage controller: Red Hat, Inc. Virtio block device"
+            },
         ),
         DeviceModel(
             "nvme",

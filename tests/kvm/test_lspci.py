@@ -215,3 +215,16 @@ def test_main_bare_starts_from_the_host_bridge_alone(capsys: pytest.CaptureFixtu
     assert listed("--bare", "--device", "00:1f.0=nvme") == ["00:00.0", "00:1f.0"]
     assert main(["lspci", "--device", "00:1f.0=nvme"]) == 2
     assert "--bare starts from a bare host bridge" in capsys.readouterr().err
+
+
+@needs_lspci
+def test_every_model_is_named_as_lspci_names_it_on_and_off_the_root_bus(tmp_path: Path) -> None:
+    endpoints = ["virtio-net", "virtio-blk", "nvme", "ich9-lpc", "ich9-ahci", "ich9-smbus"]
+    specs = [f"00:{2 + index:02x}.0={model}" for index, model in enumerate(endpoints)]
+    specs += ["00:1c.0=root-port,bus=1"]
+    specs += [f"01:00.{index}={model}" for index, model in enumerate(endpoints)]
+    dump = format_lspci_dump(Topology.build(specs, 2, bare=True))
+    ours = re.findall(r"^\S\S:\S\S\.\S .*$", dump, re.MULTILINE)
+    assert "00:02.0 Ethernet controller: Red Hat, Inc. Virtio network device" in ours
+    assert "01:00.1 SCSI storage controller: Red Hat, Inc. Virtio 1.0 block device (rev 01)" in ours
+    assert lspci(dump, tmp_path).splitlines() == ours
