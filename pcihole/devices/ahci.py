@@ -29,8 +29,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pcihole.devices.dma import MEMORY_ERRORS, GuestMemory
 from pcihole.devices.irq import IrqLine, IrqPin, no_irq
+from pcihole.memory.access import MEMORY_ERRORS, GuestMemory
 
 ABAR_SIZE = 0x1000
 """QEMU's AHCI_MEM_BAR_SIZE: the registers need 0x400 but QEMU maps 4 KiB."""

@@ -21,8 +21,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pcihole.arch.x86 import e820
-from pcihole.devices.dma import MEMORY_ERRORS, GuestMemory
 from pcihole.errors import BadInput
+from pcihole.memory.access import MEMORY_ERRORS, GuestMemory
 
 SIGNATURE = b"QEMU"
 """What the signature item (selector 0) holds: SeaBIOS reads it to detect fw_cfg."""

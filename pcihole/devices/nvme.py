@@ -30,9 +30,9 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from pcihole.devices.dma import MEMORY_ERRORS, GuestMemory
 from pcihole.devices.irq import IrqLine, IrqPin, no_irq
 from pcihole.devices.msix import MsixTable
+from pcihole.memory.access import MEMORY_ERRORS, GuestMemory
 
 BAR_SIZE = 0x4000
 REGISTERS_SIZE = 0x1000

@@ -35,8 +35,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pcihole.devices.dma import MEMORY_ERRORS, GuestMemory
 from pcihole.devices.irq import IrqLine, IrqPin, no_irq
+from pcihole.memory.access import MEMORY_ERRORS, GuestMemory
 
 STRUCTURE_SIZE = 0x1000
 COMMON, ISR, DEVICE, NOTIFY = (i * STRUCTURE_SIZE for i in range(4))

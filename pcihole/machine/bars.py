@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from pcihole.devices.ahci import Ahci, AhciIndexData
-from pcihole.devices.dma import GuestMemory
 from pcihole.devices.irq import IrqLine, no_irq
 from pcihole.devices.msix import MsixTable
 from pcihole.devices.nvme import Nvme
 from pcihole.devices.virtio_pci import KINDS, VirtioPci
 from pcihole.machine.bus import Bus, BusDevice, BusError
 from pcihole.memory import MemoryMap, MemoryMapError, Region, RegionKind
+from pcihole.memory.access import GuestMemory
 from pcihole.pci.bars import DecodedBar, Space, decoded_bars
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.capabilities import CapabilityId

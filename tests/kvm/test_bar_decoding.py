@@ -11,11 +11,11 @@ from collections.abc import Callable
 import pytest
 
 from pcihole import layout
-from pcihole.devices.dma import FlatMemory
 from pcihole.guest.machine import PciMachine
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
 from pcihole.machine.bars import BarDecoder, backends_for
+from pcihole.memory.access import FlatMemory
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.ecam import encode_config_address
 from pcihole.pci.topology import Topology

@@ -13,7 +13,7 @@ from pcihole.devices.ahci import (
     Ahci,
     AhciIndexData,
 )
-from pcihole.devices.dma import FlatMemory
+from pcihole.memory.access import FlatMemory
 
 RAM = 0x200000
 CLB = 0x100000

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import struct
 
-from pcihole.devices.dma import FlatMemory
 from pcihole.devices.nvme import Nvme
+from pcihole.memory.access import FlatMemory
 
 ASQ_ADDR = 0x10000
 ACQ_ADDR = 0x11000

@@ -7,8 +7,8 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable
 
-from pcihole.devices.dma import FlatMemory
 from pcihole.devices.virtio_pci import BLK, NET, VirtioKind, VirtioPci
+from pcihole.memory.access import FlatMemory
 
 DESC = 0x10000
 AVAIL = DESC + 16 * 128

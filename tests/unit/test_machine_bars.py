@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from pcihole.devices.ahci import Ahci, AhciIndexData
-from pcihole.devices.dma import FlatMemory
 from pcihole.devices.msix import MsixTable
 from pcihole.devices.nvme import Nvme
 from pcihole.devices.virtio_pci import VirtioLegacyIo, VirtioPci
 from pcihole.machine.bars import BarDecoder, backends_for, bridges_above
 from pcihole.machine.bus import Bus
 from pcihole.memory import MemoryMap, Region, RegionKind
+from pcihole.memory.access import FlatMemory
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import COMMAND, MEMORY_BASE, MEMORY_LIMIT
 from pcihole.pci.devices import MODELS, Function

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pcihole import layout
-from pcihole.errors import PciholeError
+from pcihole.memory.access import MEMORY_ERRORS
 
 GuestReader = Callable[[int, int], bytes]
 """``read(address, length) -> bytes`` of guest-physical memory (``GuestRam.read`` is one);
@@ -42,7 +42,6 @@ FADT_DSDT_OFFSET = 40
 FADT_X_FIRMWARE_CTRL_OFFSET = 132
 FADT_X_DSDT_OFFSET = 140
 _SIGNATURE_PATTERN = re.compile(rb"[A-Z0-9_]{4}")
-MEMORY_ERRORS = (ValueError, PciholeError)
 
 
 @dataclass(frozen=True, slots=True)

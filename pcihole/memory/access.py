@@ -1,9 +1,9 @@
-"""Guest memory as a bus-mastering device reaches it (DMA).
+"""Guest memory as a bus-mastering device or a firmware-table reader reaches it.
 
 Devices that read or write guest memory (AHCI's received-FIS area, NVMe's queues, virtio
 rings) are given a ``GuestMemory`` at construction and know nothing else of the machine.
 ``pcihole.memory.ram.GuestRam`` has this shape, so does a test's ``bytearray`` wrapper.
-fw_cfg's DMA interface uses it too.
+fw_cfg's DMA interface and the ACPI table reader (``arch/x86/acpi.py``) use it too.
 """
 
 from __future__ import annotations
