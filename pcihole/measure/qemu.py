@@ -26,9 +26,10 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TextIO
 
+from pcihole.closing import Closeable
+from pcihole.errors import EnvironmentProblem
 from pcihole.layout import DEBUGCON_PORT
 
 QEMU = "qemu-system-x86_64"
@@ -41,7 +42,7 @@ _SUFFIX = {1: "b", 2: "w", 4: "l"}
 _HMP_SIZE = {1: "/b", 2: "/h", 4: "/w"}
 
 
-class QemuError(RuntimeError):
+class QemuError(EnvironmentProblem):
     """QEMU did not start, refused a command, or ended early."""
 
 
@@ -74,7 +75,7 @@ def qemu_command(
     return [*command, *args]
 
 
-class Qemu:
+class Qemu(Closeable):
     """A running QEMU (see the module doc); killed by ``close`` or on leaving ``with``."""
 
     def __init__(
@@ -231,14 +232,3 @@ class Qemu:
                 stream.close()
         self._log.close()
         self._dir.cleanup()
-
-    def __enter__(self) -> Qemu:
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.close()
