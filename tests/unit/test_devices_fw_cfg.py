@@ -17,6 +17,7 @@ from pcihole.devices.fw_cfg import (
     FwCfgError,
     Selector,
 )
+from pcihole.memory.access import FlatMemory
 from tests.qemu import Qemu, fw_cfg_directory, fw_cfg_item, qemu_missing_reason
 
 MiB = 1 << 20
@@ -29,27 +30,17 @@ E820_128M = bytes.fromhex(
 )
 
 
-class FakeMemory:
-    """``size`` bytes of guest memory at ``base``; outside them, ValueError as GuestRam does."""
+class FakeMemory(FlatMemory):
+    """``size`` bytes of guest memory at ``base`` (ValueError outside them, as GuestRam),
+    filled with 0xaa so that untouched bytes show, and a log of every write."""
 
     def __init__(self, base: int = 0, size: int = 0x10000) -> None:
-        self.base = base
-        self.data = bytearray(b"\xaa" * size)
+        super().__init__(size, base)
+        self.data[:] = b"\xaa" * size
         self.writes: list[tuple[int, int]] = []
 
-    def _offset(self, address: int, length: int) -> int:
-        offset = address - self.base
-        if offset < 0 or offset + length > len(self.data):
-            raise ValueError(f"[{address:#x}, +{length:#x}) is outside guest memory")
-        return offset
-
-    def read(self, address: int, length: int) -> bytes:
-        offset = self._offset(address, length)
-        return bytes(self.data[offset : offset + length])
-
     def write(self, address: int, data: bytes) -> None:
-        offset = self._offset(address, len(data))
-        self.data[offset : offset + len(data)] = data
+        super().write(address, data)
         self.writes.append((address, len(data)))
 
     def at(self, address: int, length: int) -> bytes:
