@@ -166,6 +166,19 @@ Q35_LOW_RAM_SPLIT = 2 * GiB
 boundaries stay 1 GiB aligned in host memory; the rest goes above 4 GiB."""
 HIGH_RAM_BASE = 4 * GiB
 """RAM that does not fit below the PCI hole continues here."""
+Q35_PCI_HOLE64_SIZE = 32 * GiB
+"""The 64-bit PCI window QEMU's q35 host reserves after RAM (its pci-hole64-size): the
+vCPU's physical address bits must reach its end (pc_max_used_gpa)."""
+AMD_HT_START = 0xFD_0000_0000
+"""AMD's HyperTransport range, up to 1 TiB: QEMU reserves it in e820 for AMD vCPUs with
+40 or more physical address bits, and moves RAM above 4 GiB past it when RAM and the
+64-bit PCI window would reach it."""
+AMD_ABOVE_1TB_START = 1 << 40
+AMD_HT_SIZE = AMD_ABOVE_1TB_START - AMD_HT_START
+BOOT_RAM_MAX = 16 * GiB
+"""The most RAM ``pcihole boot`` gives: with QEMU's 64-bit PCI window it ends below 64 GiB,
+so every x86-64 vCPU (36 physical address bits or more) reaches it; a 16 GiB private
+mapping is lazily backed, and KVM keeps ~2 MiB of page metadata per GiB of memslot."""
 KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
 """KVM's private pages (KVM_SET_IDENTITY_MAP_ADDR, then KVM_SET_TSS_ADDR's three pages),
 where QEMU puts them, just below the 16 MiB of the BIOS and APIC range; reserved in e820."""
@@ -176,34 +189,19 @@ KVM_TSS_ADDR = 0xFEFFD000
 KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
 """The page of KVM's real-mode identity map, just below its TSS (QEMU's)."""
 
-Q35_LOWMEM_MAX = 0xB0000000
-"""QEMU q35 keeps RAM below the ECAM window: at most this much sits below 4 GiB."""
-Q35_LOWMEM_SPLIT = 0x80000000
-"""When RAM would reach the window, q35 puts only 2 GiB below 4 GiB (1 GiB aligned) and
-the rest above 4 GiB (``pc_q35_init`` in QEMU 7.2)."""
-ABOVE_4G_BASE = 1 << 32
-"""Where RAM that does not fit below 4 GiB continues."""
-
 
 assert DUMP_ROOM * 4 <= SCRATCH_SIZE, "the dump's address list does not fit in scratch RAM"
 assert TSS_ADDR + TSS_SIZE <= PARAMS_ADDR, "TSS overlaps the parameter block"
 assert PD_END <= CODE_ADDR, "page tables overlap guest code"
 assert CODE_ADDR + CODE_MAX <= KERNEL_STACK_TOP - 0x10000, "code overlaps the ring-0 stack"
 assert ECAM_BASE % ECAM_MAX_SIZE == 0
-assert Q35_LOWMEM_MAX == ECAM_BASE, "q35 low RAM ends where its MMCONFIG window begins"
+assert Q35_LOW_RAM_MAX == ECAM_BASE, "q35 low RAM ends where its MMCONFIG window begins"
 assert IDENTITY_MAP_GIB * GiB >= ECAM_BASE + ECAM_MAX_SIZE
-assert Q35_LOW_RAM_MAX <= ECAM_BASE, "q35 low RAM overlaps MMCONFIG"
 
 
 def ecam_size(buses: int) -> int:
     """Bytes of ECAM window for ``buses`` buses."""
     return buses * ECAM_BUS_SIZE
-
-
-def q35_ram_split(ram_size: int) -> tuple[int, int]:
-    """Bytes of RAM below 4 GiB and above it, split as QEMU's q35 machine splits them."""
-    below = ram_size if ram_size < Q35_LOWMEM_MAX else Q35_LOWMEM_SPLIT
-    return below, ram_size - below
 
 
 def asm_symbols() -> dict[str, int]:

@@ -15,7 +15,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
+from pcihole.arch.x86.cpuid import VcpuIdentity
 from pcihole.layout import FW_CFG_PORT
 from pcihole.measure.qemu import Qemu as Qemu
 from pcihole.measure.qemu import qemu_missing_reason as qemu_missing_reason
@@ -180,3 +182,17 @@ def fw_cfg_directory(qemu: Qemu) -> dict[str, tuple[int, int]]:
         name = entry[8:].rstrip(b"\0").decode("ascii")
         entries[name] = (int.from_bytes(entry[4:6], "big"), int.from_bytes(entry[:4], "big"))
     return entries
+
+
+def qemu_vcpu(qemu: Qemu) -> VcpuIdentity:
+    """What QEMU's board reads of its first vCPU (vendor, address bits, the features
+    behind ``etc/msr_feature_control``), from the vCPU's QOM properties."""
+    path = qemu.command("query-cpus-fast")[0]["qom-path"]
+
+    def get(name: str) -> Any:
+        return qemu.command("qom-get", path=path, property=name)
+
+    return VcpuIdentity(
+        str(get("vendor")), int(get("phys-bits")), vmx=bool(get("vmx")), sgx=bool(get("sgx")),
+        sgx_lc=bool(get("sgxlc")),
+    )  # fmt: skip

@@ -8,12 +8,13 @@ import json
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
+from pcihole.arch.x86.e820 import RamLayoutError
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
 from pcihole.errors import BadInput, EnvironmentProblem
@@ -26,6 +27,7 @@ from pcihole.machine.firmware import (
     BootResult,
     check_image,
 )
+from pcihole.memory.ram import RamAllocationError
 from pcihole.pci.devices import MODELS
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
@@ -50,8 +52,10 @@ def add_parser(commands: Any) -> None:
     boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
     boot.add_argument(
         "--ram-mib",
-        type=int_in_range("--ram-mib", 2, 3072),
+        type=int_in_range("--ram-mib", 2, layout.BOOT_RAM_MAX // layout.MiB),
         default=layout.BOOT_RAM_SIZE // layout.MiB,
+        metavar="MIB",
+        help="guest RAM, laid out as QEMU's q35 -m lays it out (default: %(default)s)",
     )
     boot.add_argument(
         "--timeout",
@@ -104,6 +108,7 @@ def run(args: argparse.Namespace) -> int:
         until = args.until.encode() if args.until else None
         with (
             Kvm() as kvm,
+            _ram_named(args.ram_mib),
             BootMachine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
                         console=console, serial=None if serial is None else _writer(serial),
                         until=until) as machine,
@@ -115,6 +120,17 @@ def run(args: argparse.Namespace) -> int:
                 _dump_acpi(machine, args.acpi_dump)
     print(f"pcihole boot: {result.reason} after {result.seconds:.1f} s", file=sys.stderr)
     return result.status
+
+
+@contextlib.contextmanager
+def _ram_named(mib: int) -> Iterator[None]:
+    """Refusals of the RAM asked for (by the layout or by the host) name ``--ram-mib``."""
+    try:
+        yield
+    except RamLayoutError as error:
+        raise BadInput(f"--ram-mib {mib}: {error}") from None
+    except RamAllocationError as error:
+        raise EnvironmentProblem(f"--ram-mib {mib}: {error}") from None
 
 
 def _run_until_stopped(machine: BootMachine, timeout: float | None) -> BootResult:

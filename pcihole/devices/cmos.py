@@ -21,9 +21,10 @@ import datetime
 import time
 from collections.abc import Callable
 
+from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.devices.irq import IrqLine, IrqPin, no_irq
 from pcihole.errors import BadInput
-from pcihole.layout import KiB, MiB, q35_ram_split
+from pcihole.layout import KiB, MiB
 
 CMOS_SIZE = 128
 INDEX_MASK = 0x7F
@@ -129,9 +130,9 @@ def _days_since_epoch(year: int, month: int, day: int) -> int:
 EPOCH_ORDINAL = datetime.date(1970, 1, 1).toordinal()
 
 
-def _q35_memory_bytes(ram_size: int, cpus: int) -> dict[int, int]:
+def _q35_memory_bytes(ram: Q35Ram, cpus: int) -> dict[int, int]:
     """The memory-size and CPU-count bytes, from QEMU's ``pc_cmos_init``."""
-    below, above = q35_ram_split(ram_size)
+    below, above = ram.below_4g, ram.above_4g
     base = min(below // KiB, 640)
     extended = min(max(below - 1 * MiB, 0) // KiB, 0xFFFF)
     above_16m = min(max(below - 16 * MiB, 0) // (64 * KiB), 0xFFFF)
@@ -166,18 +167,19 @@ class Cmos:
     def __init__(
         self,
         *,
-        ram_size: int,
+        ram: Q35Ram,
         cpus: int,
         irq: IrqLine = no_irq,
         clock: Callable[[], int] = time.monotonic_ns,
         wall_time: float | None = None,
         boot_order: str = "cad",
     ) -> None:
-        """``clock`` counts nanoseconds (monotonic); ``wall_time`` is the UTC time in
-        seconds since the epoch the clock starts from (the host's now by default)."""
-        if ram_size < 1 * MiB or ram_size % (64 * KiB) or cpus < 1:
+        """``ram`` is the machine's RAM layout (its split below and above 4 GiB);
+        ``clock`` counts nanoseconds (monotonic); ``wall_time`` is the UTC time in seconds
+        since the epoch the clock starts from (the host's now by default)."""
+        if ram.size < 1 * MiB or ram.size % (64 * KiB) or cpus < 1:
             raise BadInput(
-                f"CMOS: RAM must be a multiple of 64 KiB from 1 MiB ({ram_size} bytes given)"
+                f"CMOS: RAM must be a multiple of 64 KiB from 1 MiB ({ram.size} bytes given)"
                 f" and CPUs at least 1 ({cpus} given)"
             )
         self._clock = clock
@@ -190,7 +192,7 @@ class Cmos:
             self.data[index] = value
         self.data[EQUIPMENT] = EQUIPMENT_FPU | EQUIPMENT_PS2_MOUSE
         for index, value in {
-            **_q35_memory_bytes(ram_size, cpus),
+            **_q35_memory_bytes(ram, cpus),
             **_boot_order_bytes(boot_order),
         }.items():
             self.data[index] = value

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pcihole.arch.x86 import e820
+from pcihole.arch.x86.cpuid import VcpuIdentity
 from pcihole.errors import BadInput
 from pcihole.memory.access import MEMORY_ERRORS, GuestMemory
 
@@ -53,6 +54,13 @@ ICH9_SYSTEM_STATES = bytes([0x80, 0, 0, 0x81, 0x82, 0x80])
 acpi_pm1_cnt_init with ICH9's defaults); SeaBIOS writes them into its own SSDT."""
 IRQ0_OVERRIDE = 1
 """The PIT's IRQ 0 reaches the IOAPIC's pin 2: SeaBIOS adds the MADT override for it."""
+
+FEATURE_CONTROL_LOCKED = 1 << 0
+FEATURE_CONTROL_VMXON_OUTSIDE_SMX = 1 << 2
+FEATURE_CONTROL_SGX_LC = 1 << 17
+FEATURE_CONTROL_SGX = 1 << 18
+"""IA32_FEATURE_CONTROL bits QEMU asks firmware to set (``etc/msr_feature_control``) for
+the features its first vCPU has; LMCE never here: pcihole sets up no machine-check banks."""
 
 _OWN_ACPI = "QEMU's own ACPI tables and their loader; without them SeaBIOS builds its tables"
 _OWN_SMBIOS = "QEMU's own SMBIOS tables; without them SeaBIOS builds its own (no legacy entries)"
@@ -169,7 +177,8 @@ class FwCfg:
     def q35(
         cls,
         *,
-        ram_size: int,
+        ram: e820.Q35Ram,
+        vcpu: VcpuIdentity,
         cpus: int = 1,
         max_cpus: int | None = None,
         boot_fail_wait: int | None = None,
@@ -178,7 +187,8 @@ class FwCfg:
         uuid: bytes = bytes(16),
     ) -> FwCfg:
         """What QEMU 7.2 ``-machine q35 -nodefaults`` under KVM gives, minus QEMU's own
-        ACPI and SMBIOS tables, so that SeaBIOS builds its own.
+        ACPI and SMBIOS tables, so that SeaBIOS builds its own. ``ram`` is the machine's
+        RAM layout, ``vcpu`` what QEMU's board reads of the first vCPU.
 
         ``boot_fail_wait`` is milliseconds before SeaBIOS retries after ``No bootable
         device.``; None (QEMU's default) never retries.
@@ -192,7 +202,7 @@ class FwCfg:
         config.add_item(Selector.SIGNATURE, SIGNATURE)
         config.add_item(Selector.ID, _u32(Feature.TRADITIONAL | Feature.DMA))
         config.add_item(Selector.UUID, uuid)
-        config.add_item(Selector.RAM_SIZE, _u64(ram_size))
+        config.add_item(Selector.RAM_SIZE, _u64(ram.size))
         config.add_item(Selector.NOGRAPHIC, _u16(int(nographic)))
         config.add_item(Selector.NB_CPUS, _u16(cpus))
         config.add_item(Selector.MAX_CPUS, _u16(max_cpus))
@@ -205,7 +215,10 @@ class FwCfg:
         config.add_file("bios-geometry", b"")
         config.add_file("bootorder", b"")
         config.add_file("etc/boot-fail-wait", _u32(_boot_fail_wait(boot_fail_wait)))
-        config.add_file("etc/e820", e820.pack(e820.q35_e820(ram_size)))
+        config.add_file("etc/e820", e820.pack(ram.e820()))
+        feature_control = _feature_control(vcpu)
+        if feature_control:
+            config.add_file("etc/msr_feature_control", _u64(feature_control))
         config.add_file("etc/system-states", ICH9_SYSTEM_STATES)
         return config
 
@@ -249,6 +262,17 @@ class FwCfg:
         for entry in directory:
             items[entry.select] = self._files[entry.name]
         return items
+
+
+def _feature_control(vcpu: VcpuIdentity) -> int:
+    """What QEMU's fw_cfg_build_feature_control puts in ``etc/msr_feature_control``: the
+    bits for the vCPU's features, locked; 0 (no file) when it has none of them."""
+    bits = (
+        (FEATURE_CONTROL_VMXON_OUTSIDE_SMX if vcpu.vmx else 0)
+        | (FEATURE_CONTROL_SGX if vcpu.sgx else 0)
+        | (FEATURE_CONTROL_SGX_LC if vcpu.sgx_lc else 0)
+    )
+    return bits | FEATURE_CONTROL_LOCKED if bits else 0
 
 
 def _boot_fail_wait(milliseconds: int | None) -> int:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from pcihole import layout
-from pcihole.arch.x86.cpuid import boot_cpuid
+from pcihole.arch.x86.cpuid import VcpuIdentity, boot_cpuid
+from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.arch.x86.reset import prepare_real_mode
 from pcihole.chipset import pam
 from pcihole.chipset.mch import HOST_BRIDGE, Mch
@@ -71,20 +72,22 @@ class BootVm(Closeable):
         self, kvm: Kvm, image: bytes, *, ram_size: int = layout.BOOT_RAM_SIZE, name: str = "boot"
     ) -> None:
         check_image(image)
-        if ram_size % layout.PAGE_SIZE or not 2 * layout.MiB <= ram_size <= layout.ECAM_BASE:
-            raise BootError(
-                f"RAM size {ram_size:#x} must be whole pages from 2 MiB to {layout.ECAM_BASE:#x}"
-            )
+        if ram_size < 2 * layout.MiB:
+            raise BootError(f"RAM size {ram_size:#x} is under 2 MiB")
         self.name = name
         self.image = image
         self.ram_size = ram_size
+        cpuid = boot_cpuid(kvm)
+        self.vcpu_identity = VcpuIdentity.from_cpuid(cpuid)
+        self.ram_layout = Q35Ram.for_vcpu(ram_size, self.vcpu_identity)
+        """Where RAM goes for this vCPU: what the memslots, CMOS, e820 and fw_cfg follow."""
         self.vm: Vm = kvm.create_vm()
         self.ram: GuestRam | None = None
         self.rom: GuestRam | None = None
         try:
             prepare_real_mode(self.vm)
             self.slots = SlotAllocator(self.vm.max_memslots)
-            self.ram = GuestRam(0, ram_size)
+            self.ram = GuestRam.in_banks(self.ram_layout.banks)
             self.rom = GuestRam(layout.FIRMWARE_TOP - len(image), len(image))
             self.rom.write(self.rom.base, image)
             regions = self._regions()
@@ -100,22 +103,27 @@ class BootVm(Closeable):
             self.mmio.add(self.rom.base, len(image), self.rom_devices[0], "bios")
             self.has_irqchip = _create_interrupt_controllers(self.vm)
             self.vcpu = self.vm.create_vcpu()
-            self.vcpu.set_cpuid2(boot_cpuid(kvm))
+            self.vcpu.set_cpuid2(cpuid)
             self.loop = RunLoop(self.vcpu, self.ports, self.mmio)
         except BaseException:
             self.close()
             raise
 
     def _regions(self) -> list[tuple[Region, int, int]]:
-        """(region, host address, memslot flags) of low RAM, high RAM and the image below
-        4 GiB. 0xc0000-0xfffff (the isa-bios alias among it) is the PAM shadow's."""
+        """(region, host address, memslot flags) of low RAM, high RAM, RAM above 4 GiB
+        (if any) and the image below 4 GiB. 0xc0000-0xfffff (the isa-bios alias among it)
+        is the PAM shadow's."""
         assert self.ram is not None and self.rom is not None
         image_size, high = len(self.image), layout.HIGH_RAM_START
+        below, above = self.ram_layout.below_4g, self.ram_layout.above_4g
+        start = self.ram_layout.above_4g_start
         readonly = abi.KVM_MEM_READONLY
         return [
             (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
-            (Region(RegionKind.RAM, high, self.ram_size - high, "ram-high"),
+            (Region(RegionKind.RAM, high, below - high, "ram-high"),
              self.ram.host_address + high, 0),
+            *([(Region(RegionKind.RAM, start, above, "ram-above-4g"),
+                self.ram.host_address_of(start), 0)] if above else []),
             (Region(RegionKind.ROM, self.rom.base, image_size, "bios"),
              self.rom.host_address, readonly),
         ]  # fmt: skip
@@ -269,8 +277,8 @@ class BootMachine(Closeable):
         try:
             assert shell.ram is not None
             self.platform = Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots,
-                                        image, on_stop=lambda reason: self.stop(reason),
-                                        serial=serial)  # fmt: skip
+                                        image, ram_layout=shell.ram_layout, on_stop=self.stop,
+                                        vcpu=shell.vcpu_identity, serial=serial)  # fmt: skip
             backends = {
                 (function.bdf, index): device
                 for function in topology

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pcihole import layout
+from pcihole.arch.x86.cpuid import VcpuIdentity
+from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.chipset import pam
 from pcihole.chipset.lpc import Ich9LpcDecoder
 from pcihole.devices.acpi_pm import AcpiPm
@@ -70,6 +72,8 @@ class Q35Platform:
         slots: SlotAllocator,
         image: bytes,
         *,
+        ram_layout: Q35Ram,
+        vcpu: VcpuIdentity,
         on_stop: StopRequest,
         serial: Callable[[bytes], None] | None = None,
         cpus: int = 1,
@@ -81,11 +85,11 @@ class Q35Platform:
         """Every KVM_IRQ_LINE change sent, by IRQ."""
         self.shadow = ShadowMemory(vm, slots, ram, pci_side(image))
         mmio.add(pam.SHADOW_BASE, pam.SHADOW_SIZE, self.shadow, "pam-shadow")
-        self.cmos = Cmos(ram_size=ram.size, cpus=cpus, irq=self.irq(layout.CMOS_IRQ))
+        self.cmos = Cmos(ram=ram_layout, cpus=cpus, irq=self.irq(layout.CMOS_IRQ))
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(serial, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        self.fw_cfg = FwCfgDevice(FwCfg.q35(ram_size=ram.size, cpus=cpus), ram)
+        self.fw_cfg = FwCfgDevice(FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus), ram)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
         self.i8042 = I8042(

@@ -202,7 +202,7 @@ MAXIMUMS = [
     ("demo", "--buses", 256),
     ("demo", "--vms", 256),
     ("boot", "--buses", 256),
-    ("boot", "--ram-mib", 3072),
+    ("boot", "--ram-mib", 16384),
     ("bench", "--repeats", 20),
     ("bench", "--max-vms", 64),
 ]

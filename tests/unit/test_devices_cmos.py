@@ -6,9 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from pcihole.arch.x86.cpuid import VcpuIdentity
+from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.devices.cmos import Cmos
 from pcihole.errors import BadInput
-from pcihole.layout import CMOS_PORT, GiB, MiB
+from pcihole.layout import CMOS_PORT, GiB, KiB, MiB
 from pcihole.measure.qemu import Qemu, qemu_missing_reason
 
 LEAP_DAY = 1709214359
@@ -31,7 +33,12 @@ def make(
     clock: FakeClock, irq: list[bool] | None = None, ram: int = 128 * MiB, cpus: int = 1
 ) -> Cmos:
     levels = irq if irq is not None else []
-    return Cmos(ram_size=ram, cpus=cpus, irq=levels.append, clock=clock, wall_time=LEAP_DAY)
+    return Cmos(ram=q35_ram(ram), cpus=cpus, irq=levels.append, clock=clock, wall_time=LEAP_DAY)
+
+
+def q35_ram(size: int) -> Q35Ram:
+    """RAM laid out for a vCPU (CMOS reads only the split, the same for every vendor)."""
+    return Q35Ram.for_vcpu(size, VcpuIdentity("GenuineIntel", 39))
 
 
 def get(cmos: Cmos, index: int) -> int:
@@ -229,6 +236,27 @@ def test_memory_and_cpu_bytes_as_qemu_fills_them(
     assert [i for i in sorted(others) if get(cmos, i) != 0] == []
 
 
+# Memory bytes QEMU 7.2 q35 puts in CMOS (pc_cmos_init), read in its monitor as above
+# for each -m: base memory 0x15/0x16, extended memory 0x17/0x18 and its copy 0x30/0x31
+# (KiB above 1 MiB, at most 0xffff), 64 KiB units from 16 MiB to the split 0x34/0x35,
+# 64 KiB units above 4 GiB 0x5b-0x5d. Around 0xb0000000 the split moves to 2 GiB.
+MEMORY_BYTES = [0x15, 0x16, 0x17, 0x18, 0x30, 0x31, 0x34, 0x35, 0x5B, 0x5C, 0x5D]
+QEMU_MEMORY_BYTES = {
+    16 * MiB + 64 * KiB: [0x80, 0x02, 0x40, 0x3C, 0x40, 0x3C, 0x01, 0x00, 0x00, 0x00, 0x00],
+    32 * MiB: [0x80, 0x02, 0x00, 0x7C, 0x00, 0x7C, 0x00, 0x01, 0x00, 0x00, 0x00],
+    0xB0000000 - 64 * KiB: [0x80, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xAE, 0x00, 0x00, 0x00],
+    0xB0000000: [0x80, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x7F, 0x00, 0x30, 0x00],
+    0xB0000000 + 64 * KiB: [0x80, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x7F, 0x01, 0x30, 0x00],
+    16 * GiB: [0x80, 0x02, 0xFF, 0xFF, 0xFF, 0xFF, 0x00, 0x7F, 0x00, 0x80, 0x03],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("ram", sorted(QEMU_MEMORY_BYTES), ids=hex)
+def test_memory_bytes_around_the_q35_split_as_qemu_fills_them(ram: int) -> None:
+    cmos = make(FakeClock(), ram=ram)
+    assert [get(cmos, index) for index in MEMORY_BYTES] == QEMU_MEMORY_BYTES[ram]
+
+
 def test_more_than_255_cpus_leave_the_count_byte_zero() -> None:
     assert get(make(FakeClock(), cpus=288), 0x5F) == 0x00
 
@@ -237,7 +265,7 @@ def test_bad_arguments() -> None:
     with pytest.raises(BadInput):
         make(FakeClock(), cpus=0)
     with pytest.raises(BadInput):
-        Cmos(ram_size=128 * MiB, cpus=1, boot_order="x")
+        Cmos(ram=q35_ram(128 * MiB), cpus=1, boot_order="x")
 
 
 @pytest.fixture

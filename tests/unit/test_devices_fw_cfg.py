@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import struct
+from typing import Any
 
 import pytest
 
+from pcihole.arch.x86.cpuid import VcpuIdentity
+from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.devices.fw_cfg import (
     DMA_ACCESS,
     ENTRY_MASK,
@@ -18,7 +21,7 @@ from pcihole.devices.fw_cfg import (
     Selector,
 )
 from pcihole.memory.access import FlatMemory
-from tests.qemu import Qemu, fw_cfg_directory, fw_cfg_item, qemu_missing_reason
+from tests.qemu import Qemu, fw_cfg_directory, fw_cfg_item, qemu_missing_reason, qemu_vcpu
 
 MiB = 1 << 20
 DESCRIPTOR = 0x1000
@@ -28,6 +31,15 @@ E820_128M = bytes.fromhex(
     "00c0fffe00000000 0040000000000000 02000000"  # reserved: KVM's pages
     " 0000000000000000 0000000800000000 01000000"  # RAM: 128 MiB at 0
 )
+
+
+INTEL = VcpuIdentity("GenuineIntel", 39)
+AMD = VcpuIdentity("AuthenticAMD", 48)
+
+
+def q35(ram_size: int, vcpu: VcpuIdentity = INTEL, **options: Any) -> FwCfg:
+    """``FwCfg.q35`` for ``ram_size`` bytes of RAM laid out for ``vcpu``."""
+    return FwCfg.q35(ram=Q35Ram.for_vcpu(ram_size, vcpu), vcpu=vcpu, **options)
 
 
 class FakeMemory(FlatMemory):
@@ -49,7 +61,7 @@ class FakeMemory(FlatMemory):
 
 def q35_device(memory: FakeMemory | None = None) -> tuple[FwCfgDevice, FakeMemory]:
     memory = memory or FakeMemory()
-    return FwCfgDevice(FwCfg.q35(ram_size=128 * MiB), memory), memory
+    return FwCfgDevice(q35(128 * MiB), memory), memory
 
 
 def read_port(device: FwCfgDevice, selector: int, count: int) -> bytes:
@@ -108,10 +120,10 @@ def test_numbered_items_of_q35() -> None:
     assert read_port(device, Selector.IRQ0_OVERRIDE, 4) == b"\x01\x00\x00\x00"
     assert read_port(device, Selector.ACPI_TABLES, 2) == b"\x00\x00"  # count 0
     assert read_port(device, Selector.SMBIOS_ENTRIES, 2) == b"\x00\x00"  # count 0
-    smp = FwCfgDevice(FwCfg.q35(ram_size=128 * MiB, cpus=2, max_cpus=4), FakeMemory())
+    smp = FwCfgDevice(q35(128 * MiB, cpus=2, max_cpus=4), FakeMemory())
     assert read_port(smp, Selector.NB_CPUS, 2) == b"\x02\x00"
     assert read_port(smp, Selector.MAX_CPUS, 2) == b"\x04\x00"
-    assert len(FwCfg.q35(ram_size=128 * MiB, max_cpus=4).items()[Selector.NUMA]) == 8 * 5
+    assert len(q35(128 * MiB, max_cpus=4).items()[Selector.NUMA]) == 8 * 5
 
 
 def entry(size: int, selector: int, name: bytes) -> bytes:
@@ -134,7 +146,7 @@ def test_file_directory_bytes_and_order() -> None:
 
 
 def test_selectors_follow_name_order_bytewise() -> None:
-    config = FwCfg.q35(ram_size=128 * MiB)
+    config = q35(128 * MiB)
     config.add_file("Zeta", b"z")  # uppercase sorts first, as strcmp does
     config.add_file("etc/a", b"a")
     names = [(f.name, f.select) for f in config.directory()]
@@ -221,7 +233,7 @@ def test_dma_outside_guest_memory() -> None:
 
 
 def test_builder_refuses_what_qemu_refuses() -> None:
-    config = FwCfg.q35(ram_size=128 * MiB)
+    config = q35(128 * MiB)
     with pytest.raises(FwCfgError, match="already present"):
         config.add_file("bootorder", b"")
     with pytest.raises(FwCfgError, match="1-55 ASCII"):
@@ -237,23 +249,57 @@ def test_builder_refuses_what_qemu_refuses() -> None:
     with pytest.raises(FwCfgError, match="room for 32 files"):
         config.add_file("opt/one-more", b"")
     with pytest.raises(FwCfgError, match="65535 ms"):
-        FwCfg.q35(ram_size=128 * MiB, boot_fail_wait=70000)
+        q35(128 * MiB, boot_fail_wait=70000)
     with pytest.raises(FwCfgError, match="inconsistent"):
-        FwCfg.q35(ram_size=128 * MiB, cpus=4, max_cpus=2)
-    wait = FwCfg.q35(ram_size=128 * MiB, boot_fail_wait=1000).items()[0x22]
+        q35(128 * MiB, cpus=4, max_cpus=2)
+    wait = q35(128 * MiB, boot_fail_wait=1000).items()[0x22]
     assert struct.unpack("<I", wait) == (1000,)
 
 
-@pytest.mark.parametrize(("memory", "cpus"), [("128M", 1), ("3G", 2)])
-def test_same_items_as_qemu(memory: str, cpus: int) -> None:
+def test_e820_and_feature_control_follow_the_vcpu() -> None:
+    """Literal bytes for both vendors (QEMU 7.2's pc_memory_init and fw_cfg.c rules)."""
+    amd = q35(128 * MiB, AMD).items()
+    files = {f.name: f.select for f in q35(128 * MiB, AMD).directory()}
+    ht_range = bytes.fromhex("00000000fd000000 0000000003000000 02000000")
+    assert amd[files["etc/e820"]] == E820_128M[:20] + ht_range + E820_128M[20:]
+    amd_39 = q35(128 * MiB, VcpuIdentity("AuthenticAMD", 39))
+    assert {f.name: f.size for f in amd_39.directory()}["etc/e820"] == 40
+    assert "etc/msr_feature_control" not in files
+    # A vCPU with VT-x is asked to enable VMXON outside SMX, locked: bits 2 and 0.
+    vmx = q35(128 * MiB, VcpuIdentity("GenuineIntel", 39, vmx=True))
+    selectors = {f.name: f.select for f in vmx.directory()}
+    assert vmx.items()[selectors["etc/msr_feature_control"]] == bytes.fromhex("0500000000000000")
+    sgx = q35(128 * MiB, VcpuIdentity("GenuineIntel", 46, sgx=True, sgx_lc=True))
+    selectors = {f.name: f.select for f in sgx.directory()}
+    assert sgx.items()[selectors["etc/msr_feature_control"]] == bytes.fromhex("0100060000000000")
+
+
+QEMU_CPUS = {
+    "host-vendor": [],
+    "intel": ["-cpu", "qemu64,vendor=GenuineIntel"],
+    "amd": ["-cpu", "qemu64,vendor=AuthenticAMD"],
+    "amd-39-bits": ["-cpu", "qemu64,vendor=AuthenticAMD,phys-bits=39"],
+    "vmx-if-the-host-has-it": ["-cpu", "qemu64,+vmx"],
+}
+"""QEMU's vCPU for each case: its own default (the host's vendor under KVM), then each
+vendor and address width, whatever the host; pcihole's items are built for the vCPU
+QEMU reports (``qemu_vcpu``), so each case holds on any host."""
+
+
+@pytest.mark.parametrize(
+    ("memory", "cpus", "cpu"),
+    [("128M", 1, "host-vendor"), ("3G", 2, "host-vendor"), ("128M", 1, "intel"),
+     ("3G", 1, "amd"), ("128M", 1, "amd-39-bits"), ("128M", 1, "vmx-if-the-host-has-it")],
+)  # fmt: skip
+def test_same_items_as_qemu(memory: str, cpus: int, cpu: str) -> None:
     """Every item pcihole serves reads as under QEMU; its files are QEMU's minus those
     ``QEMU_FILES_LEFT_OUT`` names."""
     reason = qemu_missing_reason()
     if reason is not None:
         pytest.skip(reason)
     ram_size = int(memory[:-1]) << {"M": 20, "G": 30}[memory[-1]]
-    ours = FwCfg.q35(ram_size=ram_size, cpus=cpus)
-    with Qemu(["-smp", str(cpus)], paused=True, memory=memory) as qemu:  # firmware idle
+    with Qemu(["-smp", str(cpus), *QEMU_CPUS[cpu]], paused=True, memory=memory) as qemu:
+        ours = q35(ram_size, qemu_vcpu(qemu), cpus=cpus)
         theirs = {name: size for name, (_, size) in fw_cfg_directory(qemu).items()}
         kept = {name: size for name, size in theirs.items() if name not in QEMU_FILES_LEFT_OUT}
         assert {f.name: f.size for f in ours.directory()} == kept

@@ -1,8 +1,10 @@
 """The e820 memory map QEMU 7.2 gives a q35 guest through fw_cfg's ``etc/e820``.
 
 QEMU lists KVM's private pages first (KVM's accelerator adds them before the machine adds
-its RAM), then RAM below 4 GiB, then RAM above 4 GiB when there is any. It does not carve
-out the legacy 640 KiB - 1 MiB hole or the BIOS: SeaBIOS adds those reservations itself.
+its RAM), then, for an AMD vCPU, the HyperTransport range below 1 TiB, then RAM below
+4 GiB, then RAM above 4 GiB when there is any. ``Q35Ram`` computes where that RAM goes for
+a vCPU. QEMU does not carve out the legacy 640 KiB - 1 MiB hole or the BIOS: SeaBIOS adds
+those reservations itself.
 Each entry is 20 bytes, little-endian: u64 address, u64 length, u32 type.
 """
 
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pcihole import layout
+from pcihole.arch.x86.cpuid import VcpuIdentity
 from pcihole.errors import BadInput
 
 ENTRY = struct.Struct("<QQI")
@@ -36,7 +39,7 @@ class E820Type(enum.IntEnum):
 
 
 class E820Error(BadInput):
-    """A RAM size QEMU's q35 machine would refuse, or a malformed e820 table."""
+    """A malformed e820 table, or a RAM layout QEMU's q35 machine would refuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,28 +56,75 @@ class E820Entry:
         return ENTRY.pack(self.address, self.length, self.type)
 
 
-def q35_ram_split(ram_size: int) -> tuple[int, int]:
-    """(RAM below 4 GiB, RAM above 4 GiB) for ``ram_size`` bytes, as pc_q35_init splits it."""
-    if ram_size <= 0 or ram_size % layout.PAGE_SIZE:
-        raise E820Error(f"RAM size {ram_size:#x} must be a positive number of 4 KiB pages")
-    low_limit = (
-        layout.Q35_LOW_RAM_SPLIT if ram_size >= layout.Q35_LOW_RAM_MAX else layout.Q35_LOW_RAM_MAX
-    )
-    if ram_size >= low_limit:
-        return low_limit, ram_size - low_limit
-    return ram_size, 0
+class RamLayoutError(E820Error):
+    """RAM QEMU's q35 machine would refuse for this vCPU: not whole pages, or ending past
+    what its physical address bits reach."""
 
 
-def q35_e820(ram_size: int) -> list[E820Entry]:
-    """The entries of QEMU's ``etc/e820`` for a q35 guest under KVM, in QEMU's order."""
-    below, above = q35_ram_split(ram_size)
-    entries = [
-        E820Entry(layout.KVM_IDENTITY_MAP_ADDR, layout.KVM_PRIVATE_SIZE, E820Type.RESERVED),
-        E820Entry(layout.RAM_BASE, below, E820Type.RAM),
-    ]
-    if above:
-        entries.append(E820Entry(layout.HIGH_RAM_BASE, above, E820Type.RAM))
-    return entries
+@dataclass(frozen=True, slots=True)
+class Q35Ram:
+    """RAM as QEMU 7.2's q35 machine lays it out for a vCPU (``pc_q35_init``,
+    ``pc_memory_init``): the one computation of the split that the memslots, CMOS, e820
+    and fw_cfg all read. Build it with ``for_vcpu``."""
+
+    size: int
+    below_4g: int
+    """Bytes from address 0."""
+    above_4g: int
+    """Bytes from ``above_4g_start``; the host memory right after ``below_4g``'s."""
+    above_4g_start: int
+    """4 GiB, or 1 TiB for an AMD vCPU whose RAM and 64-bit PCI window would reach
+    AMD's HyperTransport range."""
+    ht_reserved: bool
+    """e820 reserves AMD's HyperTransport range (AMD vCPU, 40 or more address bits)."""
+
+    @classmethod
+    def for_vcpu(cls, size: int, vcpu: VcpuIdentity) -> Q35Ram:
+        """``size`` bytes of RAM for ``vcpu``, or ``RamLayoutError`` where QEMU refuses."""
+        if size <= 0 or size % layout.PAGE_SIZE:
+            raise RamLayoutError(f"RAM size {size:#x} must be a positive number of 4 KiB pages")
+        # Once RAM reaches the ECAM window only 2 GiB stay low, so that the rest starts
+        # 1 GiB aligned in host memory (QEMU's lowmem rule).
+        below = size if size < layout.Q35_LOW_RAM_MAX else layout.Q35_LOW_RAM_SPLIT
+        above = size - below
+        start = layout.HIGH_RAM_BASE
+        if vcpu.amd and _max_used_address(start + above, vcpu) >= layout.AMD_HT_START:
+            start = layout.AMD_ABOVE_1TB_START
+        used, reachable = _max_used_address(start + above, vcpu), (1 << vcpu.phys_bits) - 1
+        if used > reachable:
+            raise RamLayoutError(
+                f"{size // layout.MiB} MiB of RAM and q35's 64-bit PCI window end at "
+                f"{used:#x}, past the {reachable:#x} a vCPU with {vcpu.phys_bits} physical "
+                "address bits reaches"
+            )
+        return cls(size, below, above, start, vcpu.amd and vcpu.phys_bits >= 40)
+
+    @property
+    def banks(self) -> list[tuple[int, int]]:
+        """(guest address, length) of each piece, in host-memory order."""
+        banks = [(layout.RAM_BASE, self.below_4g)]
+        if self.above_4g:
+            banks.append((self.above_4g_start, self.above_4g))
+        return banks
+
+    def e820(self) -> list[E820Entry]:
+        """QEMU's ``etc/e820``, in QEMU's order: KVM's pages (the accelerator adds them
+        first), the HyperTransport range, RAM below 4 GiB, RAM above."""
+        kvm = E820Entry(layout.KVM_IDENTITY_MAP_ADDR, layout.KVM_PRIVATE_SIZE, E820Type.RESERVED)
+        entries = [kvm]
+        if self.ht_reserved:
+            entries.append(E820Entry(layout.AMD_HT_START, layout.AMD_HT_SIZE, E820Type.RESERVED))
+        entries += [E820Entry(start, length, E820Type.RAM) for start, length in self.banks]
+        return entries
+
+
+def _max_used_address(ram_end: int, vcpu: VcpuIdentity) -> int:
+    """QEMU's pc_max_used_gpa: the 64-bit PCI window's last byte, after RAM (1 GiB
+    aligned); a vCPU of 32 bits or fewer has no window, only its address space."""
+    if vcpu.phys_bits <= 32:
+        return (1 << vcpu.phys_bits) - 1
+    hole_start = -(-ram_end // layout.GiB) * layout.GiB
+    return hole_start + layout.Q35_PCI_HOLE64_SIZE - 1
 
 
 def pack(entries: Iterable[E820Entry]) -> bytes:
