@@ -8,6 +8,7 @@ bits as pcihole's. Each run has a guard sized to SeaBIOS (~3 s here), not a hang
 
 from __future__ import annotations
 
+import errno
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from pcihole import layout
 from pcihole.arch.x86.cpuid import VcpuIdentity, boot_cpuid
 from pcihole.cli import main
 from pcihole.errors import USAGE_STATUS
-from pcihole.kvm import Kvm
+from pcihole.kvm import Kvm, KvmError
 from pcihole.machine.firmware import BootVm
 from pcihole.measure.qemu import Qemu
 from pcihole.memory import RegionKind
@@ -82,15 +83,35 @@ def test_seabios_e820_at_the_ram_bounds_is_qemus(
 
 def test_ram_above_4_gib_has_its_memslot(kvm: Kvm) -> None:
     image = b"\xf4" * layout.IMAGE_ALIGN
+    above = layout.BOOT_RAM_MAX - 2 * layout.GiB
     with BootVm(kvm, image, ram_size=layout.BOOT_RAM_MAX) as shell:
-        ram = [(r.start, r.size) for r in shell.memory_map if r.kind is RegionKind.RAM]
-        above = layout.BOOT_RAM_MAX - 2 * layout.GiB
-        assert ram[-1] == (4 * layout.GiB, above)
         assert shell.ram is not None
-        # The memslot's host memory follows RAM below 4 GiB in one block, as QEMU's alias.
+        ram = [(r.start, r.size) for r in shell.memory_map if r.kind is RegionKind.RAM]
+        assert ram[-1] == (4 * layout.GiB, above)
+        # The kernel as judge: it refuses a new memslot over one it has (EEXIST), at the
+        # first and the last page above 4 GiB, and takes one just past them.
+        slot = shell.slots.allocate(1, purpose="probe")[0]
+        spare = shell.ram.host_address
+        for address in (4 * layout.GiB, 4 * layout.GiB + above - layout.PAGE_SIZE):
+            with pytest.raises(KvmError) as refused:
+                shell.vm.set_memory_region(slot, address, layout.PAGE_SIZE, spare)
+            assert refused.value.errno == errno.EEXIST
+        shell.vm.set_memory_region(slot, 4 * layout.GiB + above, layout.PAGE_SIZE, spare)
+        # Its host memory follows RAM below 4 GiB in one block, as QEMU's alias.
         assert shell.ram.host_address_of(4 * layout.GiB) == shell.ram.host_address + 2 * layout.GiB
-        shell.ram.write(4 * layout.GiB + above - 8, b"lastword")
-        assert shell.ram.read(4 * layout.GiB + above - 8, 8) == b"lastword"
+
+
+def test_the_vcpu_identity_is_the_hosts_vendor(kvm: Kvm) -> None:
+    """Under KVM the vCPU's vendor is the host's (/proc/cpuinfo, the judge); its address
+    bits are at most the host's."""
+    info = Path("/proc/cpuinfo").read_text()
+    vendor = re.search(r"^vendor_id\s*:\s*(\S+)", info, re.M)
+    bits = re.search(r"^address sizes\s*:\s*(\d+) bits physical", info, re.M)
+    if vendor is None or bits is None:
+        pytest.skip("/proc/cpuinfo names no vendor_id or address sizes here")
+    identity = VcpuIdentity.from_cpuid(boot_cpuid(kvm))
+    assert identity.vendor == vendor.group(1)
+    assert 36 <= identity.phys_bits <= int(bits.group(1))
 
 
 def test_ram_mib_refusals_name_the_option(
