@@ -5,7 +5,7 @@ The machine, as far as firmware can tell:
 - the image mapped read-only so that it ends at 4 GiB, its last 128 KiB (all of it when
   smaller) aliased to end at 1 MiB, as QEMU's isa-bios; the vCPU at the reset vector
   (real mode, CS base 0xffff0000, RIP 0xfff0: KVM's state for a new vCPU); RAM below
-  640 KiB and from 1 MiB up;
+  640 KiB and from 1 MiB up, and past q35's split from 4 GiB (``Q35Ram``);
 - a q35 host bridge at 00:00.0 (8086:29c0) whose PCIEXBAR register (config 0x60: base,
   length in bits 2:1, enable in bit 0) places the ECAM window; until firmware enables it
   there is no window at all. Writes reaching PCIEXBAR through CF8/CFC or through ECAM
