@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
-from pcihole.arch.x86.e820 import RamLayoutError
+from pcihole.arch.x86.e820 import AddressBitsError, RamLayoutError
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
 from pcihole.errors import BadInput, EnvironmentProblem
@@ -124,12 +124,13 @@ def run(args: argparse.Namespace) -> int:
 
 @contextlib.contextmanager
 def _ram_named(mib: int) -> Iterator[None]:
-    """Refusals of the RAM asked for (by the layout or by the host) name ``--ram-mib``."""
+    """Refusals of the RAM asked for name ``--ram-mib``: the size (bad input), or what this
+    host's vCPU addresses or its memory holds (the environment)."""
     try:
         yield
     except RamLayoutError as error:
         raise BadInput(f"--ram-mib {mib}: {error}") from None
-    except RamAllocationError as error:
+    except (AddressBitsError, RamAllocationError) as error:
         raise EnvironmentProblem(f"--ram-mib {mib}: {error}") from None
 
 

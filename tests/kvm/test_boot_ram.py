@@ -17,7 +17,7 @@ import pytest
 from pcihole import layout
 from pcihole.arch.x86.cpuid import VcpuIdentity, boot_cpuid
 from pcihole.cli import main
-from pcihole.errors import USAGE_STATUS
+from pcihole.errors import ENVIRONMENT_STATUS, USAGE_STATUS
 from pcihole.kvm import Kvm, KvmError
 from pcihole.machine.firmware import BootVm
 from pcihole.measure.qemu import Qemu
@@ -124,6 +124,6 @@ def test_ram_mib_refusals_name_the_option(
     # A vCPU of 35 address bits cannot reach q35's 64-bit PCI window (QEMU refuses too).
     narrow = VcpuIdentity("GenuineIntel", 35)
     monkeypatch.setattr(VcpuIdentity, "from_cpuid", classmethod(lambda cls, entries: narrow))
-    assert main(["boot", "--ram-mib", "128"]) == USAGE_STATUS
+    assert main(["boot", "--ram-mib", "128"]) == ENVIRONMENT_STATUS  # the host's CPU
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "--ram-mib 128: " in error and "35 physical" in error

@@ -7,6 +7,7 @@ import pytest
 
 from pcihole.arch.x86.cpuid import VcpuIdentity
 from pcihole.arch.x86.e820 import (
+    AddressBitsError,
     E820Entry,
     E820Error,
     E820Type,
@@ -89,11 +90,11 @@ def test_amd_ram_moves_past_the_hypertransport_range_when_it_would_reach_it() ->
 def test_physical_address_bits_must_reach_the_64_bit_pci_window() -> None:
     # 128 MiB: the window ends at 36 GiB - 1, so 36 bits (64 GiB) suffice, 35 do not.
     Q35Ram.for_vcpu(128 * MiB, VcpuIdentity("GenuineIntel", 36))
-    with pytest.raises(RamLayoutError, match="35 physical address bits"):
+    with pytest.raises(AddressBitsError, match="35 physical address bits"):
         Q35Ram.for_vcpu(128 * MiB, VcpuIdentity("GenuineIntel", 35))
     # 30 GiB: RAM above 4 GiB ends at 32 GiB, the window at 64 GiB - 1: still 36 bits.
     Q35Ram.for_vcpu(30 * GiB, VcpuIdentity("GenuineIntel", 36))
-    with pytest.raises(RamLayoutError):
+    with pytest.raises(AddressBitsError):
         Q35Ram.for_vcpu(30 * GiB + 4096, VcpuIdentity("GenuineIntel", 36))
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pcihole import layout
 from pcihole.arch.x86.cpuid import VcpuIdentity
-from pcihole.errors import BadInput
+from pcihole.errors import BadInput, EnvironmentProblem
 
 ENTRY = struct.Struct("<QQI")
 """One ``struct e820_entry`` as QEMU packs it (no padding)."""
@@ -57,8 +57,12 @@ class E820Entry:
 
 
 class RamLayoutError(E820Error):
-    """RAM QEMU's q35 machine would refuse for this vCPU: not whole pages, or ending past
-    what its physical address bits reach."""
+    """A RAM size QEMU's q35 machine refuses: not a positive number of whole pages."""
+
+
+class AddressBitsError(EnvironmentProblem):
+    """RAM and the 64-bit PCI window would end past what the vCPU (the host's CPU under
+    KVM) addresses: the same size fits a host with more physical address bits."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,8 @@ class Q35Ram:
 
     @classmethod
     def for_vcpu(cls, size: int, vcpu: VcpuIdentity) -> Q35Ram:
-        """``size`` bytes of RAM for ``vcpu``, or ``RamLayoutError`` where QEMU refuses."""
+        """``size`` bytes of RAM for ``vcpu``; where QEMU refuses, ``RamLayoutError`` (the
+        size) or ``AddressBitsError`` (the vCPU)."""
         if size <= 0 or size % layout.PAGE_SIZE:
             raise RamLayoutError(f"RAM size {size:#x} must be a positive number of 4 KiB pages")
         # Once RAM reaches the ECAM window only 2 GiB stay low, so that the rest starts
@@ -92,7 +97,7 @@ class Q35Ram:
             start = layout.AMD_ABOVE_1TB_START
         used, reachable = _max_used_address(start + above, vcpu), (1 << vcpu.phys_bits) - 1
         if used > reachable:
-            raise RamLayoutError(
+            raise AddressBitsError(
                 f"{size // layout.MiB} MiB of RAM and q35's 64-bit PCI window end at "
                 f"{used:#x}, past the {reachable:#x} a vCPU with {vcpu.phys_bits} physical "
                 "address bits reaches"
