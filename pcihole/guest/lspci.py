@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 
 from pcihole import layout
-from pcihole.errors import EnvironmentProblem
+from pcihole.errors import GuestFault
 from pcihole.guest.machine import PciMachine
 from pcihole.kvm import Kvm
 from pcihole.layout import DUMP_LIST_ADDR, DUMP_ROOM
@@ -30,7 +30,7 @@ from pcihole.pci.topology import Topology
 DUMP_PROGRAM = "ecam_dump"
 
 
-class LspciError(EnvironmentProblem):
+class LspciError(GuestFault):
     """The VM view could not be taken; the message says why."""
 
 

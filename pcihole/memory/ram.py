@@ -6,7 +6,7 @@ import ctypes
 import mmap
 import weakref
 
-from pcihole.memory.map import MemoryMapError
+from pcihole.memory.map import GuestAddressError
 
 
 class GuestRam:
@@ -25,7 +25,7 @@ class GuestRam:
     def _offset(self, guest_address: int, length: int) -> int:
         offset = guest_address - self.base
         if offset < 0 or offset + length > self.size:
-            raise MemoryMapError(
+            raise GuestAddressError(
                 f"guest access [{guest_address:#x}, {guest_address + length:#x}) "
                 f"is outside RAM [{self.base:#x}, {self.base + self.size:#x})"
             )

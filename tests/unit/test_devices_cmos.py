@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from pcihole.devices.cmos import Cmos
-from pcihole.errors import BadInput
+from pcihole.errors import Bug
 from pcihole.layout import CMOS_PORT, GiB, MiB
 from pcihole.measure.qemu import Qemu, qemu_missing_reason
 
@@ -234,9 +234,9 @@ def test_more_than_255_cpus_leave_the_count_byte_zero() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(BadInput):
+    with pytest.raises(Bug):
         make(FakeClock(), cpus=0)
-    with pytest.raises(BadInput):
+    with pytest.raises(Bug):
         Cmos(ram_size=128 * MiB, cpus=1, boot_order="x")
 
 

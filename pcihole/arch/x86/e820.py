@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pcihole import layout
-from pcihole.errors import BadInput
+from pcihole.errors import Bug
 
 ENTRY = struct.Struct("<QQI")
 """One ``struct e820_entry`` as QEMU packs it (no padding)."""
@@ -35,7 +35,7 @@ class E820Type(enum.IntEnum):
     """Memory with errors."""
 
 
-class E820Error(BadInput):
+class E820Error(Bug):
     """A RAM size QEMU's q35 machine would refuse, or a malformed e820 table."""
 
 
