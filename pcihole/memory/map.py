@@ -107,7 +107,7 @@ class SlotAllocator:
 
     def __init__(self, budget: int) -> None:
         if budget <= 0:
-            raise MemoryMapError(f"memslot budget must be positive, got {budget}")
+            raise MemslotShortage(f"memslot budget must be positive, got {budget}")
         self.budget = budget
         self._used: set[int] = set()
         self._next = 0
