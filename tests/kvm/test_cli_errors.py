@@ -29,6 +29,7 @@ from pcihole.devices.debugcon import DebugConsole
 from pcihole.errors import ENVIRONMENT_STATUS
 from pcihole.guest import vm as guestvm
 from pcihole.guest.machine import PciMachine
+from pcihole.guest.vm import GuestVm
 from pcihole.holes import source as source_mod
 from pcihole.holes.slots import HoleSlotError
 from pcihole.holes.source import Backing
@@ -36,6 +37,7 @@ from pcihole.kvm import Kvm
 from pcihole.layout import ECAM_BASE
 from pcihole.machine import MachineOptions
 from pcihole.machine.firmware import BootError
+from pcihole.machine.runloop import RunResult, StopReason
 from pcihole.memory import SlotAllocator
 from pcihole.pci.topology import Topology
 from tests.support import CHILD_ENV, HANG_SECONDS
@@ -378,3 +380,28 @@ def test_a_bug_in_a_device_is_an_internal_error_not_the_guests(
     result = run_in_process(("boot", "--bios", str(bios), "--debugcon", console, *BOOT_GUARD))
     line = one_line(result, 4, "pcihole boot: internal error: KeyError: 'planted' at ")
     assert "tests/kvm/test_cli_errors.py:" in line
+
+
+def test_a_guest_fault_in_one_vm_stops_that_vm_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scan --vms 3`` where vm1's guest meets UD2 at its first instruction (planted in
+    its RAM): vm0 and vm2 finish their scans, the command ends with the guest status and
+    one line naming vm1 and what it did."""
+    results: dict[str, RunResult] = {}
+    run = GuestVm.run
+
+    def planted(self: GuestVm, max_exits: int | None = None) -> RunResult:
+        if self.name == "vm1":
+            assert self.ram is not None
+            self.ram.write(self.vcpu.get_regs().rip, b"\x0f\x0b")  # ud2
+        results[self.name] = run(self, max_exits)
+        return results[self.name]
+
+    monkeypatch.setattr(GuestVm, "run", planted)
+    result = run_in_process(("scan", "--buses", "4", "--vms", "3"))
+    line = one_line(result, 70, "pcihole scan: guest fault: vm1: guest-exception: #UD")
+    assert result.stdout == "", line
+    assert {name: r.reason for name, r in results.items()} == {
+        "vm0": StopReason.DONE,
+        "vm1": StopReason.GUEST_EXCEPTION,
+        "vm2": StopReason.DONE,
+    }

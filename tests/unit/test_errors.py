@@ -125,9 +125,7 @@ def planted(cls: type[BaseException]) -> BaseException:
     return error
 
 
-def run_raising(
-    error: BaseException, monkeypatch: pytest.MonkeyPatch
-) -> tuple[int, str, str]:
+def run_raising(error: BaseException, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str, str]:
     """``pcihole info`` with its handler raising ``error``: (status, stdout, stderr)."""
 
     def handler(_args: argparse.Namespace) -> int:

@@ -50,9 +50,7 @@ class FirmwareOptions:
 
     def __post_init__(self) -> None:
         if self.size % IMAGE_ALIGN or not IMAGE_ALIGN <= self.size <= MAX_IMAGE_SIZE:
-            raise BadInput(
-                f"image size {self.size:#x} must be a multiple of 64 KiB up to 16 MiB"
-            )
+            raise BadInput(f"image size {self.size:#x} must be a multiple of 64 KiB up to 16 MiB")
         if not 0 <= self.exit_value < 1 << 32:
             raise BadInput(f"exit value {self.exit_value:#x} does not fit in 32 bits")
         if self.ecam_base % layout.ECAM_MAX_SIZE or not 0 < self.ecam_base < 1 << 32:
