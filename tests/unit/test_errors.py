@@ -21,6 +21,7 @@ import pcihole
 from pcihole import cli
 from pcihole.commands import info
 from pcihole.errors import ROOTS, BadInput, Bug, EnvironmentProblem, GuestFault
+from pcihole.machine.firmware import GUEST_STOPPED_STATUS
 
 BAD_INPUT, ENVIRONMENT, GUEST, INTERNAL = "bad input", "environment", "guest", "internal"
 STATUS = {BAD_INPUT: 2, ENVIRONMENT: 1, GUEST: 70, INTERNAL: 4}
@@ -183,6 +184,8 @@ def test_a_message_of_several_lines_is_printed_as_one(monkeypatch: pytest.Monkey
 
 def test_statuses_tell_the_parties_apart_and_never_look_like_debug_exit() -> None:
     """``pcihole boot`` exits ``(value << 1) | 1`` for a guest's debug-exit ``value``: the
-    statuses pcihole picks beyond QEMU's own 1 and argparse's 2 are even."""
-    assert len(set(STATUS.values())) == len(STATUS)
-    assert all(status % 2 == 0 for kind, status in STATUS.items() if status > 2)
+    statuses pcihole picks beyond QEMU's own 1 and argparse's 2 are even, one per root."""
+    statuses = [root.exit_status for root in ROOTS]
+    assert len(set(statuses)) == len(ROOTS) == len(STATUS)
+    assert all(status % 2 == 0 for status in statuses if status > 2)
+    assert GuestFault.exit_status == GUEST_STOPPED_STATUS  # boot's guest stopping itself
