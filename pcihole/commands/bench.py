@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 from pcihole.commands.options import check_output_file, int_in_range
-from pcihole.errors import BadInput
+from pcihole.errors import EnvironmentProblem
 from pcihole.measure.bench import run_bench
 from pcihole.measure.plot import plot_bench
 
@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
         try:
             import matplotlib  # noqa: F401 - fail before an hour of measuring, not after
         except ImportError:
-            raise BadInput("--plot needs matplotlib: pip install 'pcihole[plot]'") from None
+            raise EnvironmentProblem(
+                "--plot needs matplotlib: pip install 'pcihole[plot]'"
+            ) from None
 
     def show(point: dict[str, Any]) -> None:
         print(

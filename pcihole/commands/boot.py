@@ -17,7 +17,7 @@ from pcihole.arch.x86.acpi import read_acpi_tables
 from pcihole.arch.x86.e820 import AddressBitsError, RamLayoutError
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
-from pcihole.errors import BadInput, EnvironmentProblem
+from pcihole.errors import BadInput, EnvironmentProblem, GuestFault
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import (
     SIGNAL_STATUS_OFFSET,
@@ -95,7 +95,9 @@ def positive_seconds(text: str) -> float:
 def run(args: argparse.Namespace) -> int:
     """Run the firmware and return the process exit status; one line on stderr says how
     the run ended (power off, reset, time limit, signal, ``--until``, debug-exit, or the
-    vCPU stopping by itself), and ``--stats`` is written in every case.
+    vCPU stopping by itself: the guest's fault), and ``--stats`` is written in every case.
+    A device that failed by no fault of the guest (a bug, the host refusing) ends the
+    command with that error's own line and status instead.
 
     Debug console bytes go to ``--debugcon`` (a file) or stdout, the UART's to
     ``--serial``. Bad input is checked before the VM is made.
@@ -118,6 +120,9 @@ def run(args: argparse.Namespace) -> int:
                 _write(args.stats, json.dumps(machine.stats(result), indent=2) + "\n")
             if args.acpi_dump:
                 _dump_acpi(machine, args.acpi_dump)
+    failure = result.run.error
+    if failure is not None and not isinstance(failure, GuestFault):
+        raise failure
     print(f"pcihole boot: {result.reason} after {result.seconds:.1f} s", file=sys.stderr)
     return result.status
 
@@ -199,7 +204,8 @@ def _dump_acpi(machine: BootMachine, directory: str) -> None:
 
 
 def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology]:
-    """The image and topology the options name; ``BadInput`` naming the option."""
+    """The image and topology the options name; ``BootError`` (bad input) naming the
+    option."""
     bios, devices, buses = args.bios, args.device, args.buses
     if bios is None and not DEFAULT_BIOS.exists():
         raise EnvironmentProblem(
@@ -220,5 +226,5 @@ def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology]:
             topology = Topology(buses, [*topology, MODELS["host-bridge"].build(HOST_BRIDGE)])
     except (BootError, PciError, ValueError) as error:
         text = str(error)  # topology errors already start with the --device text
-        raise BadInput(text if text.startswith("--") else f"{option}: {text}") from None
+        raise BootError(text if text.startswith("--") else f"{option}: {text}") from None
     return image, topology

@@ -13,7 +13,7 @@ from pcihole.commands.options import (
     machine_options,
     topology_factory,
 )
-from pcihole.errors import BadInput
+from pcihole.errors import EnvironmentProblem
 from pcihole.holes.source import HoleSourceError
 from pcihole.kvm import Kvm
 from pcihole.measure.scan import MODES, ScanReport, run_scan
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
         except HoleSourceError as error:
             if options.backing is None:
                 raise
-            raise BadInput(f"--backing {options.backing.value}: {error}") from None
+            raise EnvironmentProblem(f"--backing {options.backing.value}: {error}") from None
     if args.json:
         print(json.dumps(report.as_json(), indent=2))
     else:

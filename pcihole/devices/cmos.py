@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.devices.irq import IrqLine, IrqPin, no_irq
-from pcihole.errors import BadInput
+from pcihole.errors import Bug
 from pcihole.layout import KiB, MiB
 
 CMOS_SIZE = 128
@@ -156,7 +156,7 @@ def _q35_memory_bytes(ram: Q35Ram, cpus: int) -> dict[int, int]:
 
 def _boot_order_bytes(boot_order: str) -> dict[int, int]:
     if not 1 <= len(boot_order) <= 3 or any(c not in BOOT_DEVICES for c in boot_order):
-        raise BadInput(f"CMOS boot order {boot_order!r}: give 1 to 3 of {''.join(BOOT_DEVICES)}")
+        raise Bug(f"CMOS boot order {boot_order!r}: give 1 to 3 of {''.join(BOOT_DEVICES)}")
     nibbles = [BOOT_DEVICES[c] for c in boot_order] + [0, 0]
     return {BOOT_ORDER_12: nibbles[1] << 4 | nibbles[0], BOOT_ORDER_3: nibbles[2] << 4}
 
@@ -178,7 +178,7 @@ class Cmos:
         ``clock`` counts nanoseconds (monotonic); ``wall_time`` is the UTC time in seconds
         since the epoch the clock starts from (the host's now by default)."""
         if ram.size < 1 * MiB or ram.size % (64 * KiB) or cpus < 1:
-            raise BadInput(
+            raise Bug(
                 f"CMOS: RAM must be a multiple of 64 KiB from 1 MiB ({ram.size} bytes given)"
                 f" and CPUs at least 1 ({cpus} given)"
             )

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pcihole.arch.x86 import e820
 from pcihole.arch.x86.cpuid import VcpuIdentity
-from pcihole.errors import BadInput
+from pcihole.errors import Bug
 from pcihole.memory.access import MEMORY_ERRORS, GuestMemory
 
 SIGNATURE = b"QEMU"
@@ -138,7 +138,7 @@ class DmaControl(enum.IntFlag):
     """Copy guest memory into the item: refused (ERROR), every item here is read-only."""
 
 
-class FwCfgError(BadInput):
+class FwCfgError(Bug):
     """An item or file the device cannot hold: a bad name, a duplicate, no slot left."""
 
 

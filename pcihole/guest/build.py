@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pcihole import layout
-from pcihole.errors import EnvironmentProblem
+from pcihole.errors import Bug, EnvironmentProblem
 
 ASM_DIR = Path(__file__).parent / "asm"
 EXCEPTION_STUBS_OFFSET = 0x40
@@ -28,7 +28,8 @@ TOOLS = ("gcc", "ld")
 
 
 class GuestBuildError(EnvironmentProblem):
-    """A guest program could not be built; the message holds the tool's own output."""
+    """A guest program could not be built here (a tool missing or failing on this host);
+    the message holds the tool's own output."""
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,11 @@ def build(name: str, *, defines: dict[str, int] | None = None) -> GuestProgram:
     source = ASM_DIR / f"{name}.S"
     if not source.is_file():
         known = sorted(p.stem for p in ASM_DIR.glob("*.S"))
-        raise GuestBuildError(f"no guest program {name!r}; known: {', '.join(known)}")
+        raise Bug(f"no guest program {name!r}; known: {', '.join(known)}")
     flags = _defines(defines or {})
     code = build_flat(source, flags, base=layout.CODE_ADDR, entry="_start", cache_name=name)
     if len(code) > layout.CODE_MAX:
-        raise GuestBuildError(f"{name}: {len(code)} bytes of code, room for {layout.CODE_MAX}")
+        raise Bug(f"{name}: {len(code)} bytes of code, room for {layout.CODE_MAX}")
     return GuestProgram(name, code)
 
 

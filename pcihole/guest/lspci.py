@@ -18,7 +18,7 @@ import struct
 from collections.abc import Sequence
 
 from pcihole import layout
-from pcihole.errors import EnvironmentProblem
+from pcihole.errors import BadInput, GuestFault
 from pcihole.guest.machine import PciMachine
 from pcihole.kvm import Kvm
 from pcihole.layout import DUMP_LIST_ADDR, DUMP_ROOM
@@ -30,8 +30,8 @@ from pcihole.pci.topology import Topology
 DUMP_PROGRAM = "ecam_dump"
 
 
-class LspciError(EnvironmentProblem):
-    """The VM view could not be taken; the message says why."""
+class LspciError(GuestFault):
+    """The dump guest's report is unusable; the message says how."""
 
 
 def make_topology(
@@ -87,6 +87,11 @@ def lspci_text(
     straight from the models. ``kvm`` reuses an open /dev/kvm. ``bare``: no q35 built-ins.
     """
     topology = make_topology(topology_specs, buses, bare=bare)
+    functions = len(list(topology))
+    if vm_view and functions > DUMP_ROOM:
+        raise BadInput(
+            f"--device: {functions} functions; the VM view's guest holds {DUMP_ROOM} pages"
+        )
     if not vm_view:
         return format_lspci_dump(topology)
     if kvm is not None:

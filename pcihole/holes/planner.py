@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pcihole.errors import BadInput
+from pcihole.errors import Bug
 from pcihole.layout import HUGE_PAGE_SIZE, PAGE_SIZE
 
 
-class PlanError(BadInput, ValueError):
+class PlanError(Bug, ValueError):
     """The inputs cannot be planned (unaligned, outside the window, bad span)."""
 
 

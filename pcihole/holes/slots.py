@@ -16,16 +16,16 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from pcihole.errors import BadInput
+from pcihole.errors import Bug, EnvironmentProblem
 from pcihole.holes.planner import Piece, Run
 from pcihole.holes.strategy import HoleStrategy
 from pcihole.kvm import CoalescedWrite, KvmError, Vm, abi
-from pcihole.memory import MemoryMapError, SlotAllocator
+from pcihole.memory import MemoryMapError, MemslotShortage, SlotAllocator
 
 WRITE_MODES = ("coalesce", "exit")
 
 
-class HoleSlotError(BadInput):
+class HoleSlotError(EnvironmentProblem):
     """Hole memslots or zones could not be set; the message says what and why."""
 
 
@@ -70,7 +70,7 @@ class HoleSlots:
         self, vm: Vm, allocator: SlotAllocator, strategy: HoleStrategy, *, writes: str
     ) -> None:
         if writes not in WRITE_MODES:
-            raise HoleSlotError(f"writes must be one of {', '.join(WRITE_MODES)}, not {writes!r}")
+            raise Bug(f"writes must be one of {', '.join(WRITE_MODES)}, not {writes!r}")
         self.vm = vm
         self.allocator = allocator
         self.strategy = strategy
@@ -127,7 +127,7 @@ class HoleSlots:
             for run in new:
                 self._add_zone(run)
                 zoned.append(run)
-        except (KvmError, MemoryMapError) as error:
+        except (KvmError, MemslotShortage, MemoryMapError) as error:
             for run in zoned:
                 self._remove_zone(run)
             for run in added:
@@ -136,6 +136,8 @@ class HoleSlots:
                 self._add_slots(run, old_pieces[run])
             for run in removed:
                 self._add_zone(run)
+            if not isinstance(error, EnvironmentProblem):
+                raise  # a bug, rolled back all the same
             raise HoleSlotError(f"setting hole memslots failed, nothing changed: {error}") from None
 
     def _add_slots(self, run: Run, pieces: list[Piece]) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pcihole.closing import Closeable
-from pcihole.errors import EnvironmentProblem
+from pcihole.errors import Bug, EnvironmentProblem
 from pcihole.host import info as hostinfo
 from pcihole.host import mem as hostmem
 from pcihole.host.mem import HostMemError, Mapping
@@ -430,7 +430,7 @@ class AllOnesSource(Closeable):
 
     def _check_open(self) -> None:
         if self.closed:
-            raise HoleSourceError("all-ones source is closed")
+            raise Bug("all-ones source is closed")
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"at {self._mapping.address:#x}"

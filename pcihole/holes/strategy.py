@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from pcihole import layout
-from pcihole.errors import BadInput
+from pcihole.errors import Bug
 from pcihole.holes.memory import HoleMemory, shared_hole_memory
 from pcihole.holes.planner import Piece, Run, plan_pieces
 from pcihole.holes.source import Backing
@@ -247,7 +247,7 @@ def thp_choice_note(chunk_slots: int) -> str:
     )
 
 
-class StrategyError(BadInput, ValueError):
+class StrategyError(Bug, ValueError):
     """Unknown strategy name or impossible options."""
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from pcihole.closing import Closeable
-from pcihole.errors import EnvironmentProblem
+from pcihole.errors import Bug, EnvironmentProblem
 from pcihole.holes.source import AllOnesSource
 from pcihole.host import mem as hostmem
 from pcihole.host.mem import HostMemError, Mapping
@@ -151,7 +151,7 @@ class HoleWindow(Closeable):
     def host_address(self, offset: int) -> int:
         """Host address of byte ``offset`` of the window."""
         if not 0 <= offset < self.size:
-            raise HoleWindowError(f"offset {offset:#x} outside a {self.size:#x}-byte window")
+            raise Bug(f"offset {offset:#x} outside a {self.size:#x}-byte window")
         return self.address + offset
 
     def close(self) -> None:

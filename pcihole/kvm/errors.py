@@ -1,4 +1,8 @@
-"""The one error type of the KVM layer."""
+"""The one error type of the KVM layer: the kernel (or a missing capability) said no.
+
+A call pcihole itself got wrong (a closed fd, a slot number outside the budget) is a
+``pcihole.errors.Bug`` instead, not the host's problem.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,8 @@ from pcihole.errors import EnvironmentProblem
 
 
 class KvmError(EnvironmentProblem):
-    """A KVM operation failed; the message names the operation and the errno text."""
+    """The kernel refused a KVM operation, or lacks what it needs; the message names the
+    operation and the errno text."""
 
     def __init__(self, operation: str, errno: int | None = None, detail: str = "") -> None:
         self.operation = operation

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from pcihole.closing import Closeable
+from pcihole.errors import Bug
 from pcihole.kvm import abi, exits
 from pcihole.kvm.errors import KvmError, open_advice
 
@@ -63,7 +64,7 @@ class _FdObject(Closeable):
     @property
     def fd(self) -> int:
         if self._fd < 0:
-            raise KvmError(f"use of closed {self._kind}")
+            raise Bug(f"use of closed {self._kind}")
         return self._fd
 
     @property
@@ -177,9 +178,9 @@ class Vm(_FdObject):
     ) -> Memslot:
         """Create or move a memslot (KVM_SET_USER_MEMORY_REGION[2]); size 0 deletes it."""
         if not 0 <= slot < self.max_memslots:
-            raise KvmError(
-                "KVM_SET_USER_MEMORY_REGION",
-                detail=f"slot {slot} is outside 0..{self.max_memslots - 1} (KVM_CAP_NR_MEMSLOTS)",
+            raise Bug(
+                f"KVM_SET_USER_MEMORY_REGION: slot {slot} is outside "
+                f"0..{self.max_memslots - 1} (KVM_CAP_NR_MEMSLOTS)"
             )
         if flags & abi.KVM_MEM_READONLY and not self.has_readonly_memory:
             raise KvmError("KVM_SET_USER_MEMORY_REGION", detail="no KVM_CAP_READONLY_MEM here")
@@ -212,7 +213,7 @@ class Vm(_FdObject):
     def delete_memory_region(self, slot: int) -> None:
         old = self.memslots.get(slot)
         if old is None:
-            raise KvmError("delete memslot", detail=f"slot {slot} is not in use")
+            raise Bug(f"delete memslot: slot {slot} is not in use")
         self.set_memory_region(slot, old.guest_address, 0, 0, old.flags)
 
     # --- coalesced MMIO -------------------------------------------------------------------
@@ -361,7 +362,7 @@ class Vcpu(_FdObject):
     def run(self) -> exits.Exit:
         """Enter the guest until it exits; return the exit, decoded."""
         if self._fd < 0:
-            raise KvmError("use of closed vCPU")
+            raise Bug("use of closed vCPU")
         self._thread_id = _get_ident()
         # ctypes, not fcntl.ioctl: a signal must make KVM_RUN return EINTR to us rather
         # than be retried, or another thread could never stop a looping guest.

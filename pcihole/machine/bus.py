@@ -1,7 +1,8 @@
 """Port-I/O and MMIO buses: address ranges mapped to devices, overlaps refused.
 
-An access must fit inside one device. Accesses nobody claims are not dropped silently:
-they are counted (``Bus.unclaimed``) and answered with all ones, as a PC bus would.
+An access must fit inside one device (else ``BusAccessError``: the guest's fault).
+Accesses nobody claims are not dropped silently: they are counted (``Bus.unclaimed``)
+and answered with all ones, as a PC bus would.
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from pcihole.bits import all_ones
-from pcihole.errors import BadInput
+from pcihole.errors import Bug, GuestFault
 
 
-class BusError(BadInput):
-    """A device range is invalid or overlaps another; an access straddles devices."""
+class BusError(Bug):
+    """A device range is invalid or overlaps another (a wiring mistake: where a guest chose
+    the range, as for a BAR, the caller catches it)."""
+
+
+class BusAccessError(GuestFault):
+    """A guest's access starts inside a device and runs past its end."""
 
 
 class BusDevice(Protocol):
@@ -89,7 +95,7 @@ class Bus:
         if address >= mapping.end:
             return None
         if address + size > mapping.end:
-            raise BusError(
+            raise BusAccessError(
                 f"{self.name} bus: access [{address:#x}, {address + size:#x}) "
                 f"runs past {mapping.describe()}"
             )

@@ -35,7 +35,7 @@ from pcihole.closing import Closeable
 from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit, exit_status
 from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
 from pcihole.devices.rom import RomDevice
-from pcihole.errors import BadInput
+from pcihole.errors import GUEST_FAULT_STATUS, BadInput
 from pcihole.holes.slots import HoleSlotError
 from pcihole.kvm import Cap, CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine.bars import BarDecoder, backends_for
@@ -44,11 +44,19 @@ from pcihole.machine.bus import Bus, BusDevice, BusError
 from pcihole.machine.q35 import LPC, Q35Platform
 from pcihole.machine.runloop import RunLoop, RunResult
 from pcihole.machine.window import CONFIG_PORTS, MachineError, MachineOptions
-from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
+from pcihole.memory import (
+    GuestRam,
+    MemoryMap,
+    MemoryMapError,
+    MemslotShortage,
+    Region,
+    RegionKind,
+    SlotAllocator,
+)
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
 
-GUEST_STOPPED_STATUS = 70
+GUEST_STOPPED_STATUS = GUEST_FAULT_STATUS
 """Exit status when the guest stopped without debug-exit (even: never a debug-exit one)."""
 TIMEOUT_STATUS = 124
 """As timeout(1)."""
@@ -355,7 +363,8 @@ class BootMachine(Closeable):
             return
         try:
             self.window.place(base, buses)
-        except (MachineError, MemoryMapError, BusError, HoleSlotError, KvmError) as error:
+        except (MachineError, MemoryMapError, MemslotShortage, BusError, HoleSlotError,
+                KvmError) as error:  # fmt: skip
             self.notes.append(f"ECAM window not decoded at {base:#x}: {error}")
             base = None
             self.window.place(None)

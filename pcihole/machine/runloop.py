@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pcihole.errors import EnvironmentProblem
+from pcihole.errors import GuestFault
 from pcihole.kvm import CoalescedWrite, Vcpu, exits
 from pcihole.machine.bus import Bus
 
@@ -33,7 +33,7 @@ class StopReason(enum.Enum):
     DEVICE_ERROR = "device-error"
 
 
-class GuestError(EnvironmentProblem):
+class GuestError(GuestFault):
     """The guest did not finish cleanly; the message says why (vector, RIP, line...)."""
 
     def __init__(self, result: RunResult) -> None:

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from pcihole import layout
 from pcihole.bits import all_ones
-from pcihole.errors import BadInput
+from pcihole.errors import Bug
 from pcihole.holes.planner import Run, hole_runs
 from pcihole.holes.slots import HoleSlots, HoleWrites
 from pcihole.holes.source import Backing
@@ -39,7 +39,7 @@ from pcihole.pci.topology import Topology
 PRESENT_MODES = ("mirror", "trap")
 
 
-class MachineError(BadInput):
+class MachineError(Bug):
     """A machine could not be built or changed; the message says what and why."""
 
 

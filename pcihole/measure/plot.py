@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from pcihole.errors import BadInput
+from pcihole.errors import EnvironmentProblem
 from pcihole.holes.strategy import REGISTRY
 
 
-class PlotError(BadInput):
+class PlotError(EnvironmentProblem):
     """No plotting library, or nothing to plot."""
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pcihole import layout
-from pcihole.errors import EnvironmentProblem
+from pcihole.errors import Bug, GuestFault
 from pcihole.guest.machine import PciMachine, shared_hole_memory_bytes
 from pcihole.host.meminfo import KernelMemory, MeminfoSampler, read_meminfo
 from pcihole.host.smaps import resident_bytes
@@ -32,8 +32,8 @@ MODES = {"brute": 0, "recursive": 1, "both": 2}
 RECORD = struct.Struct("<IIII")
 
 
-class ScanError(EnvironmentProblem):
-    """A scan could not run, a guest failed, or the VMs disagree."""
+class ScanError(GuestFault):
+    """A scan guest did not finish: the message names the VM and why."""
 
 
 @dataclass(frozen=True)
@@ -173,9 +173,9 @@ def run_scan(
     ``read_kernel`` gives the kernel figures the sampler watches (/proc/meminfo; tests
     give figures only their own VMs move)."""
     if mode not in MODES:
-        raise ScanError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+        raise Bug(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if vms < 1:
-        raise ScanError(f"need at least one VM, got {vms}")
+        raise Bug(f"need at least one VM, got {vms}")
     make_topology = topology or (lambda: Topology.default(options.buses))
     params = [layout.ECAM_BASE, options.buses, MODES[mode], passes]
     machines: list[PciMachine] = []
@@ -250,7 +250,9 @@ def _collect(
 ) -> ScanReport:
     scans: list[VmScan] = []
     for machine, result, seconds in zip(machines, results, pass_times, strict=True):
-        if not result.ok:
+        if not result.ok:  # every VM has finished: a failed one stopped only itself
+            if result.error is not None and not isinstance(result.error, GuestFault):
+                raise result.error  # a device's own error: not the guest's doing
             raise ScanError(f"{machine.guest.name}: {result.reason.value}: {result.detail}")
         methods = ["brute", "recursive"] if mode == "both" else [mode]
         syncs = result.syncs[: 2 * len(methods)]
@@ -277,7 +279,7 @@ def _collect(
     for scan in scans:
         for method, enumeration in scan.enumerations.items():
             if enumeration.functions != reference:
-                raise ScanError(
+                raise Bug(
                     f"{scan.name} {method} found {[f.bdf for f in enumeration.functions]}, "
                     f"{scans[0].name} found {[f.bdf for f in reference]}"
                 )

@@ -10,20 +10,20 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from pcihole.errors import PciholeError
+from pcihole.errors import GuestFault
 
 
 class GuestMemory(Protocol):
     """Guest-physical memory. An access outside it raises ``ValueError`` or a
-    ``PciholeError`` (``MEMORY_ERRORS``); devices turn that into their own error state, as
-    QEMU's do when ``dma_memory_map`` fails."""
+    ``GuestFault`` (``MEMORY_ERRORS``): the address is the guest's, so devices turn that into
+    their own error state, as QEMU's do when ``dma_memory_map`` fails."""
 
     def read(self, address: int, length: int) -> bytes: ...
 
     def write(self, address: int, data: bytes) -> None: ...
 
 
-MEMORY_ERRORS = (ValueError, PciholeError)
+MEMORY_ERRORS = (ValueError, GuestFault)
 """What ``GuestMemory`` raises for an address outside guest memory."""
 
 

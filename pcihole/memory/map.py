@@ -11,12 +11,21 @@ import itertools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from pcihole.errors import BadInput
+from pcihole.errors import Bug, EnvironmentProblem, GuestFault
 from pcihole.layout import PAGE_SIZE
 
 
-class MemoryMapError(BadInput, ValueError):
-    """A region or a map is invalid, or slots ran out; the message says which and why."""
+class MemoryMapError(Bug, ValueError):
+    """A region or a map is invalid, or a slot was released twice; the message says which
+    and why. Where a guest chose the region (a BAR, PCIEXBAR), the caller catches it."""
+
+
+class MemslotShortage(EnvironmentProblem):
+    """The kernel's memslot budget (KVM_CAP_NR_MEMSLOTS) cannot hold what is asked."""
+
+
+class GuestAddressError(GuestFault, ValueError):
+    """A guest-physical access (a guest's DMA, a table it points at) is outside guest RAM."""
 
 
 class RegionKind(enum.Enum):
@@ -98,7 +107,7 @@ class SlotAllocator:
 
     def __init__(self, budget: int) -> None:
         if budget <= 0:
-            raise MemoryMapError(f"memslot budget must be positive, got {budget}")
+            raise MemslotShortage(f"memslot budget must be positive, got {budget}")
         self.budget = budget
         self._used: set[int] = set()
         self._next = 0
@@ -114,7 +123,7 @@ class SlotAllocator:
     def allocate(self, count: int = 1, *, purpose: str = "memslots") -> list[int]:
         """``count`` slot numbers, or an error saying how many are needed and free."""
         if count > self.free:
-            raise MemoryMapError(
+            raise MemslotShortage(
                 f"{purpose}: {count} memslots needed, {self.free} free "
                 f"(KVM_CAP_NR_MEMSLOTS = {self.budget}, {self.used} in use)"
             )

@@ -8,7 +8,7 @@ import weakref
 from collections.abc import Sequence
 
 from pcihole.errors import EnvironmentProblem
-from pcihole.memory.map import MemoryMapError
+from pcihole.memory.map import GuestAddressError
 
 
 class RamAllocationError(EnvironmentProblem):
@@ -55,7 +55,7 @@ class GuestRam:
                 return offset + guest_address - start
             offset += size
         ranges = ", ".join(f"[{start:#x}, {start + size:#x})" for start, size in self.banks)
-        raise MemoryMapError(
+        raise GuestAddressError(
             f"guest access [{guest_address:#x}, {guest_address + length:#x}) "
             f"is outside RAM {ranges}"
         )

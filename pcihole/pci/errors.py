@@ -1,19 +1,25 @@
-"""The PCI package's exceptions: one base, one type per module that can fail."""
+"""The PCI package's exceptions: one type per module that can fail.
+
+``PciError`` and its kinds are about what ``--device`` texts describe (bad input);
+``ConfigSpaceError`` and ``EcamError`` about pcihole's own models and decoders, which
+the guest cannot reach with a wrong value (its accesses are sized 1, 2, 4 or 8 and land
+inside a window), so they are bugs.
+"""
 
 from __future__ import annotations
 
-from pcihole.errors import BadInput
+from pcihole.errors import BadInput, Bug
 
 
 class PciError(BadInput):
-    """Base of every error raised by ``pcihole.pci``."""
+    """Base of the errors a device list given on the command line can cause."""
 
 
 class BdfError(PciError):
     """A bus/device/function address is malformed or out of range."""
 
 
-class ConfigSpaceError(PciError):
+class ConfigSpaceError(Bug):
     """A configuration-space access or definition does not fit the 4 KiB register file."""
 
 
@@ -21,7 +27,7 @@ class DeviceError(PciError):
     """A device model was given parameters it does not accept."""
 
 
-class EcamError(PciError):
+class EcamError(Bug):
     """An ECAM or CF8/CFC access falls outside what the decoder covers."""
 
 

@@ -1,4 +1,6 @@
-"""Every subcommand fed wrong values: one line on stderr naming the option, status 2.
+"""Every subcommand fed wrong values: one line on stderr naming the option, status 2;
+and one case for each other party at fault (``pcihole.errors``): the host's kernel
+refusing (1), a guest's fault (70), a bug in pcihole (4), each one line, no traceback.
 
 One case per option and kind of mistake runs ``python -m pcihole ...`` in its own process,
 as a user would (side by side: the interpreter's start-up is most of their cost). Their
@@ -11,17 +13,33 @@ import contextlib
 import io
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from pcihole import cli
+from pcihole.devices.debugcon import DebugConsole
+from pcihole.errors import ENVIRONMENT_STATUS
+from pcihole.guest import vm as guestvm
+from pcihole.guest.machine import PciMachine
+from pcihole.guest.vm import GuestVm
 from pcihole.holes import source as source_mod
+from pcihole.holes.slots import HoleSlotError
+from pcihole.holes.source import Backing
+from pcihole.kvm import Kvm
+from pcihole.layout import ECAM_BASE
+from pcihole.machine import MachineOptions
+from pcihole.machine.firmware import BootError
+from pcihole.machine.runloop import RunResult, StopReason
+from pcihole.memory import SlotAllocator
+from pcihole.pci.topology import Topology
 from tests.support import CHILD_ENV, HANG_SECONDS
 
 WAIT = HANG_SECONDS
@@ -171,12 +189,13 @@ def test_no_socket_file_was_left_by_refused_services() -> None:
 
 
 def test_unavailable_forced_backing_names_the_option() -> None:
-    """``--backing hugetlb`` without a free huge page is bad input, not a crash."""
+    """``--backing hugetlb`` without a free huge page: the host cannot give what the
+    (valid) command line asks, so status 1, and the line names the option."""
     if source_mod.unavailable_reason(source_mod.Backing.HUGETLB) is None:
         pytest.skip("a huge page is free here: hugetlb is available")
     result = run_case(("scan", "--buses", "1", "--backing", "hugetlb"), "/tmp")
     assert "Traceback" not in result.stderr
-    assert result.returncode == 2
+    assert result.returncode == ENVIRONMENT_STATUS
     assert result.stderr.count("\n") == 1
     assert "--backing hugetlb" in result.stderr and "no free 2 MiB huge pages" in result.stderr
 
@@ -240,3 +259,149 @@ def test_scan_runs_at_the_largest_window_and_vm_count(args: tuple[str, ...]) -> 
         found = ["00:00.0", "00:1c.0", "00:1c.1", "00:1f.0", "00:1f.2", "00:1f.3", "01:00.0",
                  "02:00.0"]  # fmt: skip
     assert report["functions_found"] == found
+
+
+# -- one case per party at fault ----------------------------------------------------------
+
+BOOT_GUARD = ("--timeout", "60")
+"""Each image below ends its run at once; the limit only bounds a broken monitor."""
+
+
+def one_line(result: subprocess.CompletedProcess[str], status: int, start: str) -> str:
+    """Check ``result`` ended with ``status`` and one line starting ``start``; return it."""
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == status, (result.returncode, result.stderr)
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), result.stderr
+    assert result.stderr.startswith(start), result.stderr
+    return result.stderr
+
+
+def real_mode_image(code: bytes, data: bytes = b"") -> bytes:
+    """64 KiB of HLT ending at 4 GiB: ``code`` at CS:0xffc0, ``data`` at CS:0xffe0 and a
+    jump to the code at the reset vector (CS:0xfff0)."""
+    image = bytearray(b"\xf4" * 0x10000)
+    image[0xFFC0 : 0xFFC0 + len(code)] = code
+    image[0xFFE0 : 0xFFE0 + len(data)] = data
+    image[0xFFF0:0xFFF2] = bytes([0xEB, (0xFFC0 - 0xFFF2) & 0xFF])  # jmp short 0xffc0
+    return bytes(image)
+
+
+JUMP_TO_NO_MEMORY = real_mode_image(bytes([0xEA, 0x00, 0x00, 0x00, 0xA0]))  # jmp 0xa000:0
+"""Code fetched from the legacy VGA range, where nothing is: KVM cannot run it."""
+WORD_TO_DEBUGCON = real_mode_image(
+    bytes([0xBA, 0x02, 0x04, 0xB8, 0x41, 0x41, 0xEF])  # mov dx, 0x402; mov ax, 'AA'; out dx, ax
+)
+"""A 2-byte OUT to the debug console, a 1-byte device: the access runs past it."""
+BYTE_TO_DEBUGCON = real_mode_image(
+    bytes([0xBA, 0x02, 0x04, 0xB0, 0x41, 0xEE])  # mov dx, 0x402; mov al, 'A'; out dx, al
+)
+
+
+@pytest.mark.parametrize(
+    ("image", "says"),
+    [
+        (JUMP_TO_NO_MEMORY, "the guest stopped: "),
+        (WORD_TO_DEBUGCON, "the guest stopped: device-error: BusAccessError: port bus: "
+                           "access [0x402, 0x404) runs past debugcon"),
+    ],
+    ids=["code-where-no-memory-is", "access-past-a-device"],
+)  # fmt: skip
+def test_a_guest_fault_ends_its_run_with_the_guest_status(
+    image: bytes, says: str, tmp_path: Path
+) -> None:
+    """What the firmware did ends its run with ``GUEST_FAULT_STATUS`` and one line saying
+    what; ``--stats`` still tells the story."""
+    bios, stats = tmp_path / "bad.bin", tmp_path / "stats.json"
+    bios.write_bytes(image)
+    result = run_case(("boot", "--bios", str(bios), "--stats", str(stats), *BOOT_GUARD),
+                      str(tmp_path))  # fmt: skip
+    line = one_line(result, 70, "pcihole boot: ")
+    assert says in line
+    assert json.loads(stats.read_text())["status"] == 70
+
+
+def test_a_kernel_refusal_is_the_hosts_problem(tmp_path: Path) -> None:
+    """RLIMIT_NOFILE too small for 16 VMs' fds: the kernel refuses one of KVM's calls,
+    the line names which (``errno 24``), status 1."""
+
+    def few_fds() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pcihole", "scan", "--buses", "4", "--vms", "16"],
+        capture_output=True, text=True, env=CHILD_ENV, timeout=WAIT, cwd=tmp_path,
+        preexec_fn=few_fds,
+    )  # fmt: skip
+    line = one_line(result, ENVIRONMENT_STATUS, "pcihole scan: error: ")
+    assert "Too many open files (errno 24)" in line
+
+
+def test_hole_memslots_the_kernel_cannot_hold_are_the_hosts_problem(
+    kvm: Kvm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KVM_CAP_NR_MEMSLOTS one short of what the scan's holes need: ``HoleSlotError``,
+    status 1 (it was 2, "bad input", while a refused mirror memslot was 1)."""
+    args = ("scan", "--buses", "4", "--backing", "memfd")
+    options = MachineOptions(buses=4, backing=Backing.MEMFD)
+    with PciMachine(kvm, Topology.default(4), options, "scan", [ECAM_BASE, 4, 0, 1]) as machine:
+        needed, holes = machine.guest.slots.used, machine.window.hole_memslots
+    assert holes > 0
+    monkeypatch.setattr(guestvm, "SlotAllocator", lambda _kernel: SlotAllocator(needed - 1))
+    parsed = cli.build_parser().parse_args(list(args))
+    with pytest.raises(HoleSlotError, match=f"holes need {holes} memslots"):
+        parsed.handler(parsed)
+    line = one_line(run_in_process(args), HoleSlotError.exit_status, "pcihole scan: error: ")
+    assert HoleSlotError.exit_status == ENVIRONMENT_STATUS
+    assert f"holes need {holes} memslots ({holes} runs), {holes - 1} free" in line
+
+
+def test_a_bad_image_is_a_boot_error_and_bad_input() -> None:
+    parsed = cli.build_parser().parse_args(["boot", "--bios", "/proc/self/cmdline"])
+    with pytest.raises(BootError, match="--bios: a firmware image must be a multiple of 64 KiB"):
+        parsed.handler(parsed)
+    result = run_in_process(("boot", "--bios", "/proc/self/cmdline"))
+    one_line(result, BootError.exit_status, "pcihole boot: error: --bios")
+    assert BootError.exit_status == 2
+
+
+def test_a_bug_in_a_device_is_an_internal_error_not_the_guests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A device model failing on a good access (planted: the debug console's write
+    raising) ends ``boot`` as a bug, named with where it was raised, status 4."""
+
+    def broken_write(_self: DebugConsole, _offset: int, _size: int, _value: int) -> None:
+        raise KeyError("planted")
+
+    bios = tmp_path / "byte.bin"
+    bios.write_bytes(BYTE_TO_DEBUGCON)
+    monkeypatch.setattr(DebugConsole, "write", broken_write)
+    console = str(tmp_path / "console.txt")
+    result = run_in_process(("boot", "--bios", str(bios), "--debugcon", console, *BOOT_GUARD))
+    line = one_line(result, 4, "pcihole boot: internal error: KeyError: 'planted' at ")
+    assert "tests/kvm/test_cli_errors.py:" in line
+
+
+def test_a_guest_fault_in_one_vm_stops_that_vm_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``scan --vms 3`` where vm1's guest meets UD2 at its first instruction (planted in
+    its RAM): vm0 and vm2 finish their scans, the command ends with the guest status and
+    one line naming vm1 and what it did."""
+    results: dict[str, RunResult] = {}
+    run = GuestVm.run
+
+    def planted(self: GuestVm, max_exits: int | None = None) -> RunResult:
+        if self.name == "vm1":
+            assert self.ram is not None
+            self.ram.write(self.vcpu.get_regs().rip, b"\x0f\x0b")  # ud2
+        results[self.name] = run(self, max_exits)
+        return results[self.name]
+
+    monkeypatch.setattr(GuestVm, "run", planted)
+    result = run_in_process(("scan", "--buses", "4", "--vms", "3"))
+    line = one_line(result, 70, "pcihole scan: guest fault: vm1: guest-exception: #UD")
+    assert result.stdout == "", line
+    assert {name: r.reason for name, r in results.items()} == {
+        "vm0": StopReason.DONE,
+        "vm1": StopReason.GUEST_EXCEPTION,
+        "vm2": StopReason.DONE,
+    }

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pcihole import layout
+from pcihole.errors import Bug
 from pcihole.guest.build import ASM_DIR
 from pcihole.guest.vm import GuestVm, run_all
 from pcihole.kvm import Kvm, KvmError, abi
@@ -133,16 +134,16 @@ def test_closing_a_vm_closes_every_fd(kvm: Kvm) -> None:
 def test_use_after_close_is_a_clear_error(kvm: Kvm) -> None:
     guest = GuestVm(kvm, "selftest", ring=3)
     guest.close()
-    with pytest.raises(KvmError, match="use of closed vCPU"):
+    with pytest.raises(Bug, match="use of closed vCPU"):
         guest.vcpu.run()
-    with pytest.raises(KvmError, match="use of closed VM"):
+    with pytest.raises(Bug, match="use of closed VM"):
         guest.vm.set_memory_region(1, 0x1000000, 0x1000, 0)
 
 
 def test_slot_beyond_the_kernel_limit_is_refused(kvm: Kvm) -> None:
     with kvm.create_vm() as vm:
         limit = kvm.check_extension(abi.Cap.NR_MEMSLOTS)
-        with pytest.raises(KvmError, match=f"slot {limit} is outside"):
+        with pytest.raises(Bug, match=f"slot {limit} is outside"):
             vm.set_memory_region(limit, 0x100000, 0x1000, 0)
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from pcihole.cli import main
+from pcihole.errors import BadInput
 from pcihole.guest.lspci import (
     DUMP_ROOM,
-    LspciError,
     guest_config_pages,
     lspci_text,
 )
@@ -173,7 +173,7 @@ def test_too_many_functions_for_the_result_buffer_is_an_error(kvm: Kvm) -> None:
     ]
     assert len(specs) > DUMP_ROOM
     found = len(specs) + 3  # the ICH9 built-ins
-    with pytest.raises(LspciError, match=f"found {found} functions.*holds {DUMP_ROOM}"):
+    with pytest.raises(BadInput, match=f"--device: {found} functions.*holds {DUMP_ROOM}"):
         lspci_text(specs, 3, vm_view=True, kvm=kvm)
 
 

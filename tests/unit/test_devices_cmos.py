@@ -9,7 +9,7 @@ import pytest
 from pcihole.arch.x86.cpuid import VcpuIdentity
 from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.devices.cmos import Cmos
-from pcihole.errors import BadInput
+from pcihole.errors import Bug
 from pcihole.layout import CMOS_PORT, GiB, KiB, MiB
 from pcihole.measure.qemu import Qemu, qemu_missing_reason
 
@@ -262,9 +262,9 @@ def test_more_than_255_cpus_leave_the_count_byte_zero() -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(BadInput):
+    with pytest.raises(Bug):
         make(FakeClock(), cpus=0)
-    with pytest.raises(BadInput):
+    with pytest.raises(Bug):
         Cmos(ram=q35_ram(128 * MiB), cpus=1, boot_order="x")
 
 

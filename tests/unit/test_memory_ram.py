@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pcihole.memory.map import MemoryMapError
+from pcihole.memory.map import GuestAddressError
 from pcihole.memory.ram import GuestRam
 
 GiB = 1 << 30
@@ -19,7 +19,7 @@ def test_banks_share_one_block_in_order() -> None:
         ram.write(4 * GiB, b"high")
         assert ram.read(0x2FFC, 4) == b"low!" and ram.read(4 * GiB, 4) == b"high"
         for address, length in [(0x2FFE, 4), (0x3000, 1), (4 * GiB - 1, 2), (4 * GiB + 0x1FFF, 2)]:
-            with pytest.raises(MemoryMapError, match="outside RAM"):
+            with pytest.raises(GuestAddressError, match="outside RAM"):
                 ram.read(address, length)  # across a bank's end, or between banks
     finally:
         ram.close()

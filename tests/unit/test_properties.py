@@ -20,7 +20,14 @@ from pcihole import layout
 from pcihole.holes.planner import Piece, PlanError, Run, hole_runs, plan_pieces
 from pcihole.holes.slots import HoleWrites
 from pcihole.machine import EcamDevice
-from pcihole.memory import MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
+from pcihole.memory import (
+    MemoryMap,
+    MemoryMapError,
+    MemslotShortage,
+    Region,
+    RegionKind,
+    SlotAllocator,
+)
 from pcihole.pci.config import CONFIG_SPACE_SIZE, ConfigSpace
 from pcihole.pci.devices import Function
 from pcihole.pci.errors import ConfigSpaceError, PciError
@@ -109,7 +116,7 @@ def test_slot_numbers_never_exceed_the_budget_nor_repeat(
     for allocate, amount in steps:
         if allocate:
             if amount > budget - len(held):
-                with pytest.raises(MemoryMapError, match=f"{amount} memslots needed"):
+                with pytest.raises(MemslotShortage, match=f"{amount} memslots needed"):
                     allocator.allocate(amount)
                 continue
             got = allocator.allocate(amount)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from pcihole import layout
 from pcihole.arch.x86.cpuid import VcpuIdentity
-from pcihole.errors import BadInput, EnvironmentProblem
+from pcihole.errors import Bug, EnvironmentProblem
 
 ENTRY = struct.Struct("<QQI")
 """One ``struct e820_entry`` as QEMU packs it (no padding)."""
@@ -38,8 +38,9 @@ class E820Type(enum.IntEnum):
     """Memory with errors."""
 
 
-class E820Error(BadInput):
-    """A malformed e820 table, or a RAM layout QEMU's q35 machine would refuse."""
+class E820Error(Bug):
+    """A malformed e820 table, or a RAM layout QEMU's q35 machine would refuse (callers
+    check the user's sizes first)."""
 
 
 @dataclass(frozen=True, slots=True)

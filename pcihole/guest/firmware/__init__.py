@@ -18,7 +18,8 @@ from pathlib import Path
 
 from pcihole import layout
 from pcihole.devices.debug_exit import exit_status
-from pcihole.guest.build import GuestBuildError, build_flat
+from pcihole.errors import BadInput, Bug
+from pcihole.guest.build import build_flat
 from pcihole.layout import IMAGE_ALIGN, MAX_IMAGE_SIZE
 
 FIRMWARE_DIR = Path(__file__).parent
@@ -49,24 +50,22 @@ class FirmwareOptions:
 
     def __post_init__(self) -> None:
         if self.size % IMAGE_ALIGN or not IMAGE_ALIGN <= self.size <= MAX_IMAGE_SIZE:
-            raise GuestBuildError(
-                f"image size {self.size:#x} must be a multiple of 64 KiB up to 16 MiB"
-            )
+            raise BadInput(f"image size {self.size:#x} must be a multiple of 64 KiB up to 16 MiB")
         if not 0 <= self.exit_value < 1 << 32:
-            raise GuestBuildError(f"exit value {self.exit_value:#x} does not fit in 32 bits")
+            raise BadInput(f"exit value {self.exit_value:#x} does not fit in 32 bits")
         if self.ecam_base % layout.ECAM_MAX_SIZE or not 0 < self.ecam_base < 1 << 32:
-            raise GuestBuildError(f"ECAM base {self.ecam_base:#x} is not 256 MiB aligned")
+            raise BadInput(f"ECAM base {self.ecam_base:#x} is not 256 MiB aligned")
         if self.ecam_move_length not in (0, 1, 2):
-            raise GuestBuildError("ecam_move_length is 0 (256 buses), 1 (128) or 2 (64)")
+            raise BadInput("ecam_move_length is 0 (256 buses), 1 (128) or 2 (64)")
         move_size = layout.ECAM_MAX_SIZE >> self.ecam_move_length
         if self.ecam_move % move_size or not 0 <= self.ecam_move < 1 << 32:
-            raise GuestBuildError(f"ECAM move {self.ecam_move:#x} is not {move_size:#x} aligned")
+            raise BadInput(f"ECAM move {self.ecam_move:#x} is not {move_size:#x} aligned")
         for name, low in (("scan_buses", 1), ("ring0_buses", 0)):
             value = getattr(self, name)
             if not low <= value <= layout.ECAM_MAX_BUSES:
-                raise GuestBuildError(f"{name} must be {low} to {layout.ECAM_MAX_BUSES}")
+                raise BadInput(f"{name} must be {low} to {layout.ECAM_MAX_BUSES}")
         if not 1 <= self.ring3_passes <= 100:
-            raise GuestBuildError("ring3_passes must be 1 to 100")
+            raise BadInput("ring3_passes must be 1 to 100")
 
     @property
     def base(self) -> int:
@@ -85,14 +84,14 @@ def build_firmware(name: str = "enumerate", options: FirmwareOptions | None = No
     source = FIRMWARE_DIR / f"{name}.S"
     if not source.is_file():
         known = sorted(p.stem for p in FIRMWARE_DIR.glob("*.S"))
-        raise GuestBuildError(f"no firmware {name!r}; known: {', '.join(known)}")
+        raise BadInput(f"no firmware {name!r}; known: {', '.join(known)}")
     symbols = {**layout.asm_symbols(), **options.defines()}
     flags = [f"-D{key}={value:#x}" for key, value in sorted(symbols.items())]
     image = build_flat(
         source, flags, base=options.base, entry="reset_vector", cache_name=f"firmware-{name}"
     )
     if len(image) != options.size:
-        raise GuestBuildError(f"{name}: image is {len(image)} bytes, expected {options.size}")
+        raise Bug(f"{name}: image is {len(image)} bytes, expected {options.size}")
     return image
 
 

@@ -13,7 +13,7 @@ import argparse
 import sys
 from dataclasses import fields
 
-from pcihole.guest.build import GuestBuildError
+from pcihole.errors import USAGE_STATUS, PciholeError
 from pcihole.guest.firmware import FirmwareOptions, write_firmware
 
 
@@ -34,9 +34,12 @@ def main() -> int:
     values = {option.name: getattr(args, option.name) for option in fields(FirmwareOptions)}
     try:
         path = write_firmware(args.output, args.name, FirmwareOptions(**values))
-    except (GuestBuildError, OSError) as error:
+    except OSError as error:
         print(f"firmware: error: {error}", file=sys.stderr)
-        return 2
+        return USAGE_STATUS
+    except PciholeError as error:
+        print(f"firmware: {error.label}: {error}", file=sys.stderr)
+        return error.exit_status
     print(path)
     return 0
 
