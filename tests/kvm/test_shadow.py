@@ -128,3 +128,24 @@ def test_a_guest_reads_rom_and_writes_ram_in_write_only_mode(kvm: Kvm) -> None:
         assert shadow.ram.read(0xF0000, 1) == b"\x77" and shadow.ram.read(0xC0010, 1) == b"\x66"
     assert result.console == bytes([ROM_MARK, 0x00, 0x66, 0x77]), result.reason
     assert result.status == exit_status(0x77)
+
+
+def test_every_pam_register_written_through_cf8_reaches_the_memslots(kvm: Kvm) -> None:
+    """Byte writes to each of PAM0-PAM6 (as SeaBIOS makes them), then one dword: the
+    memslots follow what each register's fields say (the decode's unit tests say how)."""
+    with BootMachine(kvm, pam_image()) as machine:
+        shadow, ports = machine.platform.shadow, machine.legacy
+        values = [0x10, 0x32, 0x13, 0x21, 0x03, 0x30, 0x12]  # every register different
+        for index, value in enumerate(values):
+            register = pam.PAM0 + index
+            ports.write(0, 4, 0x8000_0000 | register & ~3)
+            ports.write(4 + register % 4, 1, value)
+            assert shadow.registers[index] == value, hex(register)
+        assert shadow.runs == pam.runs(values)
+        ports.write(0, 4, 0x8000_0000 | 0x94)
+        ports.write(4, 4, 0x33_33_33_33)  # PAM4-PAM6 and 0x97 at once
+        values[4:] = [0x33] * 3
+        assert shadow.runs == pam.runs(values)
+        slotted = sorted(m.guest_address for m in machine.guest.vm.memslots.values()
+                         if pam.SHADOW_BASE <= m.guest_address < pam.SHADOW_END)  # fmt: skip
+        assert slotted == [run.start for run in pam.runs(values)]
