@@ -21,6 +21,7 @@ from pcihole.machine.firmware import (
 from pcihole.pci.devices import PCIEXBAR
 from pcihole.pci.ecam import encode_config_address
 from pcihole.pci.topology import Topology
+from tests.support import FIRMWARE_SECONDS, run_firmware
 
 QEMU_NODEFAULTS = [
     ("00:00.0", 0x8086, 0x29C0),
@@ -51,7 +52,7 @@ def real_mode_image(code: bytes, last_byte: int) -> bytes:
 def test_firmware_enumerates_and_leaves_through_debug_exit(kvm: Kvm) -> None:
     image = small_image(exit_value=0x2A)
     with BootMachine(kvm, image, Topology.qemu_nodefaults()) as machine:
-        result = machine.run()
+        result = run_firmware(machine)
         assert machine.window.base == layout.ECAM_BASE
     assert result.exit_value == 0x2A
     assert result.status == exit_status(0x2A) == 0x55
@@ -81,7 +82,7 @@ def test_trap_strategy_exits_for_every_hole_probe(kvm: Kvm) -> None:
     image = small_image(scan_buses=2, ring3_passes=1, ring0_buses=0)
     trap = MachineOptions(strategy="trap", present="trap")
     with BootMachine(kvm, image, options=trap) as machine:
-        result = machine.run()
+        result = run_firmware(machine)
     out = parse_output(result.text)
     scan = out.scan(3)
     spent = result.between(scan.start_line, scan.end_line)
@@ -161,7 +162,7 @@ def test_firmware_moves_the_window_through_ecam(kvm: Kvm) -> None:
         ecam_move=0xC0000000, ecam_move_length=2, scan_buses=64, ring3_passes=1, ring0_buses=0
     )
     with BootMachine(kvm, image) as machine:
-        result = machine.run()
+        result = run_firmware(machine)
         assert (machine.window.base, machine.window.size) == (0xC0000000, 64 * MIB)
     out = parse_output(result.text)
     assert out.ecam == 0xC0000000
@@ -241,7 +242,7 @@ def test_image_tail_is_aliased_below_1mib_and_read_only(kvm: Kvm) -> None:
         "f4"  # hlt
     )
     with BootMachine(kvm, real_mode_image(code, 0x5A)) as machine:
-        result = machine.run()
+        result = run_firmware(machine)
         assert machine.platform.shadow.dropped_writes == 1
     assert result.console == b"\x5a"
     assert result.status == exit_status(0x5A)
@@ -253,7 +254,8 @@ def test_main_boot_files_status_and_errors(
     bios = tmp_path / "fw.bin"
     bios.write_bytes(small_image(exit_value=3, ring3_passes=1, ring0_buses=0))
     console, stats = tmp_path / "console.txt", tmp_path / "stats.json"
-    status = main(["boot", "--bios", str(bios), "--debugcon", str(console), "--stats", str(stats)])
+    status = main(["boot", "--bios", str(bios), "--debugcon", str(console), "--stats", str(stats),
+                   "--timeout", str(FIRMWARE_SECONDS)])  # fmt: skip
     assert status == 7
     out = parse_output(console.read_text())
     assert out.scan(3).functions == QEMU_NODEFAULTS
@@ -264,7 +266,8 @@ def test_main_boot_files_status_and_errors(
 
     devices = ["00:1c.0=root-port,bus=1", "01:00.0=nvme"]  # added to the q35 built-ins
     status = main(["boot", "--bios", str(bios), "--strategy", "fill", "--debugcon", str(console),
-                   "--buses", "4", *(f"--device={d}" for d in devices)])  # fmt: skip
+                   "--timeout", str(FIRMWARE_SECONDS), "--buses", "4",
+                   *(f"--device={d}" for d in devices)])  # fmt: skip
     assert status == 7
     found = [bdf for bdf, _, _ in parse_output(console.read_text()).scan(3).functions]
     assert found == ["00:00.0", "00:1c.0", "00:1f.0", "00:1f.2", "00:1f.3", "01:00.0"]

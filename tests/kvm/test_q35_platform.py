@@ -8,14 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import SIGNAL_STATUS_OFFSET, BootMachine, BootResult
-from tests.support import CHILD_ENV, HANG_SECONDS, REPO_ROOT, pcihole_command
+from tests.support import CHILD_ENV, HANG_SECONDS, REPO_ROOT, pcihole_command, run_firmware
 
 JMP_TO_START = bytes.fromhex("e90d00")  # at 0xfff0: jmp near 0x0000 (the image's start)
 HANG = bytes.fromhex("ebfe")  # jmp $
@@ -47,12 +46,7 @@ def config_write(register: int, value: int, size: int) -> bytes:
 
 def run(kvm: Kvm, code: bytes) -> BootResult:
     with BootMachine(kvm, image(code + HANG)) as machine:
-        guard = threading.Timer(HANG_SECONDS, machine.stop, ("hang guard", 1))
-        guard.start()
-        try:
-            return machine.run()
-        finally:
-            guard.cancel()
+        return run_firmware(machine)
 
 
 def test_reset_control_ends_the_run(kvm: Kvm) -> None:
@@ -70,7 +64,7 @@ def test_cf9_bytes_without_rst_cpu_and_cf8_dwords_do_not_reset(kvm: Kvm) -> None
     # SYS_RST alone is kept, not acted on; the dword at CF8 is the config address.
     code = out_dx(0xCF9, 0x02, 1) + config_write(0x40, 0x601, 4) + out_dx(0x402, 0x21, 1)
     with BootMachine(kvm, image(code + HANG), until=b"!") as machine:
-        result = machine.run()
+        result = run_firmware(machine)
     assert result.reason == "the debug console printed '!'"
 
 
@@ -87,7 +81,7 @@ def test_acpi_s5_powers_off(kvm: Kvm) -> None:
 def test_pm_block_is_nowhere_until_acpi_is_enabled(kvm: Kvm) -> None:
     code = config_write(0x40, 0x601, 4) + out_dx(0x604, 0x2000, 2) + out_dx(0x402, 0x21, 1)
     with BootMachine(kvm, image(code + HANG), until=b"!") as machine:
-        result = machine.run()
+        result = run_firmware(machine)
         assert machine.guest.ports.hits["acpi-pm"] == 0
     assert result.reason == "the debug console printed '!'"
 

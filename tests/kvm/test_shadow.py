@@ -13,6 +13,7 @@ from pcihole.kvm import Kvm, abi
 from pcihole.machine.firmware import BootMachine
 from pcihole.machine.shadow import ShadowMemory, pci_side
 from pcihole.memory import GuestRam, SlotAllocator
+from tests.support import run_firmware
 
 IMAGE = bytes(range(256)) * 512  # 128 KiB, each byte knows its offset
 
@@ -121,7 +122,7 @@ def test_a_guest_reads_rom_and_writes_ram_in_write_only_mode(kvm: Kvm) -> None:
     side (the image's byte at 0xf0000, pc.rom's zero at 0xc0010) while its writes land in
     RAM, which it reads once PAM says read-write. The ROM copy never changes."""
     with BootMachine(kvm, pam_image()) as machine:
-        result = machine.run(max_exits=64)  # ~20 exits: a stray guest ends, never hangs
+        result = run_firmware(machine, max_exits=64)  # ~20 exits; a stray guest ends
         shadow = machine.platform.shadow
         assert shadow.pci.read(0xF0000, 1) == bytes([ROM_MARK])
         assert shadow.pci.read(0xC0010, 1) == b"\0"
