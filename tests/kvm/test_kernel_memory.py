@@ -38,21 +38,27 @@ PER_VM = {"VmallocUsed": 98_304, "SecPageTables": 12_288, "PageTables": 4_096}
 
 class ScriptedKernel:
     """A kernel reader whose fields grow by ``PER_VM`` for every VM this process has open
-    (counted from /proc/self/fd by the test, not by the code under test), over a baseline;
-    a host with nothing else moving, so the per-VM answers are known before the run."""
+    (counted from /proc/self/fd by the test, not by the code under test), over a baseline,
+    so the per-VM answers are known before the run. After its first reading with every VM
+    open, the kernel gives half of each VM's share back: the report must keep the peak,
+    not the last reading."""
 
-    def __init__(self) -> None:
+    def __init__(self, vms: int) -> None:
         self.open_before = own_vms()
+        self.vms = vms
+        self.peaked = False
 
     def __call__(self) -> dict[str, int]:
         vms = own_vms() - self.open_before
-        return {name: (1 << 30) + size * vms for name, size in PER_VM.items()}
+        share = 2 if self.peaked else 1
+        self.peaked = self.peaked or vms == self.vms
+        return {name: (1 << 30) + size * vms // share for name, size in PER_VM.items()}
 
 
 @pytest.mark.parametrize("strategy", ["shared", "fill", "trap"])
 def test_scan_reports_kernel_memory_per_vm_by_field(kvm: Kvm, strategy: str) -> None:
     options = MachineOptions(buses=16, strategy=strategy)
-    report = run_scan(kvm, options, vms=VMS, read_kernel=ScriptedKernel()).as_json()
+    report = run_scan(kvm, options, vms=VMS, read_kernel=ScriptedKernel(VMS)).as_json()
     kernel = report["kernel_memory"]
     assert "kernel_memory_bytes_during_setup" not in report
     assert kernel["fields"] == FIELDS
