@@ -14,7 +14,14 @@ import pytest
 
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import SIGNAL_STATUS_OFFSET, BootMachine, BootResult
-from tests.support import CHILD_ENV, HANG_SECONDS, REPO_ROOT, pcihole_command, run_firmware
+from tests.support import (
+    CHILD_ENV,
+    FIRMWARE_SECONDS,
+    HANG_SECONDS,
+    REPO_ROOT,
+    pcihole_command,
+    run_firmware,
+)
 
 JMP_TO_START = bytes.fromhex("e90d00")  # at 0xfff0: jmp near 0x0000 (the image's start)
 HANG = bytes.fromhex("ebfe")  # jmp $
@@ -92,7 +99,8 @@ def test_a_signal_ends_the_run_with_stats(tmp_path: Path, signum: signal.Signals
     # Prints "R" and a newline (the console hands on whole lines), then loops.
     bios.write_bytes(image(out_dx(0x402, 0x52, 1) + out_dx(0x402, 0x0A, 1) + HANG))
     process = subprocess.Popen(
-        pcihole_command("boot", "--bios", str(bios), "--stats", str(stats)),
+        pcihole_command("boot", "--bios", str(bios), "--stats", str(stats),
+                        "--timeout", str(FIRMWARE_SECONDS)),  # a lost signal: ends, fails
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV, cwd=REPO_ROOT,
     )  # fmt: skip
     assert process.stdout is not None
