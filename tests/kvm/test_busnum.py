@@ -195,14 +195,15 @@ def cf8_renumber_dword(machine: PciMachine, secondary: int, subordinate: int) ->
 
 
 @pytest.mark.parametrize("renumber", [ecam_renumber_dword, cf8_renumber_dword])
-@pytest.mark.parametrize("strategy", ["shared", "fill"])
+@pytest.mark.parametrize(("strategy", "backing"), [("shared", Backing.MEMFD),
+                                                   ("shared", Backing.THP), ("fill", None)])
 def test_one_dword_renumbers_at_a_full_memslot_budget(
-    kvm: Kvm, renumber: object, strategy: str
+    kvm: Kvm, renumber: object, strategy: str, backing: Backing | None
 ) -> None:
     """Every memslot taken: the re-plan frees the moved mirror and the old runs' slots
     before it needs the new ones, so a renumbering that frees as many as it needs is
-    accepted, and the guest then finds the device at the new number without exits."""
-    backing = Backing.MEMFD if strategy == "shared" else None
+    accepted (one slot per run, or per 2 MiB with a THP chunk), and the guest then finds
+    the device at the new number without exits."""
     options = MachineOptions(buses=BUSES, strategy=strategy, backing=backing)
     topology = Topology.build(SPECS, BUSES)
     ids = topology.get(NET).config.read(0, 4)  # type: ignore[union-attr]
