@@ -115,3 +115,29 @@ def test_a_signal_ends_the_run_with_stats(tmp_path: Path, signum: signal.Signals
     data = json.loads(stats.read_text())
     assert data["reason"] == f"stopped by {signum.name}"
     assert data["status"] == SIGNAL_STATUS_OFFSET + signum
+
+
+def test_fw_cfg_dma_from_a_guest_as_seabios_drives_it(kvm: Kvm) -> None:
+    """Two transfers started by writing only the low half of the address register (one
+    OUT each, big-endian, as SeaBIOS's qemu_cfg_dma_transfer): the register starts cleared
+    each time, so each reaches its own descriptor; the first selects an arch-local item."""
+    from pcihole.devices.fw_cfg import DMA_ACCESS, DmaControl, Selector
+
+    def descriptor(selector: int, buffer: int) -> bytes:
+        return DMA_ACCESS.pack(selector << 16 | DmaControl.SELECT | DmaControl.READ, 4, buffer)
+
+    low_half = [int.from_bytes(address.to_bytes(4, "big"), "little") for address in (0x1000, 0x600)]
+    code = (
+        b"".join(out_dx(0x518, value, 4) for value in low_half)
+        + bytes.fromhex("31c0" "8ed8" "ba0204")  # ds = 0; dx = debug console
+        + bytes.fromhex("a00020ee" "a00420ee" "a00310ee" "a00306ee")  # the bytes, the controls
+        + out_dx(0xF4, 0x2A, 1)  # debug-exit
+    )  # fmt: skip
+    with BootMachine(kvm, image(code + HANG)) as machine:
+        ram = machine.guest.ram
+        assert ram is not None
+        ram.write(0x1000, descriptor(Selector.IRQ0_OVERRIDE, 0x2000))
+        ram.write(0x600, descriptor(Selector.SIGNATURE, 0x2004))
+        result = run_firmware(machine, max_exits=64)
+    assert result.console == b"\x01Q\x00\x00", result.reason
+    assert result.exit_value == 0x2A
