@@ -6,6 +6,8 @@ paths a guest's writes take); guests then read the old and new addresses, exit-l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from pcihole import layout
@@ -198,7 +200,8 @@ def cf8_renumber_dword(machine: PciMachine, secondary: int, subordinate: int) ->
 @pytest.mark.parametrize(("strategy", "backing"), [("shared", Backing.MEMFD),
                                                    ("shared", Backing.THP), ("fill", None)])
 def test_one_dword_renumbers_at_a_full_memslot_budget(
-    kvm: Kvm, renumber: object, strategy: str, backing: Backing | None
+    kvm: Kvm, renumber: Callable[[PciMachine, int, int], None], strategy: str,
+    backing: Backing | None,
 ) -> None:
     """Every memslot taken: the re-plan frees the moved mirror and the old runs' slots
     before it needs the new ones, so a renumbering that frees as many as it needs is
@@ -211,8 +214,9 @@ def test_one_dword_renumbers_at_a_full_memslot_budget(
     with PciMachine(kvm, topology, options, "hotplug_reader", params) as m:
         used = m.memslots
         m.guest.slots.allocate(m.guest.slots.free, purpose="the rest of the budget")
-        renumber(m, 3, 3)  # type: ignore[operator]
+        renumber(m, 3, 3)
         assert runs(m) == RUNS_AT_BUS_3 and m.memslots == used and m.guest.slots.free == 0
+        assert m.window.base is not None
         assert m.window.mirrors[NET].page.base == m.window.base + MOVED.ecam_offset
         result = m.run().check()
         assert result.exit_counts == {"IoOut": 6} and m.ecam.exits.device_reads == 0
