@@ -22,9 +22,15 @@ from pathlib import Path
 
 from pcihole import layout
 from pcihole.guest.vm import GuestVm
+from pcihole.machine.firmware import BootMachine, BootResult
 
 HANG_SECONDS = 300.0
 """Past this a thread, guest or child is hung (a hang guard, never a speed check)."""
+FIRMWARE_SECONDS = 60.0
+"""Past this one firmware boot in a test (pcihole's or QEMU's) is hung: SeaBIOS needs ~3 s
+on an idle host and 16-25 s measured with both cores busy (load 8), the test programs far
+less, so a broken firmware path fails its test in about a minute instead of at
+``HANG_SECONDS``. A hang guard too, never a speed check."""
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The checkout these tests belong to: children import pcihole from here, not from
@@ -61,6 +67,19 @@ def run_pcihole(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str
         pcihole_command(*args), capture_output=True, text=True, env=CHILD_ENV,
         cwd=REPO_ROOT, timeout=HANG_SECONDS, **kwargs,
     )  # fmt: skip
+
+
+def run_firmware(
+    machine: BootMachine, seconds: float = FIRMWARE_SECONDS, max_exits: int | None = None
+) -> BootResult:
+    """``machine.run()`` ended by a guard after ``seconds`` (status 1, reason "hang
+    guard"), or by ``max_exits`` exits: a guest that loops or halts cannot hang the test."""
+    guard = threading.Timer(seconds, machine.stop, (f"hang guard: {seconds:g} s", 1))
+    guard.start()
+    try:
+        return machine.run(max_exits)
+    finally:
+        guard.cancel()
 
 
 def raise_stop_flag(guest: GuestVm) -> None:

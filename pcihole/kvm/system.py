@@ -399,20 +399,33 @@ class Vcpu(_FdObject):
 
     # --- coalesced MMIO ring ----------------------------------------------------------------
     def drain_coalesced(self) -> list[CoalescedWrite]:
-        """Empty the VM's coalesced ring (mapped through this vCPU), oldest write first."""
+        """Empty the VM's coalesced ring (mapped through this vCPU), oldest write first.
+
+        The ring is memory the kernel and this process share: an index outside it, or a
+        walk that does not reach ``last`` within the ring's size, is a corrupt ring and
+        a ``KvmError``, never an endless loop.
+        """
         if not self._ring_offset:
             return []
         page = self.run_page
         base = self._ring_offset
         first, last = _RING_HEAD.unpack_from(page, base)
-        writes: list[CoalescedWrite] = []
         entries = self._ring_entries
-        while first != last:
+        if first >= entries or last >= entries:
+            raise KvmError("coalesced MMIO ring", detail=f"first {first} or last {last} is "
+                           f"outside its {entries} entries: the ring is corrupt")  # fmt: skip
+        writes: list[CoalescedWrite] = []
+        for _ in range(entries):
+            if first == last:
+                break
             address, size, _pio, data = _RING_ENTRY.unpack_from(
                 page, base + _RING_HEAD.size + first * _RING_ENTRY.size
             )
             writes.append(CoalescedWrite(address, size, data[:size]))
             first = (first + 1) % entries
+        else:
+            raise KvmError("coalesced MMIO ring", detail=f"{entries} entries read without "
+                           f"reaching last {last}: the ring is corrupt")  # fmt: skip
         struct.pack_into("<I", page, base, first)
         return writes
 

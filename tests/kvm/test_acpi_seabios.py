@@ -17,10 +17,9 @@ import pytest
 from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
 from pcihole.measure.qemu import SEABIOS, Qemu, qemu_missing_reason
+from tests.support import FIRMWARE_SECONDS
 
 RAM_SIZE = 128 << 20
-BOOT_TIMEOUT = 120.0
-"""SeaBIOS needs ~3 s on an idle machine; shared CI hosts are far slower."""
 
 
 def test_dump_of_seabios_tables_disassembles(tmp_path: Path) -> None:
@@ -33,7 +32,7 @@ def test_dump_of_seabios_tables_disassembles(tmp_path: Path) -> None:
         pytest.skip(reason)
     image = tmp_path / "ram.bin"
     with Qemu(bios=SEABIOS, machine="q35,acpi=off", debugcon=True) as qemu:
-        qemu.read_until(b"No bootable device.", BOOT_TIMEOUT)
+        qemu.read_until(b"No bootable device.", FIRMWARE_SECONDS)
         qemu.command("stop")
         qemu.command("pmemsave", val=0, size=RAM_SIZE, filename=str(image))
     ram = image.read_bytes()

@@ -21,6 +21,7 @@ from pcihole.machine.firmware import (
 from pcihole.pci.devices import PCIEXBAR
 from pcihole.pci.ecam import encode_config_address
 from pcihole.pci.topology import Topology
+from tests.support import FIRMWARE_SECONDS, run_firmware
 
 QEMU_NODEFAULTS = [
     ("00:00.0", 0x8086, 0x29C0),
@@ -51,7 +52,7 @@ def real_mode_image(code: bytes, last_byte: int) -> bytes:
 def test_firmware_enumerates_and_leaves_through_debug_exit(kvm: Kvm) -> None:
     image = small_image(exit_value=0x2A)
     with BootMachine(kvm, image, Topology.qemu_nodefaults()) as machine:
-        result = machine.run()
+        result = run_firmware(machine)
         assert machine.window.base == layout.ECAM_BASE
     assert result.exit_value == 0x2A
     assert result.status == exit_status(0x2A) == 0x55
@@ -81,7 +82,7 @@ def test_trap_strategy_exits_for_every_hole_probe(kvm: Kvm) -> None:
     image = small_image(scan_buses=2, ring3_passes=1, ring0_buses=0)
     trap = MachineOptions(strategy="trap", present="trap")
     with BootMachine(kvm, image, options=trap) as machine:
-        result = machine.run()
+        result = run_firmware(machine)
     out = parse_output(result.text)
     scan = out.scan(3)
     spent = result.between(scan.start_line, scan.end_line)
@@ -161,7 +162,7 @@ def test_firmware_moves_the_window_through_ecam(kvm: Kvm) -> None:
         ecam_move=0xC0000000, ecam_move_length=2, scan_buses=64, ring3_passes=1, ring0_buses=0
     )
     with BootMachine(kvm, image) as machine:
-        result = machine.run()
+        result = run_firmware(machine)
         assert (machine.window.base, machine.window.size) == (0xC0000000, 64 * MIB)
     out = parse_output(result.text)
     assert out.ecam == 0xC0000000
@@ -179,14 +180,53 @@ def test_firmware_moves_the_window_through_ecam(kvm: Kvm) -> None:
         (0xB0000000, None),
         (0xB0000001, (0xB0000000, 256)),
         (0xB8000001, (0xB0000000, 256)),  # bit 27 is not an address bit at 256 MiB
-        (0xB8000003, (0xB8000000, 128)),
-        (0xB4000005, (0xB4000000, 64)),
+        # QEMU 7.2 decodes bits 26 and 25 at 128 MiB, bit 25 at 64 MiB (not 27, 26).
+        (0xB8000003, (0xB0000000, 128)),
+        (0xB4000003, (0xB4000000, 128)),
+        (0xB6000003, (0xB6000000, 128)),
+        (0xB4000005, (0xB0000000, 64)),
+        (0xB2000005, (0xB2000000, 64)),
         (0xB0000007, None),  # reserved length
         (0xF_F0000001, (0xF_F0000000, 256)),
+        # Bits 63:36 are kept in the register and never decoded.
+        (0xF0_B0000001, (0xB0000000, 256)),
+        (0xFFFF_FFF0_C0000001, (0xC0000000, 256)),
+        (0xFFFF_FFFF_B0000001, (0xF_B0000000, 256)),
     ],
-)
+)  # fmt: skip
 def test_pciexbar_decoding(value: int, expected: tuple[int, int] | None) -> None:
     assert decode_pciexbar(value) == expected
+
+
+PCIEXBAR_VALUES = [0xB0000001, 0xB8000001, 0xB8000003, 0xB4000003, 0xB6000003, 0xB4000005,
+                   0xB2000005, 0xD0000001, 0xF0_B0000001, 0xFFFF_FFF0_C0000001,
+                   0x3_B0000001]  # fmt: skip
+
+
+def test_pciexbar_decodes_as_a_running_qemu(kvm: Kvm) -> None:
+    """Each value written through CF8/CFC on QEMU 7.2 and on pcihole's machine: the host
+    bridge answers at the same base on both, and nowhere else QEMU could have put it."""
+    from tests.qemu import HOST_BRIDGE, qemu_missing_reason, running_q35
+
+    reason = qemu_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with running_q35([]) as qemu, BootMachine(kvm, small_image()) as machine:
+        for value in PCIEXBAR_VALUES:
+            # Candidates: every 32 MiB below 4 GiB from 2 GiB, and what other masks give.
+            candidates = {*range(0x8000_0000, 1 << 32, 32 * MIB), value & ~0x7 & (1 << 36) - 1,
+                          value & 0xF_F000_0000}  # fmt: skip
+            qemu.cf8_write(HOST_BRIDGE, PCIEXBAR + 4, value >> 32)
+            qemu.cf8_write(HOST_BRIDGE, PCIEXBAR, value & 0xFFFF_FFFF)
+            theirs = sorted(c for c in candidates if qemu.qemu.readl(c) == HOST_BRIDGE_IDS)
+            ports = machine.legacy
+            ports.write(0, 4, encode_config_address(machine.mch.host_bridge.bdf, PCIEXBAR + 4))
+            ports.write(4, 4, value >> 32)
+            ports.write(0, 4, encode_config_address(machine.mch.host_bridge.bdf, PCIEXBAR))
+            ports.write(4, 4, value & 0xFFFF_FFFF)
+            assert machine.window.base is not None, hex(value)
+            assert theirs == [machine.window.base], hex(value)
+            assert machine.guest.mmio.read(machine.window.base, 4) == HOST_BRIDGE_IDS
 
 
 def test_image_tail_is_aliased_below_1mib_and_read_only(kvm: Kvm) -> None:
@@ -202,7 +242,7 @@ def test_image_tail_is_aliased_below_1mib_and_read_only(kvm: Kvm) -> None:
         "f4"  # hlt
     )
     with BootMachine(kvm, real_mode_image(code, 0x5A)) as machine:
-        result = machine.run()
+        result = run_firmware(machine)
         assert machine.platform.shadow.dropped_writes == 1
     assert result.console == b"\x5a"
     assert result.status == exit_status(0x5A)
@@ -214,7 +254,8 @@ def test_main_boot_files_status_and_errors(
     bios = tmp_path / "fw.bin"
     bios.write_bytes(small_image(exit_value=3, ring3_passes=1, ring0_buses=0))
     console, stats = tmp_path / "console.txt", tmp_path / "stats.json"
-    status = main(["boot", "--bios", str(bios), "--debugcon", str(console), "--stats", str(stats)])
+    status = main(["boot", "--bios", str(bios), "--debugcon", str(console), "--stats", str(stats),
+                   "--timeout", str(FIRMWARE_SECONDS)])  # fmt: skip
     assert status == 7
     out = parse_output(console.read_text())
     assert out.scan(3).functions == QEMU_NODEFAULTS
@@ -225,7 +266,8 @@ def test_main_boot_files_status_and_errors(
 
     devices = ["00:1c.0=root-port,bus=1", "01:00.0=nvme"]  # added to the q35 built-ins
     status = main(["boot", "--bios", str(bios), "--strategy", "fill", "--debugcon", str(console),
-                   "--buses", "4", *(f"--device={d}" for d in devices)])  # fmt: skip
+                   "--timeout", str(FIRMWARE_SECONDS), "--buses", "4",
+                   *(f"--device={d}" for d in devices)])  # fmt: skip
     assert status == 7
     found = [bdf for bdf, _, _ in parse_output(console.read_text()).scan(3).functions]
     assert found == ["00:00.0", "00:1c.0", "00:1f.0", "00:1f.2", "00:1f.3", "01:00.0"]

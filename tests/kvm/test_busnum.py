@@ -6,6 +6,8 @@ paths a guest's writes take); guests then read the old and new addresses, exit-l
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from pcihole import layout
@@ -182,3 +184,43 @@ def test_after_reset_a_plug_answers_once_the_guest_numbers_the_port_and_sets_ari
         m.ecam.write(control, 2, PCIE_DEVCTL2_ARI_FORWARDING)
         assert m.window.mirrors[BEYOND_ZERO].page.base == m.window.base + BEYOND_ZERO.ecam_offset
         assert m.ecam.read(BEYOND_ZERO.ecam_offset, 2) == 0x1AF4
+
+
+def ecam_renumber_dword(machine: PciMachine, secondary: int, subordinate: int) -> None:
+    """Linux's pci_scan_bridge way: primary, secondary and subordinate in one dword."""
+    machine.ecam.write(PORT.ecam_offset | 0x18, 4, subordinate << 16 | secondary << 8)
+
+
+def cf8_renumber_dword(machine: PciMachine, secondary: int, subordinate: int) -> None:
+    machine.legacy.write(0, 4, encode_config_address(PORT, 0x18))
+    machine.legacy.write(4, 4, subordinate << 16 | secondary << 8)
+
+
+@pytest.mark.parametrize("renumber", [ecam_renumber_dword, cf8_renumber_dword])
+@pytest.mark.parametrize(("strategy", "backing"), [("shared", Backing.MEMFD),
+                                                   ("shared", Backing.THP), ("fill", None)])
+def test_one_dword_renumbers_at_a_full_memslot_budget(
+    kvm: Kvm, renumber: Callable[[PciMachine, int, int], None], strategy: str,
+    backing: Backing | None,
+) -> None:
+    """Every memslot taken: the re-plan frees the moved mirror and the old runs' slots
+    before it needs the new ones, so a renumbering that frees as many as it needs is
+    accepted (one slot per run, or per 2 MiB with a THP chunk), and the guest then finds
+    the device at the new number without exits."""
+    options = MachineOptions(buses=BUSES, strategy=strategy, backing=backing)
+    topology = Topology.build(SPECS, BUSES)
+    ids = topology.get(NET).config.read(0, 4)  # type: ignore[union-attr]
+    params = [layout.ECAM_BASE + MOVED.ecam_offset, ids, ITERATIONS, 0]
+    with PciMachine(kvm, topology, options, "hotplug_reader", params) as m:
+        used = m.memslots
+        m.guest.slots.allocate(m.guest.slots.free, purpose="the rest of the budget")
+        renumber(m, 3, 3)
+        assert runs(m) == RUNS_AT_BUS_3 and m.memslots == used and m.guest.slots.free == 0
+        assert m.window.base is not None
+        assert m.window.mirrors[NET].page.base == m.window.base + MOVED.ecam_offset
+        result = m.run().check()
+        assert result.exit_counts == {"IoOut": 6} and m.ecam.exits.device_reads == 0
+        renumber(m, 1, 1)  # and back, still at the full budget
+        assert runs(m) == RUNS_AT_BUS_1 and m.memslots == used and m.guest.slots.free == 0
+    _, ones, device, _, iterations = result.syncs
+    assert (ones, device, iterations) == (0, ITERATIONS, ITERATIONS)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,9 @@ def test_bench_sweep_and_plot(kvm: Kvm, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib", reason="the plot is an optional extra: pcihole[plot]")
     from pcihole.measure.plot import plot_bench
 
+    started = time.perf_counter()
     points, skipped = sweep(kvm, ("shared", "fill", "trap"), [1, 2], [1], lambda s, b: 2)
+    elapsed = time.perf_counter() - started  # the test's own clock bounds every figure
     assert skipped == []
     assert {(p["strategy"], p["vms"]) for p in points} == {
         (s, n) for s in ("shared", "fill", "trap") for n in (1, 2)
@@ -50,8 +53,9 @@ def test_bench_sweep_and_plot(kvm: Kvm, tmp_path: Path) -> None:
     for point in points:
         assert len(point["samples"]) == 2
         firsts = [sample["first_pass_seconds"] for sample in point["samples"]]
-        assert all(value > 0 for value in firsts)
-        assert point["first_pass_seconds"] == (firsts[0] + firsts[1]) / 2  # the median of two
+        assert all(0 < value < elapsed for value in firsts)
+        # The arithmetic itself is judged on literal figures in tests/unit/test_measure_bench.py.
+        assert min(firsts) <= point["first_pass_seconds"] <= max(firsts)
         assert point["first_pass_seconds_spread"] == [min(firsts), max(firsts)]
     table = ratios(points, "hole_memory_bytes_total")
     assert table["fill/shared 1 buses 2 VMs"] > 0

@@ -23,24 +23,6 @@ VMS = 3
 FIELDS = ["VmallocUsed", "SecPageTables", "PageTables"]
 
 
-@pytest.mark.parametrize("strategy", ["shared", "fill", "trap"])
-def test_scan_reports_kernel_memory_per_vm_by_field(kvm: Kvm, strategy: str) -> None:
-    report = run_scan(kvm, MachineOptions(buses=16, strategy=strategy), vms=VMS).as_json()
-    kernel = report["kernel_memory"]
-    assert "kernel_memory_bytes_during_setup" not in report
-    assert kernel["fields"] == FIELDS
-    per_vm, peak = kernel["per_vm_bytes"], kernel["peak_rise_bytes"]
-    assert set(per_vm) == set(peak) == {*FIELDS, "total"}
-    for name in per_vm:
-        assert per_vm[name] == peak[name] // VMS
-        assert peak[name] >= 0
-    # The total is the peak of the sum, never more than the sum of the fields' peaks.
-    assert peak["total"] <= sum(peak[name] for name in FIELDS)
-    assert report["kernel_memory_bytes_per_vm"] == per_vm["total"]
-    assert report["kernel_memory_bytes_total"] == peak["total"]
-    assert kernel["samples"] >= 1
-
-
 def own_vms() -> int:
     """KVM VMs this process has open (their fds): only this process changes it."""
     count = 0
@@ -48,6 +30,44 @@ def own_vms() -> int:
         with contextlib.suppress(OSError):
             count += os.readlink(f"/proc/self/fd/{name}") == "anon_inode:kvm-vm"
     return count
+
+
+PER_VM = {"VmallocUsed": 98_304, "SecPageTables": 12_288, "PageTables": 4_096}
+"""What the scripted kernel below holds per open VM: the figures the report must give."""
+
+
+class ScriptedKernel:
+    """A kernel reader whose fields grow by ``PER_VM`` for every VM this process has open
+    (counted from /proc/self/fd by the test, not by the code under test), over a baseline,
+    so the per-VM answers are known before the run. After its first reading with every VM
+    open, the kernel gives half of each VM's share back: the report must keep the peak,
+    not the last reading."""
+
+    def __init__(self, vms: int) -> None:
+        self.open_before = own_vms()
+        self.vms = vms
+        self.peaked = False
+
+    def __call__(self) -> dict[str, int]:
+        vms = own_vms() - self.open_before
+        share = 2 if self.peaked else 1
+        self.peaked = self.peaked or vms == self.vms
+        return {name: (1 << 30) + size * vms // share for name, size in PER_VM.items()}
+
+
+@pytest.mark.parametrize("strategy", ["shared", "fill", "trap"])
+def test_scan_reports_kernel_memory_per_vm_by_field(kvm: Kvm, strategy: str) -> None:
+    options = MachineOptions(buses=16, strategy=strategy)
+    report = run_scan(kvm, options, vms=VMS, read_kernel=ScriptedKernel(VMS)).as_json()
+    kernel = report["kernel_memory"]
+    assert "kernel_memory_bytes_during_setup" not in report
+    assert kernel["fields"] == FIELDS
+    assert kernel["per_vm_bytes"] == {**PER_VM, "total": 114_688}
+    assert kernel["peak_rise_bytes"] == {"VmallocUsed": 294_912, "SecPageTables": 36_864,
+                                         "PageTables": 12_288, "total": 344_064}  # fmt: skip
+    assert report["kernel_memory_bytes_per_vm"] == 114_688
+    assert report["kernel_memory_bytes_total"] == 344_064
+    assert kernel["samples"] >= 1
 
 
 class NewMemslotArrays:

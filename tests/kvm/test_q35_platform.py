@@ -8,14 +8,20 @@ import json
 import os
 import signal
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import SIGNAL_STATUS_OFFSET, BootMachine, BootResult
-from tests.support import CHILD_ENV, HANG_SECONDS, REPO_ROOT, pcihole_command
+from tests.support import (
+    CHILD_ENV,
+    FIRMWARE_SECONDS,
+    HANG_SECONDS,
+    REPO_ROOT,
+    pcihole_command,
+    run_firmware,
+)
 
 JMP_TO_START = bytes.fromhex("e90d00")  # at 0xfff0: jmp near 0x0000 (the image's start)
 HANG = bytes.fromhex("ebfe")  # jmp $
@@ -47,12 +53,7 @@ def config_write(register: int, value: int, size: int) -> bytes:
 
 def run(kvm: Kvm, code: bytes) -> BootResult:
     with BootMachine(kvm, image(code + HANG)) as machine:
-        guard = threading.Timer(HANG_SECONDS, machine.stop, ("hang guard", 1))
-        guard.start()
-        try:
-            return machine.run()
-        finally:
-            guard.cancel()
+        return run_firmware(machine)
 
 
 def test_reset_control_ends_the_run(kvm: Kvm) -> None:
@@ -70,7 +71,7 @@ def test_cf9_bytes_without_rst_cpu_and_cf8_dwords_do_not_reset(kvm: Kvm) -> None
     # SYS_RST alone is kept, not acted on; the dword at CF8 is the config address.
     code = out_dx(0xCF9, 0x02, 1) + config_write(0x40, 0x601, 4) + out_dx(0x402, 0x21, 1)
     with BootMachine(kvm, image(code + HANG), until=b"!") as machine:
-        result = machine.run()
+        result = run_firmware(machine)
     assert result.reason == "the debug console printed '!'"
 
 
@@ -87,7 +88,7 @@ def test_acpi_s5_powers_off(kvm: Kvm) -> None:
 def test_pm_block_is_nowhere_until_acpi_is_enabled(kvm: Kvm) -> None:
     code = config_write(0x40, 0x601, 4) + out_dx(0x604, 0x2000, 2) + out_dx(0x402, 0x21, 1)
     with BootMachine(kvm, image(code + HANG), until=b"!") as machine:
-        result = machine.run()
+        result = run_firmware(machine)
         assert machine.guest.ports.hits["acpi-pm"] == 0
     assert result.reason == "the debug console printed '!'"
 
@@ -98,7 +99,8 @@ def test_a_signal_ends_the_run_with_stats(tmp_path: Path, signum: signal.Signals
     # Prints "R" and a newline (the console hands on whole lines), then loops.
     bios.write_bytes(image(out_dx(0x402, 0x52, 1) + out_dx(0x402, 0x0A, 1) + HANG))
     process = subprocess.Popen(
-        pcihole_command("boot", "--bios", str(bios), "--stats", str(stats)),
+        pcihole_command("boot", "--bios", str(bios), "--stats", str(stats),
+                        "--timeout", str(FIRMWARE_SECONDS)),  # a lost signal: ends, fails
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV, cwd=REPO_ROOT,
     )  # fmt: skip
     assert process.stdout is not None
@@ -113,3 +115,29 @@ def test_a_signal_ends_the_run_with_stats(tmp_path: Path, signum: signal.Signals
     data = json.loads(stats.read_text())
     assert data["reason"] == f"stopped by {signum.name}"
     assert data["status"] == SIGNAL_STATUS_OFFSET + signum
+
+
+def test_fw_cfg_dma_from_a_guest_as_seabios_drives_it(kvm: Kvm) -> None:
+    """Two transfers started by writing only the low half of the address register (one
+    OUT each, big-endian, as SeaBIOS's qemu_cfg_dma_transfer): the register starts cleared
+    each time, so each reaches its own descriptor; the first selects an arch-local item."""
+    from pcihole.devices.fw_cfg import DMA_ACCESS, DmaControl, Selector
+
+    def descriptor(selector: int, buffer: int) -> bytes:
+        return DMA_ACCESS.pack(selector << 16 | DmaControl.SELECT | DmaControl.READ, 4, buffer)
+
+    low_half = [int.from_bytes(address.to_bytes(4, "big"), "little") for address in (0x1000, 0x600)]
+    code = (
+        b"".join(out_dx(0x518, value, 4) for value in low_half)
+        + bytes.fromhex("31c0" "8ed8" "ba0204")  # ds = 0; dx = debug console
+        + bytes.fromhex("a00020ee" "a00420ee" "a00310ee" "a00306ee")  # the bytes, the controls
+        + out_dx(0xF4, 0x2A, 1)  # debug-exit
+    )  # fmt: skip
+    with BootMachine(kvm, image(code + HANG)) as machine:
+        ram = machine.guest.ram
+        assert ram is not None
+        ram.write(0x1000, descriptor(Selector.IRQ0_OVERRIDE, 0x2000))
+        ram.write(0x600, descriptor(Selector.SIGNATURE, 0x2004))
+        result = run_firmware(machine, max_exits=64)
+    assert result.console == b"\x01Q\x00\x00", result.reason
+    assert result.exit_value == 0x2A

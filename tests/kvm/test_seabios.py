@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,13 +22,13 @@ from pcihole.pci.topology import Topology
 from tests.seabios_ref import (
     MARKER,
     SEABIOS,
+    SeabiosReference,
     iasl_missing_reason,
     pci_lines,
     qemu_missing_reason,
-    qemu_seabios_log,
     seabios_missing_reason,
 )
-from tests.support import HANG_SECONDS, run_pcihole
+from tests.support import FIRMWARE_SECONDS, HANG_SECONDS, run_firmware, run_pcihole
 
 ROOT_PORTS_QEMU = [
     "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x1c.0,multifunction=on",
@@ -74,35 +72,23 @@ def seabios() -> bytes:
 
 
 def boot_seabios(kvm: Kvm, image: bytes, devices: list[str]) -> BootResult:
-    """SeaBIOS under pcihole until ``No bootable device.`` (or the hang guard)."""
+    """SeaBIOS under pcihole until ``No bootable device.`` (or the firmware guard)."""
     topology = Topology.build(devices, layout.ECAM_MAX_BUSES)
     with BootMachine(kvm, image, topology, until=MARKER.encode()) as machine:
-        guard = threading.Timer(HANG_SECONDS, machine.stop, ("hang guard", 1))
-        guard.start()
-        try:
-            return machine.run()
-        finally:
-            guard.cancel()
-
-
-@pytest.fixture(scope="module")
-def qemu_logs() -> Iterator[dict[str, str]]:
-    reason = qemu_missing_reason()
-    if reason is not None:
-        pytest.skip(reason)
-    yield {}
+        return run_firmware(machine)
 
 
 @pytest.mark.parametrize("name", sorted(TOPOLOGIES))
-def test_seabios_sees_the_pci_topology_qemu_shows_it(
-    kvm: Kvm, seabios: bytes, qemu_logs: dict[str, str], name: str
-) -> None:
+def test_seabios_sees_the_pci_topology_qemu_shows_it(kvm: Kvm, seabios: bytes, name: str) -> None:
+    reason = qemu_missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
     devices, qemu_args = TOPOLOGIES[name]
-    result = boot_seabios(kvm, seabios, devices)
+    with SeabiosReference(qemu_args) as qemu:  # QEMU boots beside pcihole (or is cached)
+        result = boot_seabios(kvm, seabios, devices)
+        reference = qemu.log()
     assert result.ending is not None and MARKER in result.ending.reason, result.text[-3000:]
     assert result.status == 0
-    reference = qemu_logs.get(name) or qemu_seabios_log(qemu_args)
-    qemu_logs[name] = reference
     expected = pci_lines(reference)
     assert expected and expected[0].startswith("Found ")
     assert pci_lines(result.text) == expected
@@ -114,7 +100,8 @@ def test_acpi_tables_disassemble_and_mcfg_names_the_window(seabios: bytes, tmp_p
         pytest.skip(reason)
     dump, stats = tmp_path / "acpi", tmp_path / "stats.json"
     done = run_pcihole("boot", "--until", MARKER, "--debugcon", str(tmp_path / "log"),
-                       "--acpi-dump", str(dump), "--stats", str(stats))  # fmt: skip
+                       "--acpi-dump", str(dump), "--stats", str(stats),
+                       "--timeout", str(FIRMWARE_SECONDS))  # fmt: skip
     assert done.returncode == 0, done.stderr
     tables = sorted(path.name for path in dump.glob("*.dat"))
     for needed in ("APIC.dat", "DSDT.dat", "FACP.dat", "MCFG.dat", "RSDT.dat"):

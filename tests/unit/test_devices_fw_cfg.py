@@ -232,6 +232,82 @@ def test_dma_outside_guest_memory() -> None:
     assert bytes(memory.data) == before  # descriptor unreadable: nothing to report into
 
 
+def test_dma_read_continuing_past_the_end_zeroes_every_byte() -> None:
+    """QEMU's fw_cfg_dma_transfer: once the item is used up (or none is selected), a READ
+    fills the rest of the guest buffer with zeros, in as many pieces as it takes."""
+    device, memory = q35_device(FakeMemory(size=0x30000))
+    assert dma(device, memory, select(0x22) | DmaControl.READ, 4) == 0  # the whole item
+    assert dma(device, memory, DmaControl.READ, 6) == 0  # continues past its end
+    assert memory.at(BUFFER, 7) == bytes(6) + b"\xaa"
+    # A free file slot, and a fill longer than one zeroing piece (64 KiB).
+    assert dma(device, memory, select(0x3F) | DmaControl.READ, 0x10001) == 0
+    assert memory.at(BUFFER, 0x10002) == bytes(0x10001) + b"\xaa"
+    # Half the item, then a read reaching over its end: data, then zeros.
+    assert dma(device, memory, select(0x22) | DmaControl.READ, 2) == 0
+    assert dma(device, memory, DmaControl.READ, 5, address=BUFFER + 0x20000) == 0
+    assert memory.at(BUFFER + 0x20000, 6) == bytes.fromhex("ffff000000aa")
+
+
+def test_dma_write_with_skip_is_a_write_and_fails() -> None:
+    """READ, then WRITE, then SKIP: the first bit set decides. WRITE|SKIP is a write, and
+    writing a read-only item (or past any end) is an error, as on QEMU."""
+    device, memory = q35_device()
+    assert dma(device, memory, select(0x22) | DmaControl.WRITE | DmaControl.SKIP, 4) == (
+        DmaControl.ERROR
+    )
+    assert dma(device, memory, select(0x3F) | DmaControl.WRITE | DmaControl.SKIP, 4) == (
+        DmaControl.ERROR
+    )
+    assert dma(device, memory, select(0x22) | DmaControl.SKIP, 2) == 0  # SKIP alone is fine
+    assert bytes(device.io.read(1, 1) for _ in range(2)) == b"\xff\xff"
+
+
+def test_dma_zero_fill_outside_guest_memory_fails() -> None:
+    device, memory = q35_device()
+    outside = memory.base + len(memory.data)
+    # Nothing left of the item: all of it is a zero fill, into no memory.
+    assert dma(device, memory, select(0x21) | DmaControl.READ, 16, address=outside) == (
+        DmaControl.ERROR
+    )
+    assert dma(device, memory, select(0x3F) | DmaControl.READ, 1, address=outside) == (
+        DmaControl.ERROR
+    )
+    # The fill running off the end of guest memory fails too.
+    assert dma(device, memory, select(0x21) | DmaControl.READ, 32, address=outside - 16) == (
+        DmaControl.ERROR
+    )
+
+
+def test_dma_reaches_arch_local_items() -> None:
+    """Selectors 0x8000 and up (QEMU's FW_CFG_ARCH_LOCAL) select over DMA as over ports."""
+    device, memory = q35_device()
+    assert dma(device, memory, select(Selector.IRQ0_OVERRIDE) | DmaControl.READ, 4) == 0
+    assert memory.at(BUFFER, 4) == b"\x01\x00\x00\x00"
+    memory.write(BUFFER, b"\xaa" * 4)
+    assert dma(device, memory, select(Selector.ACPI_TABLES) | DmaControl.READ, 4) == 0
+    assert memory.at(BUFFER, 4) == bytes(4)  # count 0, then zeros past the end
+    assert dma(device, memory, select(Selector.SMBIOS_ENTRIES) | DmaControl.READ, 2) == 0
+    assert memory.at(BUFFER, 2) == bytes(2)
+    # Without the arch bit the index names another item: 0x0002 is the (zero) UUID.
+    memory.write(BUFFER, b"\xaa" * 4)
+    assert dma(device, memory, select(Selector.IRQ0_OVERRIDE & 0x7FFF) | DmaControl.READ, 4) == 0
+    assert memory.at(BUFFER, 4) == bytes(4)
+
+def test_each_transfer_starts_from_a_cleared_address_register() -> None:
+    """The register is cleared after every transfer (QEMU sets dma_addr to 0): firmware
+    that writes only the low half (SeaBIOS) reaches the descriptor it names each time."""
+    device, memory = q35_device()
+    for descriptor, selector, expected in (
+        (0x1100, Selector.SIGNATURE, b"QEMU"),
+        (0x2210, Selector.ID, bytes.fromhex("03000000")),
+        (0x0408, Selector.IRQ0_OVERRIDE, b"\x01\x00\x00\x00"),
+    ):
+        memory.write(descriptor, DMA_ACCESS.pack(select(selector) | DmaControl.READ, 4, BUFFER))
+        device.dma.write(4, 4, int.from_bytes(descriptor.to_bytes(4, "big"), "little"))
+        assert memory.at(descriptor, 4) == bytes(4), hex(descriptor)  # control: done
+        assert memory.at(BUFFER, 4) == expected, hex(descriptor)
+
+
 def test_builder_refuses_what_qemu_refuses() -> None:
     config = q35(128 * MiB)
     with pytest.raises(FwCfgError, match="already present"):
