@@ -22,6 +22,7 @@ from pcihole.arch.x86.emulate import (
     EmulationError,
     GuestFault,
     Mode,
+    UnknownInstruction,
     emulate,
     hex_bytes,
 )
@@ -142,6 +143,8 @@ class RefusedInstructions:
             return f"{refused} (no KVM_CAP_EXIT_ON_EMULATION_FAILURE: KVM queued #UD)"
         try:
             outcome = emulate(exit.window, state, VcpuAccess(self.vcpu, self.mmio, state))
+        except UnknownInstruction:
+            return f"{refused}: not one the monitor emulates"
         except EmulationError as error:
             return f"{refused}: {error}"
         except GuestFault as fault:

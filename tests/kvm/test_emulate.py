@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import struct
 
-from pcihole import layout
 from pcihole.guest.vm import GuestVm
 from pcihole.kvm import Kvm
 from pcihole.machine.runloop import StopReason
