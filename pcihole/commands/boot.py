@@ -16,7 +16,7 @@ from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
-from pcihole.errors import BadInput, EnvironmentProblem
+from pcihole.errors import ENVIRONMENT_STATUS, BadInput, EnvironmentProblem
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import (
     SIGNAL_STATUS_OFFSET,
@@ -26,6 +26,7 @@ from pcihole.machine.firmware import (
     BootResult,
     check_image,
 )
+from pcihole.machine.runloop import StopReason
 from pcihole.pci.devices import MODELS
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
@@ -114,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
             if args.acpi_dump:
                 _dump_acpi(machine, args.acpi_dump)
     print(f"pcihole boot: {result.reason} after {result.seconds:.1f} s", file=sys.stderr)
+    if result.run.reason is StopReason.REFUSED_INSTRUCTION:
+        return ENVIRONMENT_STATUS  # KVM refused what the monitor cannot finish
     return result.status
 
 

@@ -9,12 +9,21 @@ must be zero.
 
 from __future__ import annotations
 
+import json
 import os
 import struct
+from pathlib import Path
 
+import pytest
+
+from pcihole.cli import main
+from pcihole.errors import ENVIRONMENT_STATUS
+from pcihole.guest.firmware import exit_status
 from pcihole.guest.vm import GuestVm
 from pcihole.kvm import Kvm
+from pcihole.machine.firmware import TIMEOUT_STATUS
 from pcihole.machine.runloop import StopReason
+from tests.kvm.test_boot import real_mode_image
 
 EMULATED_RING0 = os.path.isdir("/sys/module/kvm_pvm")
 """This host's KVM runs ring 0 through its instruction emulator."""
@@ -80,3 +89,31 @@ def test_an_instruction_nobody_emulates_ends_the_run_with_one_line(kvm: Kvm) -> 
     assert result.detail.startswith("KVM refused the instruction in bytes 0f ae 23 ")
     assert f"at RIP {rip:#x}, long mode, CPL 0" in result.detail
     assert guest.loop.emulated_instructions() == {}
+
+
+def test_boot_counts_emulated_instructions_and_stops_on_an_unknown_one(
+    kvm: Kvm, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    popcnt = bytes.fromhex(
+        "bbff00"  # mov bx, 0xff
+        "f30fb8c3"  # popcnt ax, bx (16-bit operands in real mode)
+        "baf400"  # mov dx, 0xf4
+        "ee"  # out dx, al: debug-exit with the count
+    )
+    bios, stats = tmp_path / "fw.bin", tmp_path / "stats.json"
+    bios.write_bytes(real_mode_image(popcnt, 0))
+    assert main(["boot", "--bios", str(bios), "--stats", str(stats)]) == exit_status(8)
+    emulated = json.loads(stats.read_text())["emulated_instructions"]
+    assert emulated == ({"popcnt": 1} if EMULATED_RING0 else {})
+
+    bios.write_bytes(real_mode_image(bytes.fromhex("0fae27"), 0))  # xsave [bx]
+    capsys.readouterr()
+    status = main(["boot", "--bios", str(bios), "--timeout", "5"])
+    if not EMULATED_RING0:  # the CPU raises #UD into an empty IVT: only the time limit ends it
+        assert status == TIMEOUT_STATUS
+        return
+    assert status == ENVIRONMENT_STATUS
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "KVM refused the instruction in bytes 0f ae 27 " in err
+    assert "at RIP 0xffc0, real mode, CPL 0" in err
