@@ -162,7 +162,7 @@ def _prefixes(code: bytes, long_mode: bool) -> _Prefixes:
         else:
             return found
         found.count += 1
-    raise UnknownInstruction("no opcode within 15 bytes of prefixes")
+    raise UnknownInstruction(f"no opcode in {hex_bytes(code) or 'no bytes'} (prefixes only)")
 
 
 def _sizes(prefixes: _Prefixes, code_bits: int) -> tuple[int, int]:
