@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+
 import pytest
 
 from pcihole.arch.x86.emulate import (
@@ -22,6 +24,7 @@ from pcihole.arch.x86.emulate import (
     emulate,
     linear_address,
 )
+from pcihole.kvm import abi, exits
 
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
 R11, R12, R13 = 11, 12, 13
@@ -245,3 +248,24 @@ def test_fwait_skips_unless_the_fpu_is_switched_away() -> None:
     with pytest.raises(GuestFault) as caught:
         emulate(h("9b"), cpu, Access())
     assert caught.value.vector == 7
+
+
+# --- the exit as KVM writes it -------------------------------------------------------------
+def _run_page(ndata: int, flags: int, window: bytes) -> bytearray:
+    page = bytearray(4096)
+    struct.pack_into("<I", page, abi.RUN_EXIT_REASON_OFFSET, abi.ExitReason.INTERNAL_ERROR)
+    struct.pack_into("<IIQB", page, abi.RUN_EXIT_OFFSET, abi.KVM_INTERNAL_ERROR_EMULATION,
+                     ndata, flags, len(window))  # fmt: skip
+    page[abi.RUN_EXIT_OFFSET + 17 : abi.RUN_EXIT_OFFSET + 17 + len(window)] = window
+    return page
+
+
+def test_emulation_failure_exit_carries_the_fetched_window() -> None:
+    window = h("f3480fb8c7") + bytes(range(10))
+    decoded = exits.decode(_run_page(3, 1, window))
+    assert isinstance(decoded, exits.EmulationFailure)
+    assert decoded.window == window
+    # no bytes when KVM says it has none, or when ndata cannot hold them
+    for ndata, flags in ((3, 0), (2, 1), (0, 0)):
+        empty = exits.decode(_run_page(ndata, flags, window))
+        assert isinstance(empty, exits.EmulationFailure) and empty.window == b""
