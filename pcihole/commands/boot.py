@@ -17,7 +17,7 @@ from pcihole.arch.x86.acpi import read_acpi_tables
 from pcihole.arch.x86.e820 import AddressBitsError, RamLayoutError
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
-from pcihole.errors import BadInput, EnvironmentProblem, GuestFault
+from pcihole.errors import ENVIRONMENT_STATUS, BadInput, EnvironmentProblem, GuestFault
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import (
     SIGNAL_STATUS_OFFSET,
@@ -27,6 +27,7 @@ from pcihole.machine.firmware import (
     BootResult,
     check_image,
 )
+from pcihole.machine.runloop import StopReason
 from pcihole.memory.ram import RamAllocationError
 from pcihole.pci.devices import MODELS
 from pcihole.pci.errors import PciError
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     if failure is not None and not isinstance(failure, GuestFault):
         raise failure
     print(f"pcihole boot: {result.reason} after {result.seconds:.1f} s", file=sys.stderr)
+    if result.run.reason is StopReason.REFUSED_INSTRUCTION:
+        return ENVIRONMENT_STATUS  # KVM refused what the monitor cannot finish
     return result.status
 
 

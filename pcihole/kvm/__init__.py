@@ -3,6 +3,9 @@
 from pcihole.kvm import abi, exits
 from pcihole.kvm.abi import Cap
 from pcihole.kvm.errors import KvmError
-from pcihole.kvm.system import CoalescedWrite, Kvm, Memslot, Vcpu, Vm
+from pcihole.kvm.system import CoalescedWrite, Kvm, Memslot, Translation, Vcpu, Vm
 
-__all__ = ["Cap", "CoalescedWrite", "Kvm", "KvmError", "Memslot", "Vcpu", "Vm", "abi", "exits"]
+__all__ = [
+    "Cap", "CoalescedWrite", "Kvm", "KvmError", "Memslot", "Translation", "Vcpu", "Vm", "abi",
+    "exits",
+]  # fmt: skip

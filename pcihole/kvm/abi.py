@@ -181,6 +181,19 @@ class kvm_run_internal(ctypes.Structure):
     _fields_ = [("suberror", u32), ("ndata", u32), ("data", u64 * 16)]
 
 
+class kvm_run_emulation_failure(ctypes.Structure):
+    """The internal-error exit for suberror KVM_INTERNAL_ERROR_EMULATION: an overlay of
+    ``kvm_run_internal`` (``flags`` is data[0], the instruction window data[1..2])."""
+
+    _fields_ = [
+        ("suberror", u32),
+        ("ndata", u32),
+        ("flags", u64),
+        ("insn_size", u8),
+        ("insn_bytes", u8 * 15),
+    ]
+
+
 class kvm_run_fail_entry(ctypes.Structure):
     _fields_ = [("hardware_entry_failure_reason", u64), ("cpu", u32)]
 
@@ -266,6 +279,59 @@ class kvm_mp_state(ctypes.Structure):
     _fields_ = [("mp_state", u32)]
 
 
+class kvm_enable_cap(ctypes.Structure):
+    _fields_ = [("cap", u32), ("flags", u32), ("args", u64 * 4), ("pad", u8 * 64)]
+
+
+class kvm_translation(ctypes.Structure):
+    """KVM_TRANSLATE: a linear address in, the guest-physical one out (through the
+    guest's page tables as the vCPU has them now)."""
+
+    _fields_ = [
+        ("linear_address", u64),
+        ("physical_address", u64),
+        ("valid", u8),
+        ("writeable", u8),
+        ("usermode", u8),
+        ("pad", u8 * 5),
+    ]
+
+
+class kvm_fpu(ctypes.Structure):
+    """x87 and SSE state in FXSAVE layout (KVM_GET_FPU / KVM_SET_FPU)."""
+
+    _fields_ = [
+        ("fpr", u8 * 16 * 8),
+        ("fcw", u16),
+        ("fsw", u16),
+        ("ftwx", u8),
+        ("pad1", u8),
+        ("last_opcode", u16),
+        ("last_ip", u64),
+        ("last_dp", u64),
+        ("xmm", u8 * 16 * 16),
+        ("mxcsr", u32),
+        ("pad2", u32),
+    ]
+
+
+class kvm_xsave(ctypes.Structure):
+    """The XSAVE image (KVM_GET_XSAVE/KVM_SET_XSAVE); KVM_GET_XSAVE2 may give more than
+    these 4096 bytes (as many as KVM_CAP_XSAVE2 says)."""
+
+    _fields_ = [("region", u32 * 1024)]
+
+
+XSAVE_MXCSR_OFFSET = 24
+"""MXCSR inside the FXSAVE legacy area at the start of an XSAVE image. KVM_GET_FPU and
+KVM_SET_FPU leave it out (measured here: KVM_GET_FPU reads 0 while the guest's is set)."""
+XSAVE_MXCSR_MASK_OFFSET = 28
+XSAVE_XSTATE_BV_OFFSET = 512
+"""XSTATE_BV in the XSAVE header: the state components the image holds."""
+XFEATURE_SSE = 1 << 1
+"""XSTATE_BV bit for SSE state; KVM_SET_XSAVE loads MXCSR only when it is set (or FP's)."""
+
+
 # Sizes from the kernel's uapi headers (x86_64): a mismatch means a typo above.
 _EXPECTED_SIZES: dict[type, int] = {
     kvm_userspace_memory_region: 32,
@@ -286,6 +352,11 @@ _EXPECTED_SIZES: dict[type, int] = {
     kvm_irq_level: 8,
     kvm_vcpu_events: 64,
     kvm_mp_state: 4,
+    kvm_run_emulation_failure: 32,
+    kvm_enable_cap: 104,
+    kvm_translation: 24,
+    kvm_fpu: 416,
+    kvm_xsave: 4096,
 }
 for _struct, _size in _EXPECTED_SIZES.items():
     if ctypes.sizeof(_struct) != _size:
@@ -323,12 +394,19 @@ KVM_GET_REGS = _ior(KVMIO, 0x81, kvm_regs)
 KVM_SET_REGS = _iow(KVMIO, 0x82, kvm_regs)
 KVM_GET_SREGS = _ior(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _iow(KVMIO, 0x84, kvm_sregs)
+KVM_TRANSLATE = _iowr(KVMIO, 0x85, kvm_translation)
+KVM_GET_FPU = _ior(KVMIO, 0x8C, kvm_fpu)
+KVM_SET_FPU = _iow(KVMIO, 0x8D, kvm_fpu)
 KVM_SET_CPUID2 = _iow(KVMIO, 0x90, kvm_cpuid2)
 KVM_GET_MP_STATE = _ior(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _iow(KVMIO, 0x99, kvm_mp_state)
 KVM_GET_VCPU_EVENTS = _ior(KVMIO, 0x9F, kvm_vcpu_events)
 KVM_SET_VCPU_EVENTS = _iow(KVMIO, 0xA0, kvm_vcpu_events)
+KVM_ENABLE_CAP = _iow(KVMIO, 0xA3, kvm_enable_cap)
 KVM_GET_TSC_KHZ = _io(KVMIO, 0xA3)
+KVM_GET_XSAVE = _ior(KVMIO, 0xA4, kvm_xsave)
+KVM_SET_XSAVE = _iow(KVMIO, 0xA5, kvm_xsave)
+KVM_GET_XSAVE2 = _ior(KVMIO, 0xCF, kvm_xsave)
 
 KVM_API_VERSION = 12
 """The only API version there has ever been; anything else is refused."""
@@ -340,6 +418,11 @@ KVM_MEM_READONLY = 1 << 1
 
 KVM_EXIT_IO_IN = 0
 KVM_EXIT_IO_OUT = 1
+
+KVM_INTERNAL_ERROR_EMULATION = 1
+"""kvm_run.internal.suberror: KVM's instruction emulator failed (or refused)."""
+KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1 << 0
+"""kvm_run.emulation_failure.flags: insn_size and insn_bytes hold the fetched bytes."""
 
 KVM_PIT_SPEAKER_DUMMY = 1
 """kvm_pit_config.flags: the PC speaker port (0x61) is a dummy in the kernel too."""
@@ -385,6 +468,8 @@ class Cap(enum.IntEnum):
     """KVM_SET_IDENTITY_MAP_ADDR (real mode on VMX without unrestricted guest)."""
     VCPU_EVENTS = 41
     """KVM_GET/SET_VCPU_EVENTS: pending exceptions, interrupts, NMIs."""
+    XSAVE = 55
+    """KVM_GET_XSAVE/KVM_SET_XSAVE."""
     GET_TSC_KHZ = 61
     """KVM_GET_TSC_KHZ."""
     MAX_VCPUS = 66
@@ -394,6 +479,11 @@ class Cap(enum.IntEnum):
     IMMEDIATE_EXIT = 136
     """kvm_run.immediate_exit, so another thread can stop a vCPU."""
     COALESCED_PIO = 162
+    EXIT_ON_EMULATION_FAILURE = 204
+    """KVM_ENABLE_CAP on the VM: an instruction KVM's emulator refuses exits to the monitor
+    with its bytes, and no #UD is queued for the guest."""
+    XSAVE2 = 208
+    """Bytes KVM_GET_XSAVE2 writes (at least 4096)."""
     USER_MEMORY2 = 231
     """KVM_SET_USER_MEMORY_REGION2."""
     GUEST_MEMFD = 234

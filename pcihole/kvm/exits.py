@@ -77,6 +77,20 @@ class InternalError:
 
 
 @dataclass(frozen=True, slots=True)
+class EmulationFailure:
+    """KVM's instruction emulator failed or refused an instruction (internal error,
+    suberror KVM_INTERNAL_ERROR_EMULATION); RIP still points at it.
+
+    ``window`` holds the bytes KVM fetched from RIP when it says it fetched any (the
+    instruction and whatever follows it: decode to find its length), else it is empty.
+    With KVM_CAP_EXIT_ON_EMULATION_FAILURE enabled nothing is queued for the guest; the
+    monitor may finish the instruction and run on."""
+
+    window: bytes
+    data: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Interrupted:
     """KVM_RUN returned early because of a signal or ``immediate_exit``."""
 
@@ -105,6 +119,7 @@ Exit = (
     | Shutdown
     | FailEntry
     | InternalError
+    | EmulationFailure
     | Interrupted
     | SystemEvent
     | Unsupported
@@ -206,8 +221,26 @@ def decode(run: mmap.mmap | memoryview | bytes | bytearray) -> Exit:
         suberror, ndata = _INTERNAL_HEAD.unpack_from(run, _X)
         ndata = min(ndata, 16)
         data = struct.unpack_from(f"<{ndata}Q", run, _X + _INTERNAL_HEAD.size)
+        if suberror == abi.KVM_INTERNAL_ERROR_EMULATION:
+            return EmulationFailure(_instruction_window(run, ndata, data), tuple(data))
         return InternalError(suberror, tuple(data))
     if reason == abi.ExitReason.SYSTEM_EVENT:
         kind, _pad_or_ndata, flags = _SYSTEM_EVENT.unpack_from(run, _X)
         return SystemEvent(kind, flags)
     return Unsupported(reason)
+
+
+_FAILURE = abi.kvm_run_emulation_failure
+_WINDOW_MAX = _FAILURE.insn_bytes.size
+
+
+def _instruction_window(
+    run: mmap.mmap | memoryview | bytes | bytearray, ndata: int, data: tuple[int, ...]
+) -> bytes:
+    """The bytes an emulation-failure exit carries: flags in data[0], then insn_size and
+    insn_bytes in data[1..2] (so ndata must reach 3)."""
+    if ndata < 3 or not data[0] & abi.KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES:
+        return b""
+    size = min(run[_X + _FAILURE.insn_size.offset], _WINDOW_MAX)
+    start = _X + _FAILURE.insn_bytes.offset
+    return bytes(run[start : start + size])

@@ -147,6 +147,17 @@ class Memslot:
 
 
 @dataclass(frozen=True, slots=True)
+class Translation:
+    """Where a linear address leads (KVM_TRANSLATE)."""
+
+    physical: int
+    valid: bool
+    """False: not mapped (the guest would take a page fault)."""
+    writable: bool
+    user: bool
+
+
+@dataclass(frozen=True, slots=True)
 class CoalescedWrite:
     """One write absorbed by a coalesced MMIO zone."""
 
@@ -168,6 +179,7 @@ class Vm(_FdObject):
         self.coalesced_mmio_page = kvm.check_extension(abi.Cap.COALESCED_MMIO)
         self.has_memory_region2 = kvm.check_extension(abi.Cap.USER_MEMORY2) > 0
         self.has_irqchip = False
+        self.exits_on_emulation_failure = False
         self.memslots: dict[int, Memslot] = {}
         self.coalesced_zones: set[tuple[int, int]] = set()
         self.vcpus: list[Vcpu] = []
@@ -272,6 +284,30 @@ class Vm(_FdObject):
         line = abi.kvm_irq_level(irq=irq, level=level)
         _ioctl(self.fd, abi.KVM_IRQ_LINE, line, f"KVM_IRQ_LINE {irq}={level}")
 
+    def enable_cap(self, cap: abi.Cap, *args: int) -> None:
+        """KVM_ENABLE_CAP on the VM with up to four arguments."""
+        request = abi.kvm_enable_cap(cap=cap)
+        for index, value in enumerate(args):
+            request.args[index] = value
+        _ioctl(self.fd, abi.KVM_ENABLE_CAP, request, f"KVM_ENABLE_CAP({cap.name})")
+
+    def exit_on_emulation_failure(self) -> bool:
+        """Have instructions KVM's emulator refuses exit with their bytes and nothing
+        queued for the guest (KVM_CAP_EXIT_ON_EMULATION_FAILURE), where the kernel offers
+        it; True when on. Without it KVM queues #UD for the guest as it exits."""
+        offered = self.kvm.check_extension(abi.Cap.EXIT_ON_EMULATION_FAILURE) > 0
+        if offered and not self.exits_on_emulation_failure:
+            self.enable_cap(abi.Cap.EXIT_ON_EMULATION_FAILURE, 1)
+            self.exits_on_emulation_failure = True
+        return self.exits_on_emulation_failure
+
+    def memslot_at(self, address: int) -> Memslot | None:
+        """The memslot holding guest-physical ``address``, None where none does."""
+        for memslot in list(self.memslots.values()):
+            if memslot.guest_address <= address < memslot.guest_address + memslot.size:
+                return memslot
+        return None
+
     # --- vCPUs --------------------------------------------------------------------------
     def create_vcpu(self, index: int | None = None) -> Vcpu:
         index = len(self.vcpus) if index is None else index
@@ -326,6 +362,44 @@ class Vcpu(_FdObject):
 
     def set_sregs(self, sregs: abi.kvm_sregs) -> None:
         _ioctl(self.fd, abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
+
+    def get_fpu(self) -> abi.kvm_fpu:
+        fpu = abi.kvm_fpu()
+        _ioctl(self.fd, abi.KVM_GET_FPU, fpu, "KVM_GET_FPU")
+        return fpu
+
+    def set_fpu(self, fpu: abi.kvm_fpu) -> None:
+        _ioctl(self.fd, abi.KVM_SET_FPU, fpu, "KVM_SET_FPU")
+
+    def get_xsave(self) -> bytearray:
+        """The XSAVE image (KVM_GET_XSAVE2 where offered: it can be over 4096 bytes)."""
+        size = self.vm.kvm.check_extension(abi.Cap.XSAVE2)
+        if size <= 0 and not self.vm.kvm.check_extension(abi.Cap.XSAVE):
+            raise KvmError("KVM_GET_XSAVE", detail="no KVM_CAP_XSAVE here")
+        image = bytearray(max(size, ctypes.sizeof(abi.kvm_xsave)))
+        request, what = (abi.KVM_GET_XSAVE2, "KVM_GET_XSAVE2") if size > 0 else (
+            abi.KVM_GET_XSAVE, "KVM_GET_XSAVE")  # fmt: skip
+        try:
+            fcntl.ioctl(self.fd, request, image, True)
+        except OSError as error:
+            raise KvmError(what, error.errno) from None
+        return image
+
+    def set_xsave(self, image: bytearray) -> None:
+        """KVM_SET_XSAVE with an image from ``get_xsave``."""
+        try:
+            fcntl.ioctl(self.fd, abi.KVM_SET_XSAVE, image, True)
+        except OSError as error:
+            raise KvmError("KVM_SET_XSAVE", error.errno) from None
+
+    def translate(self, linear: int) -> Translation:
+        """KVM_TRANSLATE: ``linear`` through the guest's paging as the vCPU has it now."""
+        request = abi.kvm_translation(linear_address=linear)
+        _ioctl(self.fd, abi.KVM_TRANSLATE, request, f"KVM_TRANSLATE {linear:#x}")
+        return Translation(
+            request.physical_address, bool(request.valid), bool(request.writeable),
+            bool(request.usermode),
+        )  # fmt: skip
 
     def set_cpuid2(self, entries: Sequence[abi.kvm_cpuid_entry2]) -> None:
         """KVM_SET_CPUID2: what CPUID tells the guest. Without it a guest has no long mode

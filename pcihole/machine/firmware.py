@@ -406,6 +406,7 @@ class BootMachine(Closeable):
             "detail": result.run.detail,
             "seconds": round(result.seconds, 6),
             "exit_counts": result.run.exit_counts,
+            "emulated_instructions": self.guest.loop.emulated_instructions(),
             "config_exits": {
                 "hole_reads": exits.hole_reads,
                 "hole_writes": exits.hole_writes,

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pcihole.errors import GuestFault
 from pcihole.kvm import CoalescedWrite, Vcpu, exits
 from pcihole.machine.bus import Bus
+from pcihole.machine.refused import RefusedInstructions
 
 
 class StopReason(enum.Enum):
@@ -30,6 +31,8 @@ class StopReason(enum.Enum):
     INTERRUPTED = "interrupted"
     EXIT_LIMIT = "exit-limit"
     KVM_ERROR = "kvm-error"
+    REFUSED_INSTRUCTION = "refused-instruction"
+    """KVM handed over an instruction the monitor cannot finish."""
     DEVICE_ERROR = "device-error"
 
 
@@ -121,6 +124,7 @@ class RunLoop:
         self.mmio = mmio
         self.on_coalesced = on_coalesced
         self.counts: Counter[type] = Counter()
+        self.refused = RefusedInstructions(vcpu, mmio)
         self._stop = threading.Event()
         # The ring may be drained from another thread (a hot-plug) while the vCPU runs.
         self._drain_lock = threading.Lock()
@@ -134,6 +138,10 @@ class RunLoop:
         """Exits so far, by kind (``IoOut``, ``MmioRead``, ...)."""
         return {kind.__name__: count for kind, count in sorted(
             self.counts.items(), key=lambda item: item[0].__name__)}  # fmt: skip
+
+    def emulated_instructions(self) -> dict[str, int]:
+        """Instructions KVM handed over and the monitor finished, by mnemonic."""
+        return dict(sorted(self.refused.counts.items()))
 
     def drain(self) -> None:
         """Hand every write waiting in the coalesced ring to ``on_coalesced``."""
@@ -220,6 +228,9 @@ class RunLoop:
                 StopReason.KVM_ERROR,
                 f"entry failed: hardware reason {exit.hardware_reason:#x} on CPU {exit.cpu}",
             )
+        if isinstance(exit, exits.EmulationFailure):
+            line = self.refused.handle(exit)
+            return None if line is None else RunResult(StopReason.REFUSED_INSTRUCTION, line)
         if isinstance(exit, exits.InternalError):
             rip = self.vcpu.get_regs().rip
             data = ", ".join(f"{d:#x}" for d in exit.data)
