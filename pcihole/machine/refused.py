@@ -20,7 +20,7 @@ from pcihole.arch.x86.emulate import (
     PF_VECTOR,
     CpuState,
     EmulationError,
-    GuestFault,
+    GuestException,
     Mode,
     UnknownInstruction,
     emulate,
@@ -71,9 +71,9 @@ class VcpuAccess:
         user = self.state.cpl == 3
         code = (_PF_WRITE if write else 0) | (_PF_USER if user else 0)
         if not translation.valid:
-            raise GuestFault(PF_VECTOR, code, linear)
+            raise GuestException(PF_VECTOR, code, linear)
         if write and not translation.writable and (user or self.state.cr0 & CR0_WP):
-            raise GuestFault(PF_VECTOR, code | _PF_PRESENT, linear)
+            raise GuestException(PF_VECTOR, code | _PF_PRESENT, linear)
         return translation.physical
 
     def _pieces(self, linear: int, size: int) -> list[tuple[int, int]]:
@@ -147,7 +147,7 @@ class RefusedInstructions:
             return f"{refused}: not one the monitor emulates"
         except EmulationError as error:
             return f"{refused}: {error}"
-        except GuestFault as fault:
+        except GuestException as fault:
             self._inject(fault.vector, fault.error_code, fault.address)
             return None
         for name, value in zip(_GPRS, state.gprs, strict=True):

@@ -16,7 +16,7 @@ from pcihole.arch.x86.emulate import (
     SS,
     ZF,
     CpuState,
-    GuestFault,
+    GuestException,
     MemoryOperand,
     Mode,
     UnknownInstruction,
@@ -216,7 +216,7 @@ def test_ldmxcsr_and_stmxcsr() -> None:
 def test_ldmxcsr_reserved_bits_raise_gp_and_retire_nothing() -> None:
     access, cpu = Access(mask=0xFFFF), state(rsp=0x8000)
     access.put(0x8004, 0x10000, 4)
-    with pytest.raises(GuestFault) as caught:
+    with pytest.raises(GuestException) as caught:
         emulate(h("0fae542404"), cpu, access)
     assert (caught.value.vector, caught.value.error_code) == (13, 0)
     assert (cpu.rip, access.value) == (0x1000, 0x1F80)
@@ -235,7 +235,7 @@ def test_clac_stac_and_their_privilege() -> None:
     emulate(h("0f01ca"), cpu, Access())
     assert not cpu.rflags & AC
     cpu.cpl = 3
-    with pytest.raises(GuestFault) as caught:
+    with pytest.raises(GuestException) as caught:
         emulate(h("0f01cb"), cpu, Access())
     assert caught.value.vector == 6
 
@@ -245,7 +245,7 @@ def test_fwait_skips_unless_the_fpu_is_switched_away() -> None:
     emulate(h("9b"), cpu, Access())
     assert cpu.rip == 0x1001
     cpu.cr0 = CR0_MP | CR0_TS
-    with pytest.raises(GuestFault) as caught:
+    with pytest.raises(GuestException) as caught:
         emulate(h("9b"), cpu, Access())
     assert caught.value.vector == 7
 

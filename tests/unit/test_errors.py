@@ -66,6 +66,8 @@ TABLE: dict[str, str] = {
     "pcihole.pci.errors.EcamError": INTERNAL,
     "pcihole.devices.fw_cfg.FwCfgError": INTERNAL,
     "pcihole.arch.x86.e820.E820Error": INTERNAL,
+    "pcihole.arch.x86.emulate.EmulationError": ENVIRONMENT,  # KVM refused, monitor cannot finish
+    "pcihole.arch.x86.emulate.UnknownInstruction": ENVIRONMENT,
     "pcihole.arch.x86.e820.RamLayoutError": INTERNAL,  # boot checks --ram-mib first
     "pcihole.arch.x86.e820.AddressBitsError": ENVIRONMENT,  # the host CPU's address bits
     "pcihole.memory.ram.RamAllocationError": ENVIRONMENT,  # the host refused the mapping
@@ -73,6 +75,7 @@ TABLE: dict[str, str] = {
     "pcihole.holes.strategy.StrategyError": INTERNAL,
     # control flow inside one module: caught where raised; escaping would be a bug
     "pcihole.machine.runloop.Stop": INTERNAL,
+    "pcihole.arch.x86.emulate.GuestException": INTERNAL,  # injected into the guest
     "pcihole.holes.service._Stopped": INTERNAL,
 }
 """Every exception class in pcihole and whose fault it is."""

@@ -58,7 +58,7 @@ class UnknownInstruction(EmulationError):
     """The bytes are not an instruction this module emulates."""
 
 
-class GuestFault(Exception):
+class GuestException(Exception):
     """The instruction faults: the guest takes exception ``vector`` (with ``error_code``
     when it has one; ``address`` goes to CR2 for a page fault) and nothing retires."""
 
@@ -88,7 +88,7 @@ class CpuState:
 
 
 class GuestAccess(Protocol):
-    """Guest memory by linear address, and MXCSR. Reads and writes raise ``GuestFault``
+    """Guest memory by linear address, and MXCSR. Reads and writes raise ``GuestException``
     where the guest would fault (a page not present, not writable)."""
 
     def read(self, linear: int, size: int) -> bytes: ...
@@ -297,7 +297,7 @@ def linear_address(memory: MemoryOperand, state: CpuState, next_rip: int) -> int
 
 def emulate(code: bytes, state: CpuState, access: GuestAccess) -> Outcome:
     """Finish the instruction at the start of ``code`` on ``state``; raises
-    ``UnknownInstruction``, or ``GuestFault`` (``state`` then unchanged)."""
+    ``UnknownInstruction``, or ``GuestException`` (``state`` then unchanged)."""
     instruction = decode(code, state.code_bits)
     next_rip = state.rip + instruction.length
     if state.code_bits < 64:
@@ -308,10 +308,10 @@ def emulate(code: bytes, state: CpuState, access: GuestAccess) -> Outcome:
         exception = BP_VECTOR
     elif name == "fwait":
         if state.cr0 & CR0_MP and state.cr0 & CR0_TS:
-            raise GuestFault(NM_VECTOR)
+            raise GuestException(NM_VECTOR)
     elif name in ("clac", "stac"):
         if state.cpl != 0:
-            raise GuestFault(UD_VECTOR)
+            raise GuestException(UD_VECTOR)
         state.rflags = state.rflags | AC if name == "stac" else state.rflags & ~AC
     elif name == "popcnt":
         _popcnt(instruction, state, access, next_rip)
@@ -340,9 +340,9 @@ def _popcnt(instruction: Instruction, state: CpuState, access: GuestAccess, next
 
 def _mxcsr(instruction: Instruction, state: CpuState, access: GuestAccess, next_rip: int) -> None:
     if state.cr0 & CR0_EM or not state.cr4 & CR4_OSFXSR:
-        raise GuestFault(UD_VECTOR)
+        raise GuestException(UD_VECTOR)
     if state.cr0 & CR0_TS:
-        raise GuestFault(NM_VECTOR)
+        raise GuestException(NM_VECTOR)
     assert instruction.memory is not None
     address = linear_address(instruction.memory, state, next_rip)
     value, mask = access.mxcsr()
@@ -351,5 +351,5 @@ def _mxcsr(instruction: Instruction, state: CpuState, access: GuestAccess, next_
         return
     loaded = int.from_bytes(access.read(address, 4), "little")
     if loaded & ~mask:
-        raise GuestFault(GP_VECTOR, 0)
+        raise GuestException(GP_VECTOR, 0)
     access.set_mxcsr(loaded)
