@@ -101,6 +101,9 @@ PIT_PORT = 0x40
 """i8254 PIT, channels 0-2 and the mode register (KVM_CREATE_PIT2 emulates it in-kernel)."""
 PORT_92 = 0x92
 """System control port A: bit 0 is a fast reset, bit 1 the A20 gate."""
+APM_PORT = 0xB2
+"""ICH9 APM control (APM_CNT, the FADT's SMI_CMD) at 0xb2, APM status (APM_STS) at 0xb3."""
+APM_PORTS = 2
 CMOS_PORT = 0x70
 """MC146818 RTC/CMOS: index register at 0x70 (bit 7 masks NMI), data at 0x71."""
 CMOS_PORTS = 2

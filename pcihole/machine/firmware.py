@@ -405,6 +405,10 @@ class BootMachine(Closeable):
                 "exits": self.platform.shadow.exits,
             },
             "irq_line_changes": dict(sorted(self.platform.irq_lines.items())),
+            "apm": {
+                "commands": self.platform.apm.commands,
+                "smi_requests": self.platform.acpi_pm.smi_requests,
+            },
             "reason": result.reason,
             "unclaimed": {"mmio": self.guest.mmio.unclaimed, "ports": self.guest.ports.unclaimed},
             "exits_by_device": {

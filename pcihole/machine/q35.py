@@ -6,7 +6,7 @@
   0x514 into guest RAM, port 0x92 and reset control at 0xcf9 (which shares the CF8
   ports' range: byte accesses at 0xcf9 are reset control, as on QEMU);
 - the ACPI PM block wherever the ICH9 LPC's PMBASE/ACPI_CNTL put it, its SCI on the IRQ
-  ACPI_CNTL selects.
+  ACPI_CNTL selects; the APM ports at 0xb2 (ACPI enable/disable through SMI_CMD).
 Interrupt lines go to KVM's in-kernel PIC/IOAPIC (``KVM_IRQ_LINE``) when the VM has one.
 What the guest asks of the machine (power off, reset) reaches ``on_stop`` with a reason.
 """
@@ -19,6 +19,7 @@ from pcihole import layout
 from pcihole.chipset import pam
 from pcihole.chipset.lpc import Ich9LpcDecoder
 from pcihole.devices.acpi_pm import AcpiPm
+from pcihole.devices.apm import Apm
 from pcihole.devices.cmos import Cmos
 from pcihole.devices.fw_cfg import FwCfg, FwCfgDevice
 from pcihole.devices.i8042 import I8042
@@ -104,6 +105,8 @@ class Q35Platform:
         self._sci_irq: int | None = None
         self._sci_level = False
         self.acpi_pm = AcpiPm(power_off=lambda: on_stop("the guest powered off"), sci=self._sci)
+        self.apm = Apm(self.acpi_pm.apm_command)
+        ports.add(layout.APM_PORT, layout.APM_PORTS, self.apm, "apm")
         self.pm_base: int | None = None
         self.lpc = Ich9LpcDecoder(
             on_pm_base=self._place_pm, on_pirq=lambda _pirq, _irq: None, on_sci_irq=self._route_sci
