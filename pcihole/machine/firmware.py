@@ -243,7 +243,10 @@ class BootMachine(Closeable):
         serial: Callable[[bytes], None] | None = None,
         until: bytes | None = None,
         name: str = "boot",
+        config_ports: str = "always",
     ) -> None:
+        """``config_ports``: ``always`` (CF8/CFC for everyone, as QEMU) or ``firmware``
+        (withdrawn once the firmware fetches the kernel from fw_cfg; see ``machine.q35``)."""
         topology = topology or Topology.qemu_nodefaults()
         topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
         try:
@@ -252,6 +255,9 @@ class BootMachine(Closeable):
             raise BootError(str(error)) from None
         options = replace(options or MachineOptions(), buses=topology.buses)
         self.notes: list[str] = []
+        self.withdrawal: dict[str, float | int] | None = None
+        """When CF8/CFC were withdrawn (``config_ports="firmware"``): seconds, exits,
+        the fw_cfg selector that did it."""
         self.placements: list[tuple[int | None, int]] = []
         self._started = time.perf_counter()
         shell = BootVm(kvm, image, ram_size=ram_size, name=name)
@@ -270,7 +276,8 @@ class BootMachine(Closeable):
             assert shell.ram is not None
             self.platform = Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots,
                                         image, on_stop=lambda reason: self.stop(reason),
-                                        serial=serial)  # fmt: skip
+                                        serial=serial, config_ports=config_ports,
+                                        on_withdraw=self._config_ports_withdrawn)  # fmt: skip
             backends = {
                 (function.bdf, index): device
                 for function in topology
@@ -288,8 +295,10 @@ class BootMachine(Closeable):
         self.legacy = self.machine.legacy
         # Reset control (0xcf9) sits inside CF8-CFF: byte accesses there are its.
         shell.ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)
-        config_ports = self.platform.config_ports(self.legacy)
-        shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
+        self.config_ports = self.platform.config_ports(self.legacy)
+        shell.ports.add(
+            layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.config_ports, "pci-config"
+        )
 
     def request_stop(self) -> None:
         self.guest.request_stop()
@@ -325,6 +334,10 @@ class BootMachine(Closeable):
             self.platform.host_bridge_written(function.config)
         elif bdf == LPC and function is not None:
             self.platform.lpc_written(function.config)
+
+    def _config_ports_withdrawn(self, selector: int) -> None:
+        seconds, exits, _ = self._stamp()
+        self.withdrawal = {"seconds": round(seconds, 6), "exits": exits, "selector": selector}
 
     def stop(self, reason: str, status: int = 0) -> None:
         """End the run (the guest powered off or reset, a time limit, a signal, ``until``);
@@ -405,6 +418,11 @@ class BootMachine(Closeable):
                 "exits": self.platform.shadow.exits,
             },
             "irq_line_changes": dict(sorted(self.platform.irq_lines.items())),
+            "config_ports": {
+                "mode": self.platform.config_ports_mode,
+                "withdrawn": self.withdrawal,
+                "accesses_after_withdrawal": self.config_ports.withdrawn_accesses,
+            },
             "apm": {
                 "commands": self.platform.apm.commands,
                 "smi_requests": self.platform.acpi_pm.smi_requests,

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from pcihole import layout
+from pcihole.bits import all_ones
 from pcihole.chipset import pam
 from pcihole.chipset.lpc import Ich9LpcDecoder
 from pcihole.devices.acpi_pm import AcpiPm
@@ -40,21 +41,52 @@ StopRequest = Callable[[str], None]
 """The guest asked the machine to stop; the argument says why ("power off", "reset")."""
 
 
+CONFIG_PORT_MODES = ("always", "firmware")
+"""``always``: CF8/CFC serve every guest, as on QEMU. ``firmware``: they are withdrawn once
+the firmware fetches the kernel from fw_cfg, so the kernel configures PCI through ECAM."""
+KERNEL_SELECTORS = {0x11: "kernel data", 0x17: "setup data"}
+"""fw_cfg items whose selection means the firmware is loading the kernel (QEMU's
+FW_CFG_KERNEL_DATA, FW_CFG_SETUP_DATA): SeaBIOS reads neither during POST."""
+KERNEL_FILES: frozenset[str] = frozenset()
+"""fw_cfg files a kernel loader reads the kernel from (a PVH loader's), likewise."""
+
+
+def kernel_fetch(selector: int, name: str | None) -> bool:
+    """Whether choosing this fw_cfg item means the firmware is fetching the kernel."""
+    return selector in KERNEL_SELECTORS or name in KERNEL_FILES
+
+
 class ConfigAndResetPorts:
-    """CF8-CFF: the config mechanism, except byte accesses at 0xcf9 (reset control)."""
+    """CF8-CFF: the config mechanism, except byte accesses at 0xcf9 (reset control).
+
+    Once ``withdraw``n, as crosvm's ``--break-linux-pci-config-io``: the address register
+    and the data port read all ones and drop writes, so a kernel's type-1 probe (write
+    0x80000000 to CF8, read it back) fails and it uses ECAM; reset control stays.
+    """
 
     def __init__(self, config: BusDevice, reset: BusDevice) -> None:
         self.config = config
         self.reset = reset
+        self.withdrawn = False
+        self.withdrawn_accesses = 0
+        """Accesses to the config ports after the withdrawal (each an exit)."""
+
+    def withdraw(self) -> None:
+        self.withdrawn = True
 
     def read(self, offset: int, size: int) -> int:
         if offset == RESET_CONTROL_OFFSET and size == 1:
             return self.reset.read(0, 1)
+        if self.withdrawn:
+            self.withdrawn_accesses += 1
+            return all_ones(size)
         return self.config.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == RESET_CONTROL_OFFSET and size == 1:
             self.reset.write(0, 1, value)
+        elif self.withdrawn:
+            self.withdrawn_accesses += 1
         else:
             self.config.write(offset, size, value)
 
@@ -74,7 +106,16 @@ class Q35Platform:
         on_stop: StopRequest,
         serial: Callable[[bytes], None] | None = None,
         cpus: int = 1,
+        config_ports: str = "always",
+        on_withdraw: Callable[[int], None] | None = None,
     ) -> None:
+        """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``on_withdraw`` hears the fw_cfg
+        selector that withdrew CF8/CFC (mode ``firmware``)."""
+        if config_ports not in CONFIG_PORT_MODES:
+            raise ValueError(f"config ports mode must be one of {CONFIG_PORT_MODES}")
+        self.config_ports_mode = config_ports
+        self._on_withdraw = on_withdraw
+        self._config_ports: ConfigAndResetPorts | None = None
         self.vm = vm
         self.ports = ports
         self.on_stop = on_stop
@@ -86,7 +127,9 @@ class Q35Platform:
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(serial, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        self.fw_cfg = FwCfgDevice(FwCfg.q35(ram_size=ram.size, cpus=cpus), ram)
+        self.fw_cfg = FwCfgDevice(
+            FwCfg.q35(ram_size=ram.size, cpus=cpus), ram, on_select=self._fw_cfg_selected
+        )
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
         self.i8042 = I8042(
@@ -114,7 +157,17 @@ class Q35Platform:
 
     def config_ports(self, config: BusDevice) -> ConfigAndResetPorts:
         """The device to put on CF8-CFF: ``config`` there, reset control at 0xcf9."""
-        return ConfigAndResetPorts(config, self.reset_control)
+        self._config_ports = ConfigAndResetPorts(config, self.reset_control)
+        return self._config_ports
+
+    def _fw_cfg_selected(self, selector: int, name: str | None) -> None:
+        ports = self._config_ports
+        if self.config_ports_mode != "firmware" or ports is None or ports.withdrawn:
+            return
+        if kernel_fetch(selector, name):
+            ports.withdraw()
+            if self._on_withdraw is not None:
+                self._on_withdraw(selector)
 
     # --- interrupts ----------------------------------------------------------------------
     def irq(self, number: int) -> IrqLine:
