@@ -32,7 +32,7 @@ from pcihole.chipset import pam
 from pcihole.chipset.mch import HOST_BRIDGE, Mch
 from pcihole.closing import Closeable
 from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit, exit_status
-from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
+from pcihole.devices.debugcon import ConsoleLine, DebugConsole, LineLog, Stamp
 from pcihole.devices.rom import RomDevice
 from pcihole.errors import BadInput
 from pcihole.holes.slots import HoleSlotError
@@ -40,7 +40,7 @@ from pcihole.kvm import Cap, CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine.bars import BarDecoder, backends_for
 from pcihole.machine.builder import Machine, PlacedDevice
 from pcihole.machine.bus import Bus, BusDevice, BusError
-from pcihole.machine.q35 import LPC, Q35Platform
+from pcihole.machine.q35 import LPC, ConfigAndResetPorts, Q35Platform
 from pcihole.machine.runloop import RunLoop, RunResult
 from pcihole.machine.window import CONFIG_PORTS, MachineError, MachineOptions
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
@@ -192,6 +192,8 @@ class BootResult:
     """Every place the ECAM window went to: ``(base or None, buses)``."""
     ending: Ending | None = None
     """Why the machine stopped it (power off, reset, time limit, signal, ``until``)."""
+    serial_lines: list[ConsoleLine] = field(default_factory=list)
+    """Every line the guest wrote to the UART (COM1), stamped as console lines are."""
 
     @property
     def status(self) -> int:
@@ -255,9 +257,7 @@ class BootMachine(Closeable):
             raise BootError(str(error)) from None
         options = replace(options or MachineOptions(), buses=topology.buses)
         self.notes: list[str] = []
-        self.withdrawal: dict[str, float | int] | None = None
-        """When CF8/CFC were withdrawn (``config_ports="firmware"``): seconds, exits,
-        the fw_cfg selector that did it."""
+        self.withdrawal: dict[str, float | int] | None = None  # seconds, exits, selector
         self.placements: list[tuple[int | None, int]] = []
         self._started = time.perf_counter()
         shell = BootVm(kvm, image, ram_size=ram_size, name=name)
@@ -265,18 +265,14 @@ class BootMachine(Closeable):
         self.ending: Ending | None = None
         self.until = until
         self.console = DebugConsole(console, self._stamp)
+        self.serial_log = LineLog(clock=self._stamp)
+        self._serial = serial
         self.debug_exit = DebugExit(shell.request_stop)
-        devices = [
-            PlacedDevice("port", layout.DEBUGCON_PORT, 1,
-                         _Watched(self.console, self._console_written), "debugcon"),
-            PlacedDevice("port", layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit,
-                         "debug-exit"),
-        ]  # fmt: skip
         try:
             assert shell.ram is not None
             self.platform = Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots,
                                         image, on_stop=lambda reason: self.stop(reason),
-                                        serial=serial, config_ports=config_ports,
+                                        serial=self._serial_written, config_ports=config_ports,
                                         on_withdraw=self._config_ports_withdrawn)  # fmt: skip
             backends = {
                 (function.bdf, index): device
@@ -288,17 +284,28 @@ class BootMachine(Closeable):
             self._close_platform()
             shell.close()
             raise
-        self.machine = Machine(shell, topology, options, devices, window_base=None,
+        self.machine = Machine(shell, topology, options, self._debug_devices(), window_base=None,
                                on_config_write=self._config_written)  # fmt: skip
         self.topology, self.options = topology, options
         self.window = self.machine.window
         self.legacy = self.machine.legacy
-        # Reset control (0xcf9) sits inside CF8-CFF: byte accesses there are its.
-        shell.ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)
-        self.config_ports = self.platform.config_ports(self.legacy)
-        shell.ports.add(
-            layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.config_ports, "pci-config"
-        )
+        self.config_ports = self._place_config_ports()
+
+    def _debug_devices(self) -> list[PlacedDevice]:
+        return [
+            PlacedDevice("port", layout.DEBUGCON_PORT, 1,
+                         _Watched(self.console, self._console_written), "debugcon"),
+            PlacedDevice("port", layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit,
+                         "debug-exit"),
+        ]  # fmt: skip
+
+    def _place_config_ports(self) -> ConfigAndResetPorts:
+        """Reset control (0xcf9) sits inside CF8-CFF: byte accesses there are its."""
+        ports = self.guest.ports
+        ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)
+        config_ports = self.platform.config_ports(self.legacy)
+        ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
+        return config_ports
 
     def request_stop(self) -> None:
         self.guest.request_stop()
@@ -334,6 +341,12 @@ class BootMachine(Closeable):
             self.platform.host_bridge_written(function.config)
         elif bdf == LPC and function is not None:
             self.platform.lpc_written(function.config)
+
+    def _serial_written(self, data: bytes) -> None:
+        if self._serial is not None:
+            self._serial(data)
+        for byte in data:
+            self.serial_log.put(byte)
 
     def _config_ports_withdrawn(self, selector: int) -> None:
         seconds, exits, _ = self._stamp()
@@ -381,6 +394,7 @@ class BootMachine(Closeable):
         result = self.guest.run(max_exits)
         seconds = time.perf_counter() - self._started
         self.console.flush()
+        self.serial_log.flush()
         return BootResult(
             result,
             self.debug_exit.value,
@@ -389,6 +403,7 @@ class BootMachine(Closeable):
             seconds,
             list(self.placements),
             self.ending,
+            list(self.serial_log.lines),
         )
 
     def stats(self, result: BootResult) -> dict[str, Any]:
@@ -444,6 +459,7 @@ class BootMachine(Closeable):
             "notes": [*report.notes, *self.notes],
             "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
+            "serial_lines": [line.as_json() for line in result.serial_lines],
         }
 
 
