@@ -87,6 +87,11 @@ PAM_SHADOW_END = HIGH_RAM_START
 # Port I/O.
 REPORT_PORT = 0x500
 """Guest reports (sync, done, assert, exception): see ``pcihole/guest/asm/runtime.inc``."""
+CPUID_PROBE_CODE = 0x1000
+"""Where the CPUID probe guest's real-mode code sits (``arch.x86.cpuid_probe``); it
+reports to ``REPORT_PORT``."""
+CPUID_PROBE_RAM_SIZE = 0x10000
+"""The probe guest's RAM: 64 KiB from 0, what real mode reaches with CS and DS at 0."""
 PCI_CONFIG_ADDRESS_PORT = 0xCF8
 """PCI configuration mechanism #1: address register."""
 PCI_CONFIG_DATA_PORT = 0xCFC
