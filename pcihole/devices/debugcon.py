@@ -41,9 +41,12 @@ class ConsoleLine:
         }
 
 
-class LineLog:
-    """Bytes a guest prints, cut into ``ConsoleLine``s stamped by ``clock`` at each line's
-    first byte and at its newline (the debug console's, the UART's)."""
+class DebugConsole:
+    """QEMU's isa-debugcon: each byte written goes out; reads answer 0xe9.
+
+    Each line is kept as a ``ConsoleLine`` with ``clock``'s stamps at its first byte and
+    at its newline, so a guest can time what happens between two lines it prints.
+    """
 
     def __init__(
         self, sink: BinaryIO | None = None, clock: Callable[[], Stamp] | None = None
@@ -55,7 +58,11 @@ class LineLog:
         self._line = bytearray()
         self._first: Stamp = (0.0, 0, 0)
 
-    def put(self, byte: int) -> None:
+    def read(self, offset: int, size: int) -> int:
+        return DEBUGCON_READBACK
+
+    def write(self, offset: int, size: int, value: int) -> None:
+        byte = value & 0xFF
         if not self._line:
             self._first = self.clock()
         self.output.append(byte)
@@ -76,17 +83,3 @@ class LineLog:
         """Hand on a last line without its newline."""
         if self._line:
             self._end_line()
-
-
-class DebugConsole(LineLog):
-    """QEMU's isa-debugcon: each byte written goes out; reads answer 0xe9.
-
-    Each line is kept as a ``ConsoleLine`` with ``clock``'s stamps at its first byte and
-    at its newline, so a guest can time what happens between two lines it prints.
-    """
-
-    def read(self, offset: int, size: int) -> int:
-        return DEBUGCON_READBACK
-
-    def write(self, offset: int, size: int, value: int) -> None:
-        self.put(value & 0xFF)

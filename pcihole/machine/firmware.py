@@ -32,7 +32,7 @@ from pcihole.chipset import pam
 from pcihole.chipset.mch import HOST_BRIDGE, Mch
 from pcihole.closing import Closeable
 from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit, exit_status
-from pcihole.devices.debugcon import ConsoleLine, DebugConsole, LineLog, Stamp
+from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
 from pcihole.devices.rom import RomDevice
 from pcihole.errors import BadInput
 from pcihole.holes.slots import HoleSlotError
@@ -40,7 +40,7 @@ from pcihole.kvm import Cap, CoalescedWrite, Kvm, KvmError, Vm, abi
 from pcihole.machine.bars import BarDecoder, backends_for
 from pcihole.machine.builder import Machine, PlacedDevice
 from pcihole.machine.bus import Bus, BusDevice, BusError
-from pcihole.machine.q35 import LPC, ConfigAndResetPorts, Q35Platform
+from pcihole.machine.q35 import LPC, Q35Platform
 from pcihole.machine.runloop import RunLoop, RunResult
 from pcihole.machine.window import CONFIG_PORTS, MachineError, MachineOptions
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
@@ -192,8 +192,6 @@ class BootResult:
     """Every place the ECAM window went to: ``(base or None, buses)``."""
     ending: Ending | None = None
     """Why the machine stopped it (power off, reset, time limit, signal, ``until``)."""
-    serial_lines: list[ConsoleLine] = field(default_factory=list)
-    """Every line the guest wrote to the UART (COM1), stamped as console lines are."""
 
     @property
     def status(self) -> int:
@@ -231,7 +229,7 @@ class BootResult:
 class BootMachine(Closeable):
     """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM:
     the builder's ``Machine`` over the firmware shell, with the MCH placing the window,
-    the debug console and debug exit."""
+    the debug console and debug exit. ``config_ports`` is ``q35.CONFIG_PORT_MODES``'s."""
 
     def __init__(
         self,
@@ -247,8 +245,6 @@ class BootMachine(Closeable):
         name: str = "boot",
         config_ports: str = "always",
     ) -> None:
-        """``config_ports``: ``always`` (CF8/CFC for everyone, as QEMU) or ``firmware``
-        (withdrawn once the firmware fetches the kernel from fw_cfg; see ``machine.q35``)."""
         topology = topology or Topology.qemu_nodefaults()
         topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
         try:
@@ -257,7 +253,6 @@ class BootMachine(Closeable):
             raise BootError(str(error)) from None
         options = replace(options or MachineOptions(), buses=topology.buses)
         self.notes: list[str] = []
-        self.withdrawal: dict[str, float | int] | None = None  # seconds, exits, selector
         self.placements: list[tuple[int | None, int]] = []
         self._started = time.perf_counter()
         shell = BootVm(kvm, image, ram_size=ram_size, name=name)
@@ -265,15 +260,19 @@ class BootMachine(Closeable):
         self.ending: Ending | None = None
         self.until = until
         self.console = DebugConsole(console, self._stamp)
-        self.serial_log = LineLog(clock=self._stamp)
-        self._serial = serial
         self.debug_exit = DebugExit(shell.request_stop)
+        devices = [
+            PlacedDevice("port", layout.DEBUGCON_PORT, 1,
+                         _Watched(self.console, self._console_written), "debugcon"),
+            PlacedDevice("port", layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit,
+                         "debug-exit"),
+        ]  # fmt: skip
         try:
             assert shell.ram is not None
             self.platform = Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots,
                                         image, on_stop=lambda reason: self.stop(reason),
-                                        serial=self._serial_written, config_ports=config_ports,
-                                        on_withdraw=self._config_ports_withdrawn)  # fmt: skip
+                                        serial=serial, config_ports=config_ports,
+                                        clock=self._stamp)  # fmt: skip
             backends = {
                 (function.bdf, index): device
                 for function in topology
@@ -284,28 +283,14 @@ class BootMachine(Closeable):
             self._close_platform()
             shell.close()
             raise
-        self.machine = Machine(shell, topology, options, self._debug_devices(), window_base=None,
+        self.machine = Machine(shell, topology, options, devices, window_base=None,
                                on_config_write=self._config_written)  # fmt: skip
         self.topology, self.options = topology, options
         self.window = self.machine.window
         self.legacy = self.machine.legacy
-        self.config_ports = self._place_config_ports()
-
-    def _debug_devices(self) -> list[PlacedDevice]:
-        return [
-            PlacedDevice("port", layout.DEBUGCON_PORT, 1,
-                         _Watched(self.console, self._console_written), "debugcon"),
-            PlacedDevice("port", layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit,
-                         "debug-exit"),
-        ]  # fmt: skip
-
-    def _place_config_ports(self) -> ConfigAndResetPorts:
-        """Reset control (0xcf9) sits inside CF8-CFF: byte accesses there are its."""
-        ports = self.guest.ports
-        ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)
-        config_ports = self.platform.config_ports(self.legacy)
-        ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
-        return config_ports
+        shell.ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)  # 0xcf9 is in CF8-CFF: see q35.py
+        cf8 = self.platform.config_ports(self.legacy)
+        shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, cf8, "pci-config")
 
     def request_stop(self) -> None:
         self.guest.request_stop()
@@ -341,16 +326,6 @@ class BootMachine(Closeable):
             self.platform.host_bridge_written(function.config)
         elif bdf == LPC and function is not None:
             self.platform.lpc_written(function.config)
-
-    def _serial_written(self, data: bytes) -> None:
-        if self._serial is not None:
-            self._serial(data)
-        for byte in data:
-            self.serial_log.put(byte)
-
-    def _config_ports_withdrawn(self, selector: int) -> None:
-        seconds, exits, _ = self._stamp()
-        self.withdrawal = {"seconds": round(seconds, 6), "exits": exits, "selector": selector}
 
     def stop(self, reason: str, status: int = 0) -> None:
         """End the run (the guest powered off or reset, a time limit, a signal, ``until``);
@@ -394,7 +369,7 @@ class BootMachine(Closeable):
         result = self.guest.run(max_exits)
         seconds = time.perf_counter() - self._started
         self.console.flush()
-        self.serial_log.flush()
+        self.platform.serial_log.flush()
         return BootResult(
             result,
             self.debug_exit.value,
@@ -403,7 +378,6 @@ class BootMachine(Closeable):
             seconds,
             list(self.placements),
             self.ending,
-            list(self.serial_log.lines),
         )
 
     def stats(self, result: BootResult) -> dict[str, Any]:
@@ -433,15 +407,7 @@ class BootMachine(Closeable):
                 "exits": self.platform.shadow.exits,
             },
             "irq_line_changes": dict(sorted(self.platform.irq_lines.items())),
-            "config_ports": {
-                "mode": self.platform.config_ports_mode,
-                "withdrawn": self.withdrawal,
-                "accesses_after_withdrawal": self.config_ports.withdrawn_accesses,
-            },
-            "apm": {
-                "commands": self.platform.apm.commands,
-                "smi_requests": self.platform.acpi_pm.smi_requests,
-            },
+            **self.platform.account(),
             "reason": result.reason,
             "unclaimed": {"mmio": self.guest.mmio.unclaimed, "ports": self.guest.ports.unclaimed},
             "exits_by_device": {
@@ -459,7 +425,6 @@ class BootMachine(Closeable):
             "notes": [*report.notes, *self.notes],
             "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
-            "serial_lines": [line.as_json() for line in result.serial_lines],
         }
 
 

@@ -14,6 +14,7 @@ What the guest asks of the machine (power off, reset) reaches ``on_stop`` with a
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from pcihole import layout
 from pcihole.bits import all_ones
@@ -22,6 +23,7 @@ from pcihole.chipset.lpc import Ich9LpcDecoder
 from pcihole.devices.acpi_pm import AcpiPm
 from pcihole.devices.apm import Apm
 from pcihole.devices.cmos import Cmos
+from pcihole.devices.debugcon import DebugConsole, Stamp
 from pcihole.devices.fw_cfg import FwCfg, FwCfgDevice
 from pcihole.devices.i8042 import I8042
 from pcihole.devices.irq import IrqLine, no_irq
@@ -107,15 +109,11 @@ class Q35Platform:
         serial: Callable[[bytes], None] | None = None,
         cpus: int = 1,
         config_ports: str = "always",
-        on_withdraw: Callable[[int], None] | None = None,
+        clock: Callable[[], Stamp] | None = None,
     ) -> None:
-        """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``on_withdraw`` hears the fw_cfg
-        selector that withdrew CF8/CFC (mode ``firmware``)."""
-        if config_ports not in CONFIG_PORT_MODES:
-            raise ValueError(f"config ports mode must be one of {CONFIG_PORT_MODES}")
-        self.config_ports_mode = config_ports
-        self._on_withdraw = on_withdraw
-        self._config_ports: ConfigAndResetPorts | None = None
+        """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial
+        lines and the withdrawal of CF8/CFC (``account``)."""
+        self._watch(config_ports, clock, serial)
         self.vm = vm
         self.ports = ports
         self.on_stop = on_stop
@@ -125,7 +123,7 @@ class Q35Platform:
         mmio.add(pam.SHADOW_BASE, pam.SHADOW_SIZE, self.shadow, "pam-shadow")
         self.cmos = Cmos(ram_size=ram.size, cpus=cpus, irq=self.irq(layout.CMOS_IRQ))
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
-        self.uart = Uart16550(serial, irq=self.irq(layout.SERIAL_COM1_IRQ))
+        self.uart = Uart16550(self._serial_out, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
         self.fw_cfg = FwCfgDevice(
             FwCfg.q35(ram_size=ram.size, cpus=cpus), ram, on_select=self._fw_cfg_selected
@@ -155,6 +153,22 @@ class Q35Platform:
             on_pm_base=self._place_pm, on_pirq=lambda _pirq, _irq: None, on_sci_irq=self._route_sci
         )
 
+    def _watch(
+        self, mode: str, clock: Callable[[], Stamp] | None, serial: Callable[[bytes], None] | None
+    ) -> None:
+        if mode not in CONFIG_PORT_MODES:
+            raise ValueError(f"config ports mode must be one of {CONFIG_PORT_MODES}")
+        self.config_ports_mode = mode
+        self._config_ports: ConfigAndResetPorts | None = None
+        self._clock = clock or (lambda: (0.0, 0, 0))
+        self.withdrawal: Stamp | None = None
+        """When CF8/CFC were withdrawn (mode ``firmware``)."""
+        self.withdrawn_by: int | None = None
+        """The fw_cfg selector that withdrew them."""
+        self.serial_log = DebugConsole(clock=self._clock)
+        """Serial lines, cut and stamped as the debug console's (fed byte by byte)."""
+        self._serial = serial
+
     def config_ports(self, config: BusDevice) -> ConfigAndResetPorts:
         """The device to put on CF8-CFF: ``config`` there, reset control at 0xcf9."""
         self._config_ports = ConfigAndResetPorts(config, self.reset_control)
@@ -166,8 +180,30 @@ class Q35Platform:
             return
         if kernel_fetch(selector, name):
             ports.withdraw()
-            if self._on_withdraw is not None:
-                self._on_withdraw(selector)
+            self.withdrawal, self.withdrawn_by = self._clock(), selector
+
+    def _serial_out(self, data: bytes) -> None:
+        for byte in data:
+            self.serial_log.write(0, 1, byte)
+        if self._serial is not None:
+            self._serial(data)
+
+    def account(self) -> dict[str, Any]:
+        """What the platform saw, for ``--stats``: the config ports' mode and withdrawal,
+        APM commands, every serial line."""
+        ports, withdrawal = self._config_ports, self.withdrawal
+        return {
+            "config_ports": {
+                "mode": self.config_ports_mode,
+                "withdrawn": None if withdrawal is None else {
+                    "seconds": round(withdrawal[0], 6), "exits": withdrawal[1],
+                    "selector": self.withdrawn_by,
+                },
+                "accesses_after_withdrawal": 0 if ports is None else ports.withdrawn_accesses,
+            },
+            "apm": {"commands": self.apm.commands, "smi_requests": self.acpi_pm.smi_requests},
+            "serial_lines": [line.as_json() for line in self.serial_log.lines],
+        }  # fmt: skip
 
     # --- interrupts ----------------------------------------------------------------------
     def irq(self, number: int) -> IrqLine:
