@@ -87,6 +87,11 @@ PAM_SHADOW_END = HIGH_RAM_START
 # Port I/O.
 REPORT_PORT = 0x500
 """Guest reports (sync, done, assert, exception): see ``pcihole/guest/asm/runtime.inc``."""
+CPUID_PROBE_CODE = 0x1000
+"""Where the CPUID probe guest's real-mode code sits (``arch.x86.cpuid_probe``); it
+reports to ``REPORT_PORT``."""
+CPUID_PROBE_RAM_SIZE = 0x10000
+"""The probe guest's RAM: 64 KiB from 0, what real mode reaches with CS and DS at 0."""
 PCI_CONFIG_ADDRESS_PORT = 0xCF8
 """PCI configuration mechanism #1: address register."""
 PCI_CONFIG_DATA_PORT = 0xCFC
@@ -101,6 +106,9 @@ PIT_PORT = 0x40
 """i8254 PIT, channels 0-2 and the mode register (KVM_CREATE_PIT2 emulates it in-kernel)."""
 PORT_92 = 0x92
 """System control port A: bit 0 is a fast reset, bit 1 the A20 gate."""
+APM_PORT = 0xB2
+"""ICH9 APM control (APM_CNT, the FADT's SMI_CMD) at 0xb2, APM status (APM_STS) at 0xb3."""
+APM_PORTS = 2
 CMOS_PORT = 0x70
 """MC146818 RTC/CMOS: index register at 0x70 (bit 7 masks NMI), data at 0x71."""
 CMOS_PORTS = 2

@@ -27,6 +27,7 @@ from pcihole.machine.firmware import (
     BootResult,
     check_image,
 )
+from pcihole.machine.q35 import CONFIG_PORT_MODES
 from pcihole.machine.runloop import StopReason
 from pcihole.memory.ram import RamAllocationError
 from pcihole.pci.devices import MODELS
@@ -49,6 +50,13 @@ def add_parser(commands: Any) -> None:
         help=f"flat firmware image (default: {DEFAULT_BIOS}, package seabios)",
     )
     add_machine_options(boot, "default: the q35 built-ins alone, as QEMU -nodefaults")
+    boot.add_argument(
+        "--config-ports",
+        choices=CONFIG_PORT_MODES,
+        default="always",
+        help="CF8/CFC: always (as QEMU), or firmware: withdrawn once the firmware fetches "
+        "the kernel from fw_cfg, so the kernel configures PCI through ECAM alone",
+    )
     boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
     boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
     boot.add_argument(
@@ -114,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
             _ram_named(args.ram_mib),
             BootMachine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
                         console=console, serial=None if serial is None else _writer(serial),
-                        until=until) as machine,
+                        until=until, config_ports=args.config_ports) as machine,
         ):  # fmt: skip
             result = _run_until_stopped(machine, args.timeout)
             if args.stats:

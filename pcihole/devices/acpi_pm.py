@@ -18,6 +18,9 @@ ignore writes. The SCI (``sci``) is high while SCI_EN is set and an enabled PM1 
 status bit is set; there is no timer thread, so the PM timer's overflow is noticed on
 accesses and on ``poll()``.
 
+The APM control port (0xb2, ``devices.apm``) reaches ``apm_command``: ACPI enable and
+disable set and clear SCI_EN.
+
 Left out: the TCO watchdog at +0x60, the SMI generation itself, and the periodic and
 software SMI timers of later QEMUs.
 """
@@ -70,6 +73,10 @@ SLEEP_S4 = 2
 SMI_EN_GBL_SMI = 0x01
 SMI_EN_APMC = 0x20
 
+APM_ACPI_ENABLE = 0x02
+"""The APM_CNT byte SeaBIOS's FADT names ACPI_ENABLE (QEMU's ICH9_APM_ACPI_ENABLE)."""
+APM_ACPI_DISABLE = 0x03
+
 PM_TIMER_HZ = 3_579_545
 PM_TIMER_MASK = 0xFFFFFF
 PM_TIMER_HALF = 0x800000
@@ -103,6 +110,8 @@ class AcpiPm:
         self._sci = IrqPin(sci)
         self._clock = clock
         self._start = clock()
+        self.smi_requests = 0
+        """APM commands that would have raised an SMI on QEMU (no SMM here)."""
         self._registers = (
             _Register(PM1_STS, 2, self._get_pm1_sts, self._put_pm1_sts),
             _Register(PM1_EN, 2, lambda: self.pm1_en, self._put_pm1_en),
@@ -141,6 +150,16 @@ class AcpiPm:
         """ACPI enable/disable through the APM control port (0xb2), as QEMU's LPC does."""
         self.pm1_cnt = self.pm1_cnt | SCI_EN if enabled else self.pm1_cnt & ~SCI_EN
         self._update_sci()
+
+    def apm_command(self, command: int) -> None:
+        """A byte written to APM_CNT (``devices.apm``), as QEMU 7.2's
+        ``ich9_apm_ctrl_changed``: ACPI_ENABLE sets SCI_EN, ACPI_DISABLE clears it. QEMU
+        raises an SMI for any other byte while SMI_EN has APMC_EN set, and does nothing
+        while it is clear; without SMM here such bytes are only counted (``smi_requests``)."""
+        if command in (APM_ACPI_ENABLE, APM_ACPI_DISABLE):
+            self.set_sci_enabled(command == APM_ACPI_ENABLE)
+        elif self.smi_en & SMI_EN_APMC:
+            self.smi_requests += 1
 
     def press_power_button(self) -> None:
         """Flag a power-button press (the guest powers off if its ACPI enabled it)."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from pcihole.arch.x86 import e820
@@ -290,11 +290,19 @@ class FwCfgDevice:
 
     Put ``io`` on the port bus at ``layout.FW_CFG_PORT`` (``FW_CFG_PORTS`` ports) and
     ``dma`` at ``layout.FW_CFG_DMA_PORT`` (``FW_CFG_DMA_PORTS`` ports). The items are
-    those of ``config`` when the device is built.
+    those of ``config`` when the device is built. ``on_select`` hears every selector the
+    guest chooses (ports or DMA), after the choice, with the file's name for a file.
     """
 
-    def __init__(self, config: FwCfg, memory: GuestMemory) -> None:
+    def __init__(
+        self,
+        config: FwCfg,
+        memory: GuestMemory,
+        on_select: Callable[[int, str | None], None] | None = None,
+    ) -> None:
         self._items: Mapping[int, bytes] = config.items()
+        self._names = {entry.select: entry.name for entry in config.directory()}
+        self._on_select = on_select
         self._memory = memory
         self._data = b""
         self._offset = 0
@@ -304,14 +312,22 @@ class FwCfgDevice:
         self.reset()
 
     def reset(self) -> None:
-        """As QEMU's reset: the signature selected, the DMA address cleared."""
-        self.select(Selector.SIGNATURE)
+        """As QEMU's reset: the signature selected (not a guest's choice: nobody is told),
+        the DMA address cleared."""
+        self._choose(Selector.SIGNATURE)
         self._dma_address = 0
 
     def select(self, selector: int) -> None:
         """Choose an item and rewind; an unknown selector reads as zeros."""
+        key = self._choose(selector)
+        if self._on_select is not None:
+            self._on_select(key, self._names.get(key))
+
+    def _choose(self, selector: int) -> int:
+        key = selector & (ARCH_LOCAL | ENTRY_MASK)
         self._offset = 0
-        self._data = self._items.get(selector & (ARCH_LOCAL | ENTRY_MASK), b"")
+        self._data = self._items.get(key, b"")
+        return key
 
     def read_byte(self) -> int:
         """The next byte of the selected item, 0 past its end."""

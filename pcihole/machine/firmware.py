@@ -245,7 +245,7 @@ class BootResult:
 class BootMachine(Closeable):
     """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM:
     the builder's ``Machine`` over the firmware shell, with the MCH placing the window,
-    the debug console and debug exit."""
+    the debug console and debug exit. ``config_ports`` is ``q35.CONFIG_PORT_MODES``'s."""
 
     def __init__(
         self,
@@ -259,6 +259,7 @@ class BootMachine(Closeable):
         serial: Callable[[bytes], None] | None = None,
         until: bytes | None = None,
         name: str = "boot",
+        config_ports: str = "always",
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
         topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
@@ -286,7 +287,8 @@ class BootMachine(Closeable):
             assert shell.ram is not None
             self.platform = Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots,
                                         image, ram_layout=shell.ram_layout, on_stop=self.stop,
-                                        vcpu=shell.vcpu_identity, serial=serial)  # fmt: skip
+                                        vcpu=shell.vcpu_identity, serial=serial,
+                                        config_ports=config_ports, clock=self._stamp)  # fmt: skip
             backends = {
                 (function.bdf, index): device
                 for function in topology
@@ -302,10 +304,9 @@ class BootMachine(Closeable):
         self.topology, self.options = topology, options
         self.window = self.machine.window
         self.legacy = self.machine.legacy
-        # Reset control (0xcf9) sits inside CF8-CFF: byte accesses there are its.
-        shell.ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)
-        config_ports = self.platform.config_ports(self.legacy)
-        shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, config_ports, "pci-config")
+        shell.ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)  # 0xcf9 is in CF8-CFF: see q35.py
+        cf8 = self.platform.config_ports(self.legacy)
+        shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, cf8, "pci-config")
 
     def request_stop(self) -> None:
         self.guest.request_stop()
@@ -385,6 +386,7 @@ class BootMachine(Closeable):
         result = self.guest.run(max_exits)
         seconds = time.perf_counter() - self._started
         self.console.flush()
+        self.platform.serial_log.flush()
         return BootResult(
             result,
             self.debug_exit.value,
@@ -423,6 +425,7 @@ class BootMachine(Closeable):
                 "exits": self.platform.shadow.exits,
             },
             "irq_line_changes": dict(sorted(self.platform.irq_lines.items())),
+            **self.platform.account(),
             "reason": result.reason,
             "unclaimed": {"mmio": self.guest.mmio.unclaimed, "ports": self.guest.ports.unclaimed},
             "exits_by_device": {

@@ -6,7 +6,7 @@
   0x514 into guest RAM, port 0x92 and reset control at 0xcf9 (which shares the CF8
   ports' range: byte accesses at 0xcf9 are reset control, as on QEMU);
 - the ACPI PM block wherever the ICH9 LPC's PMBASE/ACPI_CNTL put it, its SCI on the IRQ
-  ACPI_CNTL selects.
+  ACPI_CNTL selects; the APM ports at 0xb2 (ACPI enable/disable through SMI_CMD).
 Interrupt lines go to KVM's in-kernel PIC/IOAPIC (``KVM_IRQ_LINE``) when the VM has one.
 What the guest asks of the machine (power off, reset) reaches ``on_stop`` with a reason.
 """
@@ -14,14 +14,18 @@ What the guest asks of the machine (power off, reset) reaches ``on_stop`` with a
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from pcihole import layout
 from pcihole.arch.x86.cpuid import VcpuIdentity
 from pcihole.arch.x86.e820 import Q35Ram
+from pcihole.bits import all_ones
 from pcihole.chipset import pam
 from pcihole.chipset.lpc import Ich9LpcDecoder
 from pcihole.devices.acpi_pm import AcpiPm
+from pcihole.devices.apm import Apm
 from pcihole.devices.cmos import Cmos
+from pcihole.devices.debugcon import DebugConsole, Stamp
 from pcihole.devices.fw_cfg import FwCfg, FwCfgDevice
 from pcihole.devices.i8042 import I8042
 from pcihole.devices.irq import IrqLine, no_irq
@@ -41,21 +45,52 @@ StopRequest = Callable[[str], None]
 """The guest asked the machine to stop; the argument says why ("power off", "reset")."""
 
 
+CONFIG_PORT_MODES = ("always", "firmware")
+"""``always``: CF8/CFC serve every guest, as on QEMU. ``firmware``: they are withdrawn once
+the firmware fetches the kernel from fw_cfg, so the kernel configures PCI through ECAM."""
+KERNEL_SELECTORS = {0x11: "kernel data", 0x17: "setup data"}
+"""fw_cfg items whose selection means the firmware is loading the kernel (QEMU's
+FW_CFG_KERNEL_DATA, FW_CFG_SETUP_DATA): SeaBIOS reads neither during POST."""
+KERNEL_FILES: frozenset[str] = frozenset()
+"""fw_cfg files a kernel loader reads the kernel from (a PVH loader's), likewise."""
+
+
+def kernel_fetch(selector: int, name: str | None) -> bool:
+    """Whether choosing this fw_cfg item means the firmware is fetching the kernel."""
+    return selector in KERNEL_SELECTORS or name in KERNEL_FILES
+
+
 class ConfigAndResetPorts:
-    """CF8-CFF: the config mechanism, except byte accesses at 0xcf9 (reset control)."""
+    """CF8-CFF: the config mechanism, except byte accesses at 0xcf9 (reset control).
+
+    Once ``withdraw``n, as crosvm's ``--break-linux-pci-config-io``: the address register
+    and the data port read all ones and drop writes, so a kernel's type-1 probe (write
+    0x80000000 to CF8, read it back) fails and it uses ECAM; reset control stays.
+    """
 
     def __init__(self, config: BusDevice, reset: BusDevice) -> None:
         self.config = config
         self.reset = reset
+        self.withdrawn = False
+        self.withdrawn_accesses = 0
+        """Accesses to the config ports after the withdrawal (each an exit)."""
+
+    def withdraw(self) -> None:
+        self.withdrawn = True
 
     def read(self, offset: int, size: int) -> int:
         if offset == RESET_CONTROL_OFFSET and size == 1:
             return self.reset.read(0, 1)
+        if self.withdrawn:
+            self.withdrawn_accesses += 1
+            return all_ones(size)
         return self.config.read(offset, size)
 
     def write(self, offset: int, size: int, value: int) -> None:
         if offset == RESET_CONTROL_OFFSET and size == 1:
             self.reset.write(0, 1, value)
+        elif self.withdrawn:
+            self.withdrawn_accesses += 1
         else:
             self.config.write(offset, size, value)
 
@@ -77,7 +112,12 @@ class Q35Platform:
         on_stop: StopRequest,
         serial: Callable[[bytes], None] | None = None,
         cpus: int = 1,
+        config_ports: str = "always",
+        clock: Callable[[], Stamp] | None = None,
     ) -> None:
+        """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial
+        lines and the withdrawal of CF8/CFC (``account``)."""
+        self._watch(config_ports, clock, serial)
         self.vm = vm
         self.ports = ports
         self.on_stop = on_stop
@@ -87,9 +127,11 @@ class Q35Platform:
         mmio.add(pam.SHADOW_BASE, pam.SHADOW_SIZE, self.shadow, "pam-shadow")
         self.cmos = Cmos(ram=ram_layout, cpus=cpus, irq=self.irq(layout.CMOS_IRQ))
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
-        self.uart = Uart16550(serial, irq=self.irq(layout.SERIAL_COM1_IRQ))
+        self.uart = Uart16550(self._serial_out, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        self.fw_cfg = FwCfgDevice(FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus), ram)
+        self.fw_cfg = FwCfgDevice(
+            FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus), ram, on_select=self._fw_cfg_selected
+        )
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
         self.i8042 = I8042(
@@ -108,14 +150,64 @@ class Q35Platform:
         self._sci_irq: int | None = None
         self._sci_level = False
         self.acpi_pm = AcpiPm(power_off=lambda: on_stop("the guest powered off"), sci=self._sci)
+        self.apm = Apm(self.acpi_pm.apm_command)
+        ports.add(layout.APM_PORT, layout.APM_PORTS, self.apm, "apm")
         self.pm_base: int | None = None
         self.lpc = Ich9LpcDecoder(
             on_pm_base=self._place_pm, on_pirq=lambda _pirq, _irq: None, on_sci_irq=self._route_sci
         )
 
+    def _watch(
+        self, mode: str, clock: Callable[[], Stamp] | None, serial: Callable[[bytes], None] | None
+    ) -> None:
+        if mode not in CONFIG_PORT_MODES:
+            raise ValueError(f"config ports mode must be one of {CONFIG_PORT_MODES}")
+        self.config_ports_mode = mode
+        self._config_ports: ConfigAndResetPorts | None = None
+        self._clock = clock or (lambda: (0.0, 0, 0))
+        self.withdrawal: Stamp | None = None
+        """When CF8/CFC were withdrawn (mode ``firmware``)."""
+        self.withdrawn_by: int | None = None
+        """The fw_cfg selector that withdrew them."""
+        self.serial_log = DebugConsole(clock=self._clock)
+        """Serial lines, cut and stamped as the debug console's (fed byte by byte)."""
+        self._serial = serial
+
     def config_ports(self, config: BusDevice) -> ConfigAndResetPorts:
         """The device to put on CF8-CFF: ``config`` there, reset control at 0xcf9."""
-        return ConfigAndResetPorts(config, self.reset_control)
+        self._config_ports = ConfigAndResetPorts(config, self.reset_control)
+        return self._config_ports
+
+    def _fw_cfg_selected(self, selector: int, name: str | None) -> None:
+        ports = self._config_ports
+        if self.config_ports_mode != "firmware" or ports is None or ports.withdrawn:
+            return
+        if kernel_fetch(selector, name):
+            ports.withdraw()
+            self.withdrawal, self.withdrawn_by = self._clock(), selector
+
+    def _serial_out(self, data: bytes) -> None:
+        for byte in data:
+            self.serial_log.write(0, 1, byte)
+        if self._serial is not None:
+            self._serial(data)
+
+    def account(self) -> dict[str, Any]:
+        """What the platform saw, for ``--stats``: the config ports' mode and withdrawal,
+        APM commands, every serial line."""
+        ports, withdrawal = self._config_ports, self.withdrawal
+        return {
+            "config_ports": {
+                "mode": self.config_ports_mode,
+                "withdrawn": None if withdrawal is None else {
+                    "seconds": round(withdrawal[0], 6), "exits": withdrawal[1],
+                    "selector": self.withdrawn_by,
+                },
+                "accesses_after_withdrawal": 0 if ports is None else ports.withdrawn_accesses,
+            },
+            "apm": {"commands": self.apm.commands, "smi_requests": self.acpi_pm.smi_requests},
+            "serial_lines": [line.as_json() for line in self.serial_log.lines],
+        }  # fmt: skip
 
     # --- interrupts ----------------------------------------------------------------------
     def irq(self, number: int) -> IrqLine:

@@ -198,6 +198,22 @@ def test_dma_select_skip_then_read_and_ports_continue() -> None:
     assert bytes(device.io.read(1, 1) for _ in range(4)) == E820_128M[28:32]
 
 
+def test_on_select_hears_every_guest_selection_with_file_names() -> None:
+    heard: list[tuple[int, str | None]] = []
+    memory = FakeMemory()
+    device = FwCfgDevice(
+        FwCfg.q35(ram_size=128 * MiB), memory, on_select=lambda *a: heard.append(a)
+    )
+    assert heard == []  # the reset's own choice is nobody's
+    files = {entry.name: entry.select for entry in FwCfg.q35(ram_size=128 * MiB).directory()}
+    read_port(device, Selector.ID, 4)
+    read_port(device, files["etc/e820"] | 0x4000, 1)  # bit 14 ignored, as for the data
+    assert dma(device, memory, select(0x17) | DmaControl.READ, 4) == 0
+    assert dma(device, memory, DmaControl.READ, 4) == 0  # no SELECT: nobody told
+    device.reset()
+    assert heard == [(Selector.ID, None), (files["etc/e820"], "etc/e820"), (0x17, None)]
+
+
 def test_dma_read_past_the_end_fills_zeros() -> None:
     device, memory = q35_device()
     assert dma(device, memory, select(0x22) | DmaControl.READ, 8) == 0
