@@ -202,10 +202,10 @@ def test_on_select_hears_every_guest_selection_with_file_names() -> None:
     heard: list[tuple[int, str | None]] = []
     memory = FakeMemory()
     device = FwCfgDevice(
-        FwCfg.q35(ram_size=128 * MiB), memory, on_select=lambda *a: heard.append(a)
+        q35(128 * MiB), memory, on_select=lambda *a: heard.append(a)
     )
     assert heard == []  # the reset's own choice is nobody's
-    files = {entry.name: entry.select for entry in FwCfg.q35(ram_size=128 * MiB).directory()}
+    files = {entry.name: entry.select for entry in q35(128 * MiB).directory()}
     read_port(device, Selector.ID, 4)
     read_port(device, files["etc/e820"] | 0x4000, 1)  # bit 14 ignored, as for the data
     assert dma(device, memory, select(0x17) | DmaControl.READ, 4) == 0

@@ -66,6 +66,7 @@ TABLE: dict[str, str] = {
     "pcihole.pci.errors.EcamError": INTERNAL,
     "pcihole.devices.fw_cfg.FwCfgError": INTERNAL,
     "pcihole.arch.x86.e820.E820Error": INTERNAL,
+    "pcihole.arch.x86.cpuid_probe.CpuidProbeError": ENVIRONMENT,  # the probe guest misreported
     "pcihole.arch.x86.emulate.EmulationError": ENVIRONMENT,  # KVM refused, monitor cannot finish
     "pcihole.arch.x86.emulate.UnknownInstruction": ENVIRONMENT,
     "pcihole.arch.x86.e820.RamLayoutError": INTERNAL,  # boot checks --ram-mib first
