@@ -13,14 +13,14 @@ What the guest asks of the machine (power off, reset) reaches ``on_stop`` with a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from pcihole import layout
 from pcihole.chipset import pam
 from pcihole.chipset.lpc import Ich9LpcDecoder
 from pcihole.devices.acpi_pm import AcpiPm
 from pcihole.devices.cmos import Cmos
-from pcihole.devices.fw_cfg import FwCfg, FwCfgDevice
+from pcihole.devices.fw_cfg import BootRom, FwCfg, FwCfgDevice
 from pcihole.devices.i8042 import I8042
 from pcihole.devices.irq import IrqLine, no_irq
 from pcihole.devices.reset import Port92, ResetControl
@@ -73,6 +73,8 @@ class Q35Platform:
         on_stop: StopRequest,
         serial: Callable[[bytes], None] | None = None,
         cpus: int = 1,
+        kernel: Mapping[int, bytes] | None = None,
+        boot_rom: BootRom | None = None,
     ) -> None:
         self.vm = vm
         self.ports = ports
@@ -85,7 +87,8 @@ class Q35Platform:
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(serial, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        self.fw_cfg = FwCfgDevice(FwCfg.q35(ram_size=ram.size, cpus=cpus), ram)
+        config = FwCfg.q35(ram_size=ram.size, cpus=cpus, kernel=kernel, boot_rom=boot_rom)
+        self.fw_cfg = FwCfgDevice(config, ram)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
         self.i8042 = I8042(

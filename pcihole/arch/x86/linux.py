@@ -207,9 +207,7 @@ def video_mode(cmdline: bytes) -> int | None:
     return number & 0xFFFF
 
 
-def _load_bzimage(
-    kernel: bytes, cmdline: bytes, initrd: bytes | None, below_4g: int
-) -> LinuxLoad:
+def _load_bzimage(kernel: bytes, cmdline: bytes, initrd: bytes | None, below_4g: int) -> LinuxLoad:
     protocol = _u16(kernel, Offset.VERSION)
     limit = cmdline_limit(kernel, protocol)
     if len(cmdline) > limit:
