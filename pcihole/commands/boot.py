@@ -15,7 +15,7 @@ from typing import Any, BinaryIO
 
 from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
-from pcihole.arch.x86.linux import load_linux
+from pcihole.arch.x86.linux import KernelError, load_linux
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
 from pcihole.devices.fw_cfg import BootRom
@@ -237,7 +237,12 @@ def _linux(args: argparse.Namespace) -> LinuxBoot | None:
     initrd = None if args.initrd is None else _read("--initrd", args.initrd)
     below_4g, _ = layout.q35_ram_split(args.ram_mib * layout.MiB)
     cmdline = os.fsencode(args.append or "")
-    load = load_linux(kernel, cmdline=cmdline, initrd=initrd, below_4g=below_4g)
+    try:
+        load = load_linux(kernel, cmdline=cmdline, initrd=initrd, below_4g=below_4g)
+    except KernelError as error:
+        text = str(error)
+        where = "" if text.startswith("--") else f"--kernel: {args.kernel}: "
+        raise KernelError(where + text) from None
     if load.kind == "pvh":
         return LinuxBoot(load, BootRom(PVH_ROM_NAME, build_option_rom("pvh")))
     try:

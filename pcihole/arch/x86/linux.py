@@ -40,7 +40,6 @@ OLD_CMDLINE_MAX = 255
 """Command-line limit of kernels before protocol 2.06 (which gives ``cmdline_size``)."""
 SECTOR = 512
 XEN_ELFNOTE_PHYS32_ENTRY = 18
-XEN_NOTE_NAME = b"Xen\0"
 PT_LOAD, PT_NOTE = 1, 4
 EM_386, EM_X86_64 = 3, 62
 ELF_UNSUPPORTED_FLAGS = 0x00010004
@@ -334,7 +333,8 @@ def _programs(elf: bytes) -> list[_Program]:
 
 
 def pvh_entry(elf: bytes) -> int | None:
-    """The 32-bit entry point of the Xen PVH note (``XEN_ELFNOTE_PHYS32_ENTRY``), if any."""
+    """The 32-bit entry point of the Xen PVH note (``XEN_ELFNOTE_PHYS32_ENTRY``), if any:
+    as QEMU's ELF loader, the first note of that type, whatever its owner's name."""
     for program in _programs(elf):
         if program.type != PT_NOTE:
             continue
@@ -344,8 +344,7 @@ def pvh_entry(elf: bytes) -> int | None:
             namesz, descsz, kind = struct.unpack_from("<III", notes, position)
             name_at = position + 12
             desc_at = name_at + (namesz + 3) // 4 * 4
-            if kind == XEN_ELFNOTE_PHYS32_ENTRY and notes[name_at : name_at + namesz] == \
-                    XEN_NOTE_NAME and descsz in (4, 8):  # fmt: skip
+            if kind == XEN_ELFNOTE_PHYS32_ENTRY and descsz in (4, 8):
                 return int.from_bytes(notes[desc_at : desc_at + descsz], "little")
             position = desc_at + (descsz + 3) // 4 * 4
     return None
