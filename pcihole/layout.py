@@ -84,6 +84,32 @@ PAM_BIOS_SEGMENT = 0xF0000
 PAM_SHADOW_END = HIGH_RAM_START
 
 # ---------------------------------------------------------------------------------------
+# Linux as QEMU 7.2's -kernel places it (hw/i386/x86.c x86_load_linux).
+LINUX_SETUP_ADDR = 0x10000
+"""A protocol 2.02+ kernel's real-mode setup; its heap ends at the command line."""
+LINUX_CMDLINE_ADDR = 0x20000
+"""A protocol 2.02+ kernel's command line."""
+LINUX_KERNEL_ADDR = HIGH_RAM_START
+"""A bzImage's protected-mode part."""
+LINUX_LOW_SETUP_ADDR = 0x90000
+"""Setup of a kernel before protocol 2.02 (or not loaded high)."""
+LINUX_LOW_CMDLINE_END = 0x9A000
+"""Such a kernel's command line ends here (it starts 16-byte rounded below)."""
+LINUX_LOW_KERNEL_ADDR = 0x10000
+"""A zImage's protected-mode part (not loaded high)."""
+LINUX_OLD_INITRD_MAX = 0x37FFFFFF
+"""The highest initrd byte before protocol 2.03 gave ``initrd_addr_max``."""
+Q35_ACPI_DATA_SIZE = 0x28000
+"""QEMU's pc/q35 ``acpi_data_size``: the top of low RAM an initrd must leave free."""
+PVH_DATA_ADDR = 0x8000
+"""pcihole's PVH option ROM builds its GDT, hvm_start_info, module list and memory map
+here (above SeaBIOS's stack below 0x7000, free once SeaBIOS hands over to a boot ROM)."""
+PVH_CMDLINE_ADDR = LINUX_CMDLINE_ADDR
+"""Where the PVH option ROM puts the command line, as linuxboot does."""
+PVH_CMDLINE_MAX = 0x10000
+"""The room there (64 KiB, below 0x30000)."""
+
+# ---------------------------------------------------------------------------------------
 # Port I/O.
 REPORT_PORT = 0x500
 """Guest reports (sync, done, assert, exception): see ``pcihole/guest/asm/runtime.inc``."""

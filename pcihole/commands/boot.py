@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import signal
 import sys
 import threading
@@ -14,10 +15,13 @@ from typing import Any, BinaryIO
 
 from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
-from pcihole.arch.x86.e820 import AddressBitsError, RamLayoutError
+from pcihole.arch.x86.e820 import AddressBitsError, RamLayoutError, q35_below_4g
+from pcihole.arch.x86.linux import KernelError, load_linux
 from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
+from pcihole.devices.fw_cfg import BootRom
 from pcihole.errors import ENVIRONMENT_STATUS, BadInput, EnvironmentProblem, GuestFault
+from pcihole.guest.firmware import build_option_rom
 from pcihole.kvm import Kvm
 from pcihole.machine.firmware import (
     SIGNAL_STATUS_OFFSET,
@@ -25,6 +29,7 @@ from pcihole.machine.firmware import (
     BootError,
     BootMachine,
     BootResult,
+    LinuxBoot,
     check_image,
 )
 from pcihole.machine.q35 import CONFIG_PORT_MODES
@@ -40,6 +45,10 @@ NAME = "boot"
 DEFAULT_BIOS = Path("/usr/share/seabios/bios.bin")
 """Debian's SeaBIOS (package ``seabios``), what ``qemu-system-x86_64 -machine q35`` runs."""
 UNTIL_DEFAULT_HELP = "No bootable device."
+LINUXBOOT_DMA = Path("/usr/share/qemu/linuxboot_dma.bin")
+"""QEMU's option ROM that boots a -kernel bzImage from fw_cfg (package qemu-system-data)."""
+PVH_ROM_NAME = "pcihole-pvh.bin"
+"""pcihole's own PVH boot ROM (pcihole/guest/firmware/pvh.S), in place of QEMU's pvh.bin."""
 
 
 def add_parser(commands: Any) -> None:
@@ -57,6 +66,14 @@ def add_parser(commands: Any) -> None:
         help="CF8/CFC: always (as QEMU), or firmware: withdrawn once the firmware fetches "
         "the kernel from fw_cfg, so the kernel configures PCI through ECAM alone",
     )
+    boot.add_argument(
+        "--kernel",
+        metavar="FILE",
+        help="boot Linux as QEMU's -kernel: a bzImage (through QEMU's linuxboot_dma.bin) "
+        "or an ELF vmlinux with a Xen PVH note (through pcihole's PVH ROM)",
+    )
+    boot.add_argument("--initrd", metavar="FILE", help="the kernel's initrd (QEMU's -initrd)")
+    boot.add_argument("--append", metavar="TEXT", help="the kernel command line (QEMU's -append)")
     boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
     boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
     boot.add_argument(
@@ -75,7 +92,7 @@ def add_parser(commands: Any) -> None:
     boot.add_argument(
         "--until",
         metavar="TEXT",
-        help=f"end the run when the debug console prints TEXT "
+        help=f"end the run when the debug console or the serial port prints TEXT "
         f"(e.g. {UNTIL_DEFAULT_HELP!r}; exit status 0)",
     )
     boot.add_argument(
@@ -112,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
     ``--serial``. Bad input is checked before the VM is made.
     """
     image, topology = _checked_input(args)
+    linux = _linux(args)
     options = machine_options(args)
     with contextlib.ExitStack() as files:
         console = _open_sink(files, "--debugcon", args.debugcon)
@@ -122,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             _ram_named(args.ram_mib),
             BootMachine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
                         console=console, serial=None if serial is None else _writer(serial),
-                        until=until, config_ports=args.config_ports) as machine,
+                        until=until, config_ports=args.config_ports, linux=linux) as machine,
         ):  # fmt: skip
             result = _run_until_stopped(machine, args.timeout)
             if args.stats:
@@ -239,3 +257,40 @@ def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology]:
         text = str(error)  # topology errors already start with the --device text
         raise BootError(text if text.startswith("--") else f"{option}: {text}") from None
     return image, topology
+
+
+def _linux(args: argparse.Namespace) -> LinuxBoot | None:
+    """The kernel ``--kernel`` names, loaded as QEMU 7.2 loads it, and the ROM that boots
+    it; None without ``--kernel``."""
+    if args.kernel is None:
+        for option in ("initrd", "append"):
+            if getattr(args, option) is not None:
+                raise BadInput(f"--{option} needs --kernel")
+        return None
+    kernel = _read("--kernel", args.kernel)
+    initrd = None if args.initrd is None else _read("--initrd", args.initrd)
+    below_4g = q35_below_4g(args.ram_mib * layout.MiB)
+    cmdline = os.fsencode(args.append or "")
+    try:
+        load = load_linux(kernel, cmdline=cmdline, initrd=initrd, below_4g=below_4g)
+    except KernelError as error:
+        text = str(error)
+        where = "" if text.startswith("--") else f"--kernel: {args.kernel}: "
+        raise KernelError(where + text) from None
+    if load.kind == "pvh":
+        return LinuxBoot(load, BootRom(PVH_ROM_NAME, build_option_rom("pvh")))
+    try:
+        rom = LINUXBOOT_DMA.read_bytes()
+    except OSError as error:
+        raise EnvironmentProblem(
+            f"{LINUXBOOT_DMA}: {error.strerror}: QEMU's linuxboot_dma.bin boots a bzImage "
+            "(apt-get install qemu-system-data, or bash scripts/setup)"
+        ) from None
+    return LinuxBoot(load, BootRom(LINUXBOOT_DMA.name, rom))
+
+
+def _read(option: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise BadInput(f"{option}: {path}: {error.strerror}") from None

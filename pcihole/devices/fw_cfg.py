@@ -138,6 +138,24 @@ class DmaControl(enum.IntFlag):
     """Copy guest memory into the item: refused (ERROR), every item here is read-only."""
 
 
+@dataclass(frozen=True)
+class BootRom:
+    """An option ROM that boots what fw_cfg holds (QEMU's linuxboot_dma.bin for -kernel)."""
+
+    name: str
+    """Its file name, e.g. ``linuxboot_dma.bin``."""
+    image: bytes
+
+    @property
+    def file_name(self) -> str:
+        return f"genroms/{self.name}"
+
+    @property
+    def bootorder(self) -> bytes:
+        """QEMU's ``bootorder`` with the ROM as boot index 0: its path, NUL-terminated."""
+        return f"/rom@{self.file_name}".encode("ascii") + b"\0"
+
+
 class FwCfgError(Bug):
     """An item or file the device cannot hold: a bad name, a duplicate, no slot left."""
 
@@ -185,13 +203,17 @@ class FwCfg:
         boot_menu: bool = False,
         nographic: bool = False,
         uuid: bytes = bytes(16),
+        kernel: Mapping[int, bytes] | None = None,
+        boot_rom: BootRom | None = None,
     ) -> FwCfg:
         """What QEMU 7.2 ``-machine q35 -nodefaults`` under KVM gives, minus QEMU's own
         ACPI and SMBIOS tables, so that SeaBIOS builds its own. ``ram`` is the machine's
         RAM layout, ``vcpu`` what QEMU's board reads of the first vCPU.
 
         ``boot_fail_wait`` is milliseconds before SeaBIOS retries after ``No bootable
-        device.``; None (QEMU's default) never retries.
+        device.``; None (QEMU's default) never retries. ``kernel`` holds the items of a
+        ``-kernel`` (``pcihole.arch.x86.linux``), ``boot_rom`` the option ROM that boots
+        it, served as ``genroms/NAME`` and named first in ``bootorder`` as QEMU does.
         """
         max_cpus = cpus if max_cpus is None else max_cpus
         if not 1 <= cpus <= max_cpus <= 0xFFFF:
@@ -212,8 +234,12 @@ class FwCfg:
         config.add_item(Selector.ACPI_TABLES, _u16(0))
         config.add_item(Selector.SMBIOS_ENTRIES, _u16(0))
         config.add_item(Selector.IRQ0_OVERRIDE, _u32(IRQ0_OVERRIDE))
+        for selector, data in (kernel or {}).items():
+            config.add_item(selector, data)
         config.add_file("bios-geometry", b"")
-        config.add_file("bootorder", b"")
+        config.add_file("bootorder", b"" if boot_rom is None else boot_rom.bootorder)
+        if boot_rom is not None:
+            config.add_file(boot_rom.file_name, boot_rom.image)
         config.add_file("etc/boot-fail-wait", _u32(_boot_fail_wait(boot_fail_wait)))
         config.add_file("etc/e820", e820.pack(ram.e820()))
         feature_control = _feature_control(vcpu)

@@ -28,12 +28,14 @@ from typing import Any, BinaryIO
 from pcihole import layout
 from pcihole.arch.x86.cpuid import VcpuIdentity, boot_cpuid
 from pcihole.arch.x86.e820 import Q35Ram
+from pcihole.arch.x86.linux import LinuxLoad
 from pcihole.arch.x86.reset import prepare_real_mode
 from pcihole.chipset import pam
 from pcihole.chipset.mch import HOST_BRIDGE, Mch
 from pcihole.closing import Closeable
 from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit, exit_status
 from pcihole.devices.debugcon import ConsoleLine, DebugConsole, Stamp
+from pcihole.devices.fw_cfg import BootRom
 from pcihole.devices.rom import RomDevice
 from pcihole.errors import GUEST_FAULT_STATUS, BadInput
 from pcihole.holes.slots import HoleSlotError
@@ -260,6 +262,7 @@ class BootMachine(Closeable):
         until: bytes | None = None,
         name: str = "boot",
         config_ports: str = "always",
+        linux: LinuxBoot | None = None,
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
         topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
@@ -283,12 +286,10 @@ class BootMachine(Closeable):
             PlacedDevice("port", layout.DEBUG_EXIT_PORT, DEBUG_EXIT_SIZE, self.debug_exit,
                          "debug-exit"),
         ]  # fmt: skip
+        self._serial = _SerialWatch(serial, until, self.stop)
         try:
             assert shell.ram is not None
-            self.platform = Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots,
-                                        image, ram_layout=shell.ram_layout, on_stop=self.stop,
-                                        vcpu=shell.vcpu_identity, serial=serial,
-                                        config_ports=config_ports, clock=self._stamp)  # fmt: skip
+            self.platform = self._platform(shell, image, linux, config_ports)
             backends = {
                 (function.bdf, index): device
                 for function in topology
@@ -307,6 +308,21 @@ class BootMachine(Closeable):
         shell.ports.remove(layout.PCI_CONFIG_ADDRESS_PORT)  # 0xcf9 is in CF8-CFF: see q35.py
         cf8 = self.platform.config_ports(self.legacy)
         shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, cf8, "pci-config")
+
+    def _platform(
+        self, shell: BootVm, image: bytes, linux: LinuxBoot | None, config_ports: str
+    ) -> Q35Platform:
+        """The q35 platform devices, with a kernel's items and boot ROM in fw_cfg and its
+        segments already in RAM (QEMU's ELF loader writes them at reset)."""
+        assert shell.ram is not None
+        for segment in linux.load.segments if linux is not None else ():
+            shell.ram.write(segment.address, segment.data)
+        return Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots, image,
+                           ram_layout=shell.ram_layout, vcpu=shell.vcpu_identity,
+                           on_stop=self.stop, serial=self._serial.sink,
+                           config_ports=config_ports, clock=self._stamp,
+                           kernel=None if linux is None else linux.load.items,
+                           boot_rom=None if linux is None else linux.rom)  # fmt: skip
 
     def request_stop(self) -> None:
         self.guest.request_stop()
@@ -444,6 +460,40 @@ class BootMachine(Closeable):
             "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
         }
+
+
+@dataclass(frozen=True)
+class LinuxBoot:
+    """A kernel loaded as QEMU's -kernel loads it, and the option ROM that boots it."""
+
+    load: LinuxLoad
+    rom: BootRom
+
+
+class _SerialWatch:
+    """The UART's output on to ``sink``; ``until`` seen there ends the run."""
+
+    def __init__(
+        self,
+        sink: Callable[[bytes], None] | None,
+        until: bytes | None,
+        stop: Callable[[str], None],
+    ) -> None:
+        self._sink, self._until, self._stop = sink, until, stop
+        self._tail = b""
+
+    @property
+    def sink(self) -> Callable[[bytes], None] | None:
+        """What the UART writes to (None: nowhere, nothing to watch)."""
+        return self.write if self._sink is not None or self._until else None
+
+    def write(self, data: bytes) -> None:
+        if self._sink is not None:
+            self._sink(data)
+        if self._until:
+            self._tail = (self._tail + data)[-(len(self._until) + len(data)) :]
+            if self._until in self._tail:
+                self._stop(f"the serial port printed {self._until.decode(errors='replace')!r}")
 
 
 class _Watched:

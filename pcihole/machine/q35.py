@@ -13,7 +13,7 @@ What the guest asks of the machine (power off, reset) reaches ``on_stop`` with a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pcihole import layout
@@ -26,7 +26,7 @@ from pcihole.devices.acpi_pm import AcpiPm
 from pcihole.devices.apm import Apm
 from pcihole.devices.cmos import Cmos
 from pcihole.devices.debugcon import DebugConsole, Stamp
-from pcihole.devices.fw_cfg import FwCfg, FwCfgDevice
+from pcihole.devices.fw_cfg import BootRom, FwCfg, FwCfgDevice
 from pcihole.devices.i8042 import I8042
 from pcihole.devices.irq import IrqLine, no_irq
 from pcihole.devices.reset import Port92, ResetControl
@@ -114,6 +114,8 @@ class Q35Platform:
         cpus: int = 1,
         config_ports: str = "always",
         clock: Callable[[], Stamp] | None = None,
+        kernel: Mapping[int, bytes] | None = None,
+        boot_rom: BootRom | None = None,
     ) -> None:
         """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial
         lines and the withdrawal of CF8/CFC (``account``)."""
@@ -129,9 +131,10 @@ class Q35Platform:
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(self._serial_out, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        self.fw_cfg = FwCfgDevice(
-            FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus), ram, on_select=self._fw_cfg_selected
+        config = FwCfg.q35(
+            ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom
         )
+        self.fw_cfg = FwCfgDevice(config, ram, on_select=self._fw_cfg_selected)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
         self.i8042 = I8042(

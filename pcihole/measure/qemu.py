@@ -63,12 +63,18 @@ def qemu_command(
     memory: str | None = None,
     bios: str | Path | None = None,
     debugcon: bool = False,
+    kernel: str | Path | None = None,
+    initrd: str | Path | None = None,
+    append: str | None = None,
 ) -> list[str]:
     """The command line: the fixed part, the chosen options, then ``args``."""
     command = [QEMU, "-accel", "kvm", "-machine", machine, "-nodefaults", "-display", "none"]
     command += ["-S"] if paused else []
     command += ["-m", memory] if memory else []
     command += ["-bios", str(bios)] if bios else []
+    command += ["-kernel", str(kernel)] if kernel else []
+    command += ["-initrd", str(initrd)] if initrd else []
+    command += ["-append", append] if append is not None else []
     if debugcon:
         command += ["-chardev", "stdio,id=dbg"]
         command += ["-device", f"isa-debugcon,iobase={DEBUGCON_PORT:#x},chardev=dbg"]
@@ -88,6 +94,9 @@ class Qemu(Closeable):
         bios: str | Path | None = None,
         debugcon: bool = False,
         qtest: bool = False,
+        kernel: str | Path | None = None,
+        initrd: str | Path | None = None,
+        append: str | None = None,
     ) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="pcihole-qemu-")
         self._log = open(os.path.join(self._dir.name, "stderr"), "w+b")  # noqa: SIM115
@@ -99,7 +108,7 @@ class Qemu(Closeable):
             extra += ["-qtest", f"unix:{self._dir.name}/qtest.sock", "-qtest-log", "/dev/null"]
         command = qemu_command(
             [*extra, *args], machine=machine, paused=paused, memory=memory, bios=bios,
-            debugcon=debugcon,
+            debugcon=debugcon, kernel=kernel, initrd=initrd, append=append,
         )  # fmt: skip
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log

@@ -89,9 +89,7 @@ class Q35Ram:
         size) or ``AddressBitsError`` (the vCPU)."""
         if size <= 0 or size % layout.PAGE_SIZE:
             raise RamLayoutError(f"RAM size {size:#x} must be a positive number of 4 KiB pages")
-        # Once RAM reaches the ECAM window only 2 GiB stay low, so that the rest starts
-        # 1 GiB aligned in host memory (QEMU's lowmem rule).
-        below = size if size < layout.Q35_LOW_RAM_MAX else layout.Q35_LOW_RAM_SPLIT
+        below = q35_below_4g(size)
         above = size - below
         start = layout.HIGH_RAM_BASE
         if vcpu.amd and _max_used_address(start + above, vcpu) >= layout.AMD_HT_START:
@@ -122,6 +120,13 @@ class Q35Ram:
             entries.append(E820Entry(layout.AMD_HT_START, layout.AMD_HT_SIZE, E820Type.RESERVED))
         entries += [E820Entry(start, length, E820Type.RAM) for start, length in self.banks]
         return entries
+
+
+def q35_below_4g(size: int) -> int:
+    """How much of ``size`` bytes of RAM q35 puts below 4 GiB, whatever the vCPU: once RAM
+    reaches the ECAM window only 2 GiB stay low, so that the rest starts 1 GiB aligned in
+    host memory (QEMU's lowmem rule)."""
+    return size if size < layout.Q35_LOW_RAM_MAX else layout.Q35_LOW_RAM_SPLIT
 
 
 def _max_used_address(ram_end: int, vcpu: VcpuIdentity) -> int:

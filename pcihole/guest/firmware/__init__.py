@@ -104,6 +104,35 @@ def write_firmware(
     return target
 
 
+# --- option ROMs -------------------------------------------------------------------------
+ROM_UNIT = 512
+"""An option ROM's size is a whole number of these (its third byte counts them)."""
+ROM_MAX_UNITS = 255
+
+
+def build_option_rom(name: str = "pvh") -> bytes:
+    """Build ``firmware/NAME.S`` (cached) into a signed option ROM: linked at offset 0
+    (it runs in real mode at whatever segment the firmware copies it to)."""
+    source = FIRMWARE_DIR / f"{name}.S"
+    if not source.is_file():
+        raise Bug(f"no option ROM source {name!r} in {FIRMWARE_DIR}")
+    flags = [f"-D{key}={value:#x}" for key, value in sorted(layout.asm_symbols().items())]
+    code = build_flat(source, flags, base=0, entry="_start", cache_name=f"rom-{name}")
+    return sign_option_rom(code)
+
+
+def sign_option_rom(code: bytes) -> bytes:
+    """Pad to whole 512-byte units, write their count at offset 2 and make the last byte
+    the checksum (every byte sums to 0 mod 256), as SeaBIOS checks."""
+    units = -(-len(code) // ROM_UNIT)
+    if code[:2] != b"\x55\xaa" or not 1 <= units <= ROM_MAX_UNITS:
+        raise Bug(f"not an option ROM of 1-{ROM_MAX_UNITS} units: {len(code)} bytes")
+    image = bytearray(code.ljust(units * ROM_UNIT, b"\0"))
+    image[2] = units
+    image[-1] = -sum(image[:-1]) & 0xFF
+    return bytes(image)
+
+
 # --- reading what enumerate.S printed ----------------------------------------------------
 _FIELD = re.compile(r"([a-z0-9-]+)=(0x[0-9a-f]+(?:,0x[0-9a-f]+)*)")
 _FUNCTION = re.compile(r"fn ([0-9a-f]{2}:[0-9a-f]{2}\.[0-7]) ([0-9a-f]{4}):([0-9a-f]{4})")
