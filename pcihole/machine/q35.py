@@ -48,9 +48,10 @@ StopRequest = Callable[[str], None]
 CONFIG_PORT_MODES = ("always", "firmware")
 """``always``: CF8/CFC serve every guest, as on QEMU. ``firmware``: they are withdrawn once
 the firmware fetches the kernel from fw_cfg, so the kernel configures PCI through ECAM."""
-KERNEL_SELECTORS = {0x11: "kernel data", 0x17: "setup data"}
+KERNEL_SELECTORS = {0x11: "kernel data", 0x15: "command-line data", 0x17: "setup data"}
 """fw_cfg items whose selection means the firmware is loading the kernel (QEMU's
-FW_CFG_KERNEL_DATA, FW_CFG_SETUP_DATA): SeaBIOS reads neither during POST."""
+FW_CFG_KERNEL_DATA, FW_CFG_CMDLINE_DATA, FW_CFG_SETUP_DATA): SeaBIOS reads none during
+POST. The command line is the one pcihole's PVH ROM reads too (its kernel is in RAM)."""
 KERNEL_FILES: frozenset[str] = frozenset()
 """fw_cfg files a kernel loader reads the kernel from (a PVH loader's), likewise."""
 
