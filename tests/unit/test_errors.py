@@ -36,8 +36,8 @@ TABLE: dict[str, str] = {
     "pcihole.errors.GuestFault": GUEST,
     "pcihole.errors.Bug": INTERNAL,
     # what the user typed or named
-    "pcihole.machine.firmware.BootError": BAD_INPUT,
-    "pcihole.arch.x86.linux.KernelError": BAD_INPUT,  # --kernel, --initrd, --append  # --bios image, --device at 00:00.0
+    "pcihole.machine.firmware.BootError": BAD_INPUT,  # --bios image, --device at 00:00.0
+    "pcihole.arch.x86.linux.KernelError": BAD_INPUT,  # --kernel, --initrd, --append
     "pcihole.pci.errors.PciError": BAD_INPUT,
     "pcihole.pci.errors.BdfError": BAD_INPUT,
     "pcihole.pci.errors.DeviceError": BAD_INPUT,
