@@ -36,6 +36,7 @@ TABLE: dict[str, str] = {
     "pcihole.errors.GuestFault": GUEST,
     "pcihole.errors.Bug": INTERNAL,
     # what the user typed or named
+    "pcihole.guest.linux.view.GuestViewError": GUEST,  # what Linux printed is no view
     "pcihole.machine.firmware.BootError": BAD_INPUT,  # --bios image, --device at 00:00.0
     "pcihole.arch.x86.linux.KernelError": BAD_INPUT,  # --kernel, --initrd, --append
     "pcihole.pci.errors.PciError": BAD_INPUT,
