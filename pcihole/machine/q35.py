@@ -132,9 +132,7 @@ class Q35Platform:
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(self._serial_out, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        config = FwCfg.q35(
-            ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom
-        )
+        config = FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom)
         self.fw_cfg = FwCfgDevice(config, ram, on_select=self._fw_cfg_selected)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
