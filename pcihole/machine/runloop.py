@@ -230,7 +230,11 @@ class RunLoop:
             )
         if isinstance(exit, exits.EmulationFailure):
             line = self.refused.handle(exit)
-            return None if line is None else RunResult(StopReason.REFUSED_INSTRUCTION, line)
+            if line is None:
+                return None
+            # No bytes: KVM could not even fetch (code where no memory is): the guest's doing.
+            refused = StopReason.REFUSED_INSTRUCTION if exit.window else StopReason.KVM_ERROR
+            return RunResult(refused, line)
         if isinstance(exit, exits.InternalError):
             rip = self.vcpu.get_regs().rip
             data = ", ".join(f"{d:#x}" for d in exit.data)

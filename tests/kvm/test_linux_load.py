@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.arch.x86.linux import Item, LinuxLoad, load_linux
 from pcihole.devices.fw_cfg import BootRom, FwCfg
 from pcihole.guest.build import assemble_flat
@@ -32,6 +33,7 @@ from tests.qemu import (
     fw_cfg_item,
     qemu_memory,
     qemu_missing_reason,
+    qemu_vcpu,
 )
 from tests.support import HANG_SECONDS, run_pcihole
 
@@ -125,7 +127,9 @@ def _same_rom_and_bootorder(qemu: Qemu, ours: LinuxLoad) -> None:
     theirs_rom = fw_cfg_dma_read(qemu, rom_selector, rom_size, SCRATCH)
     if ours.kind == "bzImage":
         rom = BootRom(name, LINUXBOOT_DMA.read_bytes())
-        config = FwCfg.q35(ram_size=RAM_MIB * MiB, kernel=ours.items, boot_rom=rom)
+        vcpu = qemu_vcpu(qemu)
+        ram = Q35Ram.for_vcpu(RAM_MIB * MiB, vcpu)
+        config = FwCfg.q35(ram=ram, vcpu=vcpu, kernel=ours.items, boot_rom=rom)
         files = {entry.name: entry.select for entry in config.directory()}
         assert config.items()[files["bootorder"]] == theirs_order
         assert config.items()[files[f"genroms/{name}"]] == theirs_rom

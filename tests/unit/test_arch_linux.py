@@ -9,6 +9,8 @@ import struct
 
 import pytest
 
+from pcihole.arch.x86.cpuid import VcpuIdentity
+from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.arch.x86.linux import (
     Item,
     KernelError,
@@ -190,17 +192,20 @@ def test_payload_of_a_bzimage() -> None:
     assert decompressed_size(kernel) == 0x1234_5678
 
 
+INTEL = VcpuIdentity("GenuineIntel", 39)
+
+
 def test_fw_cfg_serves_kernel_items_rom_and_bootorder() -> None:
     load = load_linux(bzimage(), cmdline=b"quiet", below_4g=RAM)
     rom = BootRom("linuxboot_dma.bin", b"\x55\xaa\x01" + bytes(509))
-    config = FwCfg.q35(ram_size=RAM, kernel=load.items, boot_rom=rom)
+    config = FwCfg.q35(ram=Q35Ram.for_vcpu(RAM, INTEL), vcpu=INTEL, kernel=load.items, boot_rom=rom)
     items = config.items()
     files = {entry.name: entry.select for entry in config.directory()}
     assert items[files["bootorder"]] == b"/rom@genroms/linuxboot_dma.bin\0"  # as QEMU's
     assert items[files["genroms/linuxboot_dma.bin"]] == rom.image
     for selector, data in load.items.items():
         assert items[selector] == data
-    plain = FwCfg.q35(ram_size=RAM).items()
+    plain = FwCfg.q35(ram=Q35Ram.for_vcpu(RAM, INTEL), vcpu=INTEL).items()
     assert Item.KERNEL_DATA not in plain and plain[0x21] == b""  # bootorder empty
 
 
