@@ -19,6 +19,7 @@ from typing import Any
 from pcihole import layout
 from pcihole.arch.x86.cpuid import VcpuIdentity
 from pcihole.arch.x86.e820 import Q35Ram
+from pcihole.arch.x86.linux import Item
 from pcihole.bits import all_ones
 from pcihole.chipset import pam
 from pcihole.chipset.lpc import Ich9LpcDecoder
@@ -48,17 +49,15 @@ StopRequest = Callable[[str], None]
 CONFIG_PORT_MODES = ("always", "firmware")
 """``always``: CF8/CFC serve every guest, as on QEMU. ``firmware``: they are withdrawn once
 the firmware fetches the kernel from fw_cfg, so the kernel configures PCI through ECAM."""
-KERNEL_SELECTORS = {0x11: "kernel data", 0x15: "command-line data", 0x17: "setup data"}
-"""fw_cfg items whose selection means the firmware is loading the kernel (QEMU's
-FW_CFG_KERNEL_DATA, FW_CFG_CMDLINE_DATA, FW_CFG_SETUP_DATA): SeaBIOS reads none during
-POST. The command line is the one pcihole's PVH ROM reads too (its kernel is in RAM)."""
-KERNEL_FILES: frozenset[str] = frozenset()
-"""fw_cfg files a kernel loader reads the kernel from (a PVH loader's), likewise."""
+KERNEL_SELECTORS = frozenset({Item.KERNEL_DATA, Item.CMDLINE_DATA, Item.SETUP_SIZE})
+"""fw_cfg items whose selection means the firmware is loading the kernel: SeaBIOS reads
+none during POST. linuxboot_dma.bin reads the setup's size before its data; pcihole's PVH
+ROM reads only the command line (its kernel is already in RAM)."""
 
 
-def kernel_fetch(selector: int, name: str | None) -> bool:
+def kernel_fetch(selector: int) -> bool:
     """Whether choosing this fw_cfg item means the firmware is fetching the kernel."""
-    return selector in KERNEL_SELECTORS or name in KERNEL_FILES
+    return selector in KERNEL_SELECTORS
 
 
 class ConfigAndResetPorts:
@@ -184,7 +183,7 @@ class Q35Platform:
         ports = self._config_ports
         if self.config_ports_mode != "firmware" or ports is None or ports.withdrawn:
             return
-        if kernel_fetch(selector, name):
+        if kernel_fetch(selector):
             ports.withdraw()
             self.withdrawal, self.withdrawn_by = self._clock(), selector
 

@@ -72,6 +72,6 @@ def test_reset_control_stays_after_withdrawal() -> None:
 
 def test_kernel_fetch_is_the_kernel_command_line_and_setup_items_only() -> None:
     assert set(KERNEL_SELECTORS) == {0x11, 0x15, 0x17}  # 0x15: what the PVH ROM reads
-    assert all(kernel_fetch(selector, None) for selector in KERNEL_SELECTORS)
-    for selector, name in ((0x00, None), (0x19, None), (0x10, None), (0x20, "etc/e820")):
-        assert not kernel_fetch(selector, name)
+    assert all(kernel_fetch(selector) for selector in KERNEL_SELECTORS)
+    for selector in (0x00, 0x19, 0x10, 0x20):
+        assert not kernel_fetch(selector)
