@@ -297,24 +297,6 @@ class kvm_translation(ctypes.Structure):
     ]
 
 
-class kvm_fpu(ctypes.Structure):
-    """x87 and SSE state in FXSAVE layout (KVM_GET_FPU / KVM_SET_FPU)."""
-
-    _fields_ = [
-        ("fpr", u8 * 16 * 8),
-        ("fcw", u16),
-        ("fsw", u16),
-        ("ftwx", u8),
-        ("pad1", u8),
-        ("last_opcode", u16),
-        ("last_ip", u64),
-        ("last_dp", u64),
-        ("xmm", u8 * 16 * 16),
-        ("mxcsr", u32),
-        ("pad2", u32),
-    ]
-
-
 class kvm_xsave(ctypes.Structure):
     """The XSAVE image (KVM_GET_XSAVE/KVM_SET_XSAVE); KVM_GET_XSAVE2 may give more than
     these 4096 bytes (as many as KVM_CAP_XSAVE2 says)."""
@@ -355,7 +337,6 @@ _EXPECTED_SIZES: dict[type, int] = {
     kvm_run_emulation_failure: 32,
     kvm_enable_cap: 104,
     kvm_translation: 24,
-    kvm_fpu: 416,
     kvm_xsave: 4096,
 }
 for _struct, _size in _EXPECTED_SIZES.items():
@@ -395,8 +376,6 @@ KVM_SET_REGS = _iow(KVMIO, 0x82, kvm_regs)
 KVM_GET_SREGS = _ior(KVMIO, 0x83, kvm_sregs)
 KVM_SET_SREGS = _iow(KVMIO, 0x84, kvm_sregs)
 KVM_TRANSLATE = _iowr(KVMIO, 0x85, kvm_translation)
-KVM_GET_FPU = _ior(KVMIO, 0x8C, kvm_fpu)
-KVM_SET_FPU = _iow(KVMIO, 0x8D, kvm_fpu)
 KVM_SET_CPUID2 = _iow(KVMIO, 0x90, kvm_cpuid2)
 KVM_GET_MP_STATE = _ior(KVMIO, 0x98, kvm_mp_state)
 KVM_SET_MP_STATE = _iow(KVMIO, 0x99, kvm_mp_state)

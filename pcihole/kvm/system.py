@@ -363,14 +363,6 @@ class Vcpu(_FdObject):
     def set_sregs(self, sregs: abi.kvm_sregs) -> None:
         _ioctl(self.fd, abi.KVM_SET_SREGS, sregs, "KVM_SET_SREGS")
 
-    def get_fpu(self) -> abi.kvm_fpu:
-        fpu = abi.kvm_fpu()
-        _ioctl(self.fd, abi.KVM_GET_FPU, fpu, "KVM_GET_FPU")
-        return fpu
-
-    def set_fpu(self, fpu: abi.kvm_fpu) -> None:
-        _ioctl(self.fd, abi.KVM_SET_FPU, fpu, "KVM_SET_FPU")
-
     def get_xsave(self) -> bytearray:
         """The XSAVE image (KVM_GET_XSAVE2 where offered: it can be over 4096 bytes)."""
         size = self.vm.kvm.check_extension(abi.Cap.XSAVE2)
