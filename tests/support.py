@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pcihole import layout
 from pcihole.guest.vm import GuestVm
-from pcihole.machine.firmware import BootMachine, BootResult
+from pcihole.q35 import BootResult, Q35Machine
 
 HANG_SECONDS = 300.0
 """Past this a thread, guest or child is hung (a hang guard, never a speed check)."""
@@ -70,7 +70,7 @@ def run_pcihole(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str
 
 
 def run_firmware(
-    machine: BootMachine, seconds: float = FIRMWARE_SECONDS, max_exits: int | None = None
+    machine: Q35Machine, seconds: float = FIRMWARE_SECONDS, max_exits: int | None = None
 ) -> BootResult:
     """``machine.run()`` ended by a guard after ``seconds`` (status 1, reason "hang
     guard"), or by ``max_exits`` exits: a guest that loops or halts cannot hang the test."""

@@ -17,27 +17,27 @@ from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
 from pcihole.arch.x86.e820 import AddressBitsError, RamLayoutError, q35_below_4g
 from pcihole.arch.x86.linux import KernelError, load_linux
-from pcihole.chipset.mch import HOST_BRIDGE
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
 from pcihole.devices.fw_cfg import BootRom
 from pcihole.errors import ENVIRONMENT_STATUS, BadInput, EnvironmentProblem, GuestFault
 from pcihole.guest.firmware import build_option_rom
 from pcihole.kvm import Kvm
-from pcihole.machine.firmware import (
-    SIGNAL_STATUS_OFFSET,
-    TIMEOUT_STATUS,
-    BootError,
-    BootMachine,
-    BootResult,
-    LinuxBoot,
-    check_image,
-)
-from pcihole.machine.q35 import CONFIG_PORT_MODES
 from pcihole.machine.runloop import StopReason
 from pcihole.memory.ram import RamAllocationError
 from pcihole.pci.devices import MODELS
 from pcihole.pci.errors import PciError
 from pcihole.pci.topology import Topology
+from pcihole.q35 import (
+    SIGNAL_STATUS_OFFSET,
+    TIMEOUT_STATUS,
+    BootError,
+    BootResult,
+    LinuxBoot,
+    Q35Machine,
+    check_image,
+)
+from pcihole.q35.mch import HOST_BRIDGE
+from pcihole.q35.platform import CONFIG_PORT_MODES
 
 NAME = "boot"
 
@@ -138,9 +138,9 @@ def run(args: argparse.Namespace) -> int:
         with (
             Kvm() as kvm,
             _ram_named(args.ram_mib),
-            BootMachine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
-                        console=console, serial=None if serial is None else _writer(serial),
-                        until=until, config_ports=args.config_ports, linux=linux) as machine,
+            Q35Machine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
+                       console=console, serial=None if serial is None else _writer(serial),
+                       until=until, config_ports=args.config_ports, linux=linux) as machine,
         ):  # fmt: skip
             result = _run_until_stopped(machine, args.timeout)
             if args.stats:
@@ -168,7 +168,7 @@ def _ram_named(mib: int) -> Iterator[None]:
         raise EnvironmentProblem(f"--ram-mib {mib}: {error}") from None
 
 
-def _run_until_stopped(machine: BootMachine, timeout: float | None) -> BootResult:
+def _run_until_stopped(machine: Q35Machine, timeout: float | None) -> BootResult:
     """Run with SIGINT/SIGTERM and the time limit ending the run (not the process)."""
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -220,7 +220,7 @@ def _write(path: str, text: str) -> None:
         raise BadInput(f"--stats: {path}: {error.strerror}") from None
 
 
-def _dump_acpi(machine: BootMachine, directory: str) -> None:
+def _dump_acpi(machine: Q35Machine, directory: str) -> None:
     tables = read_acpi_tables(machine.read_memory)
     try:
         written = tables.write_tables(directory)

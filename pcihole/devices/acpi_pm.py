@@ -1,7 +1,7 @@
 """The ICH9 ACPI power-management I/O block, as QEMU q35 presents it at PMBASE.
 
 ``layout.ACPI_PM_SIZE`` (0x80) bytes wherever the LPC function's PMBASE puts it (see
-``pcihole.chipset.lpc``), after QEMU 7.2's ``hw/acpi/ich9.c`` and ``hw/acpi/core.c``:
+``pcihole.q35.lpc``), after QEMU 7.2's ``hw/acpi/ich9.c`` and ``hw/acpi/core.c``:
 
 - PM1a event block: status (w1c) at +0, enable at +2;
 - PM1a control at +4: SCI_EN, and SLP_TYP with SLP_EN, which is never stored: sleep

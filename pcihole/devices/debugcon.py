@@ -46,13 +46,18 @@ class DebugConsole:
 
     Each line is kept as a ``ConsoleLine`` with ``clock``'s stamps at its first byte and
     at its newline, so a guest can time what happens between two lines it prints.
+    ``after_write`` is called after every byte (the machine watches for ``--until``).
     """
 
     def __init__(
-        self, sink: BinaryIO | None = None, clock: Callable[[], Stamp] | None = None
+        self,
+        sink: BinaryIO | None = None,
+        clock: Callable[[], Stamp] | None = None,
+        after_write: Callable[[], None] | None = None,
     ) -> None:
         self.sink = sink
         self.clock = clock or (lambda: (0.0, 0, 0))
+        self.after_write = after_write
         self.output = bytearray()
         self.lines: list[ConsoleLine] = []
         self._line = bytearray()
@@ -69,6 +74,8 @@ class DebugConsole:
         self._line.append(byte)
         if byte == 0x0A:
             self._end_line()
+        if self.after_write is not None:
+            self.after_write()
 
     def _end_line(self) -> None:
         line = bytes(self._line)

@@ -1,7 +1,7 @@
 """Test-guest machines: a long-mode guest program over the one machine builder.
 
 ``scan``, ``demo``, ``bench`` and ``lspci --vm-view`` run these; ``pcihole boot`` runs the
-firmware machine (``pcihole.machine.firmware``) on the same builder.
+firmware machine (``pcihole.q35.machine``) on the same builder.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class PciMachine(Machine):
     ) -> None:
         shell = GuestVm(kvm, program, ring=options.ring, params=params, name=name)
         self.bars = None if backends is None else BarDecoder(shell, lambda: topology, backends)
-        written = None if self.bars is None else self.bars.config_written
-        super().__init__(shell, topology, options, on_config_write=written)
+        listeners = () if self.bars is None else (self.bars.config_written,)
+        super().__init__(shell, topology, options, listeners=listeners)
         self.guest: GuestVm = shell
 
 

@@ -3,8 +3,8 @@ command writes onto the machine's MMIO and port buses.
 
 ``backends_for`` makes the register blocks a catalogue function has (``pcihole.devices``:
 AHCI, NVMe, virtio-pci, MSI-X tables), by BAR. ``BarDecoder`` keeps them placed: after
-every configuration write (the machine's config-write hook, which ECAM and CF8 writes
-reach alike, calls ``config_written``; ``PciMachine(backends=...)`` wires it) it asks
+every configuration write (a listener of the window's ``ConfigWrite`` event, which ECAM
+and CF8 writes raise alike; ``PciMachine(backends=...)`` and ``Q35Machine`` listen) it asks
 ``pcihole.pci.bars`` which BAR ranges decode now, through the bridges above each function,
 and moves blocks to match: off the bus when decoding stops or the BAR moves, onto it at
 the new range.
@@ -35,6 +35,7 @@ from pcihole.pci.bdf import Bdf
 from pcihole.pci.capabilities import CapabilityId
 from pcihole.pci.config import BarKind, ConfigSpace
 from pcihole.pci.devices import Function
+from pcihole.pci.ecam import ConfigWrite
 
 BarKey = tuple[Bdf, int]
 """(function, BAR index)."""
@@ -89,9 +90,9 @@ class BarDecoder:
     moves: int = 0
     """Blocks placed or removed."""
 
-    def config_written(self, bdf: Bdf | None = None) -> None:
-        """A configuration write happened (``bdf`` is informative: a bridge's write moves
-        what is behind it, so every function is looked at again)."""
+    def config_written(self, write: ConfigWrite | None = None) -> None:
+        """A configuration write happened (which one does not matter: a bridge's write
+        moves what is behind it, so every function is looked at again)."""
         wanted = self._wanted()
         for key, bar in list(self.placed.items()):
             if wanted.get(key) != bar:
@@ -207,4 +208,13 @@ def backends_for(
     return {} if msix is None else {0: msix}
 
 
-__all__ = ["BarDecoder", "BarGuest", "Clash", "backends_for", "bridges_above"]
+def backends(functions: Iterable[Function], memory: GuestMemory) -> dict[BarKey, BusDevice]:
+    """Every function's BAR blocks (``backends_for``), by (function, BAR index)."""
+    return {
+        (function.bdf, index): device
+        for function in functions
+        for index, device in backends_for(function, memory).items()
+    }
+
+
+__all__ = ["BarDecoder", "BarGuest", "Clash", "backends", "backends_for", "bridges_above"]

@@ -2,7 +2,7 @@
 
 A shell is a VM with its vCPU and run loop, memory already mapped (RAM, ROM or a test
 program) and empty buses: ``guest.vm.GuestVm`` for the long-mode test guests,
-``machine.firmware.BootVm`` for firmware at the reset vector. The builder adds what every
+``q35.shell.Q35Shell`` for firmware at the reset vector. The builder adds what every
 PC-like machine has the same way: the ECAM window (mirrors, hole slots, the device
 beneath), configuration mechanism #1 on CF8-CFF, then the caller's devices on the port
 and MMIO buses. ``on_config_write`` hears every config write that changed a function
@@ -11,7 +11,7 @@ and MMIO buses. ``on_config_write`` hears every config write that changed a func
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -23,7 +23,6 @@ from pcihole.machine.bus import Bus, BusDevice
 from pcihole.machine.runloop import RunResult
 from pcihole.machine.window import (
     CONFIG_PORTS,
-    ConfigWritten,
     EcamDevice,
     EcamWindow,
     LegacyConfigPorts,
@@ -33,6 +32,7 @@ from pcihole.machine.window import (
 )
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import Function
+from pcihole.pci.ecam import ConfigListener
 from pcihole.pci.topology import Topology
 
 
@@ -64,6 +64,7 @@ class Machine(Closeable):
 
     ``window_base`` None leaves the window unplaced until the chipset places it (firmware
     programs PCIEXBAR); test guests find it at ``layout.ECAM_BASE`` from the start.
+    ``config_ports`` turns the CF8/CFC device into what answers on CF8-CFF.
     """
 
     def __init__(
@@ -74,15 +75,17 @@ class Machine(Closeable):
         devices: Sequence[PlacedDevice] = (),
         *,
         window_base: int | None = layout.ECAM_BASE,
-        on_config_write: ConfigWritten | None = None,
+        listeners: Sequence[ConfigListener] = (),
+        config_ports: Callable[[LegacyConfigPorts], BusDevice] | None = None,
     ) -> None:
         self.guest = shell
         self.topology = topology
         self.options = options
         try:
-            self.window = EcamWindow(shell, topology, options, window_base, on_config_write)
-            self.legacy = LegacyConfigPorts(self.window, on_write=on_config_write)
-            shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, self.legacy, "pci-config")
+            self.window = EcamWindow(shell, topology, options, window_base, listeners)
+            self.legacy = LegacyConfigPorts(self.window)
+            ports = self.legacy if config_ports is None else config_ports(self.legacy)
+            shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, ports, "pci-config")
             for placed in devices:
                 bus = shell.ports if placed.bus == "port" else shell.mmio
                 bus.add(placed.base, placed.size, placed.device, placed.name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -32,7 +32,7 @@ from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKi
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import ACCESS_SIZES, ConfigSpace
 from pcihole.pci.devices import Function
-from pcihole.pci.ecam import ConfigMechanism1
+from pcihole.pci.ecam import ConfigListener, ConfigMechanism1, ConfigWrite
 from pcihole.pci.routing import BridgeState, Routing, bridge_state, route
 from pcihole.pci.topology import Topology
 
@@ -83,17 +83,11 @@ class ConfigExits:
         return self.device_reads + self.device_writes
 
 
-ConfigWritten = Callable[[Bdf], None]
-"""Told which function a guest's config write changed (after its mirror is refreshed)."""
-
-
 class EcamDevice:
     """The MMIO device under the whole ECAM window: what still exits ends here."""
 
-    def __init__(self, window: EcamWindow, on_write: ConfigWritten | None = None) -> None:
+    def __init__(self, window: EcamWindow) -> None:
         self.window = window
-        self.on_write = on_write
-        """Told of every write that changed a function's registers (the chipset listens)."""
         self.exits = ConfigExits()
 
     def read(self, offset: int, size: int) -> int:
@@ -134,9 +128,7 @@ class EcamDevice:
         else:
             changed = config.write(register, size, value)
         if changed:
-            self.window.refresh_mirror(function.bdf)
-            if self.on_write is not None:
-                self.on_write(function.bdf)
+            self.window.written(ConfigWrite(function.bdf, register, size))
 
 
 @dataclass
@@ -157,7 +149,7 @@ class MachineReport:
 
 class WindowGuest(Protocol):
     """What an ECAM window needs of its VM (a vCPU shell: ``guest.vm.GuestVm``,
-    ``machine.firmware.BootVm``)."""
+    ``q35.shell.Q35Shell``)."""
 
     vm: Vm
     slots: SlotAllocator
@@ -181,7 +173,7 @@ class EcamWindow:
         topology: Topology,
         options: MachineOptions,
         base: int | None = layout.ECAM_BASE,
-        on_config_write: ConfigWritten | None = None,
+        listeners: Sequence[ConfigListener] = (),
     ) -> None:
         if topology.buses != options.buses:
             raise MachineError(f"topology has {topology.buses} buses, options say {options.buses}")
@@ -198,7 +190,9 @@ class EcamWindow:
         self.mirrors: dict[Bdf, Mirror] = {}
         """By the function's built address (``Function.bdf``); mapped at its guest page."""
         self.hole_writes = HoleWrites()
-        self.ecam = EcamDevice(self, on_config_write)
+        self.listeners = tuple(listeners)
+        """Hear every config write that changed a function (the chipset, the BAR decoder)."""
+        self.ecam = EcamDevice(self)
         self._lock = threading.RLock()
         self.strategy: HoleStrategy | None = None
         self.holes: HoleSlots | None = None
@@ -344,6 +338,12 @@ class EcamWindow:
         self.guest.slots.release([mirror.slot])
         mirror.page.close()
 
+    def written(self, write: ConfigWrite) -> None:
+        """A guest's write (ECAM or CF8) changed a function: mirror it, tell the listeners."""
+        self.refresh_mirror(write.bdf)
+        for listener in self.listeners:
+            listener(write)
+
     def refresh_mirror(self, bdf: Bdf) -> None:
         """After a write to the function built at ``bdf`` (or a plug): copy its registers
         into its read-only page, and if they were a bridge's bus numbers, re-plan."""
@@ -449,14 +449,13 @@ class EcamWindow:
 class LegacyConfigPorts:
     """Configuration mechanism #1 on ports CF8-CFF, over the same models as ECAM.
 
-    Every access exits (port I/O always does); writes that change a model re-mirror its
-    ECAM page, and ``on_write`` hears of them (the host bridge's PCIEXBAR, for one).
+    Every access exits (port I/O always does); writes that change a model reach the
+    window's ``written`` as ECAM's do (its mirror page, the listeners).
     """
 
-    def __init__(self, window: EcamWindow, on_write: ConfigWritten | None = None) -> None:
+    def __init__(self, window: EcamWindow) -> None:
         self.window = window
         self.mechanism = ConfigMechanism1(window.config_at)
-        self.on_write = on_write
         self.exits = 0
 
     def read(self, offset: int, size: int) -> int:
@@ -466,11 +465,12 @@ class LegacyConfigPorts:
     def write(self, offset: int, size: int, value: int) -> None:
         self.exits += 1
         changed = self.mechanism.io_write(layout.PCI_CONFIG_ADDRESS_PORT + offset, size, value)
-        function = None if changed is None else self.window.function_at(changed)
+        if changed is None:
+            return
+        address, register = changed
+        function = self.window.function_at(address)
         if function is not None:
-            self.window.refresh_mirror(function.bdf)
-            if self.on_write is not None:
-                self.on_write(function.bdf)
+            self.window.written(ConfigWrite(function.bdf, register, size))
 
 
 CONFIG_PORTS = 8

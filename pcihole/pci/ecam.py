@@ -3,7 +3,8 @@
 The ECAM device itself is ``pcihole.machine``'s ``EcamDevice``. Both end in a lookup
 ``Bdf -> ConfigSpace | None``; ``None`` is a hole, where reads return
 all ones (master abort) and writes vanish. A write that changed a function's registers
-returns that function's address, so the caller can mirror its page again.
+returns that function's address and the register written, so the caller can mirror its
+page again and tell the chipset (``ConfigWrite``).
 """
 
 from __future__ import annotations
@@ -29,6 +30,27 @@ from pcihole.pci.errors import EcamError
 
 Lookup = Callable[[Bdf], ConfigSpace | None]
 """Finds the configuration space at an address; None where no function exists."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigWrite:
+    """A guest's config write that changed a function's registers: the one event every
+    listener hears (MCH, LPC, BAR decoder), whether it came through ECAM or CF8/CFC.
+
+    ``bdf`` is where the function was built (``Function.bdf``), not the bus number the
+    guest reached it at: listeners know their functions by what they are."""
+
+    bdf: Bdf
+    offset: int
+    size: int
+
+    def touches(self, register: int, width: int) -> bool:
+        """Whether the write reached any byte of ``width`` bytes at ``register``."""
+        return self.offset < register + width and register < self.offset + self.size
+
+
+ConfigListener = Callable[[ConfigWrite], None]
+"""Hears every ``ConfigWrite``, after the function's mirror page is refreshed."""
 
 
 def ecam_decode(offset: int) -> tuple[Bdf, int]:
@@ -142,8 +164,9 @@ class ConfigMechanism1:
         _, config, register = target
         return config.read(register, size)
 
-    def io_write(self, port: int, size: int, value: int) -> Bdf | None:
-        """Apply a port write; returns the function whose registers changed, if any."""
+    def io_write(self, port: int, size: int, value: int) -> tuple[Bdf, int] | None:
+        """Apply a port write; returns the address of the function whose registers
+        changed and the register written, if any."""
         self._check(port, size)
         if port < CONFIG_DATA_PORT:
             if (port, size) == (CONFIG_ADDRESS_PORT, 4):
@@ -153,4 +176,5 @@ class ConfigMechanism1:
         if target is None:
             return None
         bdf, config, register = target
-        return bdf if config.write(register, size, value & all_ones(size)) else None
+        changed = config.write(register, size, value & all_ones(size))
+        return (bdf, register) if changed else None

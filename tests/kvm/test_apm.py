@@ -19,7 +19,7 @@ from collections.abc import Callable
 import pytest
 
 from pcihole.kvm import Kvm
-from pcihole.machine.firmware import BootMachine
+from pcihole.q35 import Q35Machine
 from tests.kvm.test_q35_platform import HANG, config_write, image, out_dx
 from tests.qemu import CF8, CF8_ENABLE, CFC, Qemu, qemu_missing_reason
 
@@ -76,7 +76,7 @@ def test_apm_ports_answer_as_qemu_q35(kvm: Kvm) -> None:
     with Qemu(paused=True, qtest=True, machine=QEMU_MACHINE) as qemu:
         run_sequence(SETUP, qemu.port_in, qemu.port_out)
         expected = run_sequence(SEQUENCE, qemu.port_in, qemu.port_out)
-    with BootMachine(kvm, image(HANG)) as machine:
+    with Q35Machine(kvm, image(HANG)) as machine:
         ports = machine.guest.ports
         run_sequence(SETUP, ports.read, ports.write)
         got = run_sequence(SEQUENCE, ports.read, ports.write)
@@ -105,7 +105,7 @@ def test_a_guest_enables_and_disables_acpi_through_smi_cmd(kvm: Kvm) -> None:
         + out_dx(0xB2, 0x03, 1) + in_al(PM1_CNT) + show_al()
         + out_dx(DEBUG_EXIT, 0, 1)
     )  # fmt: skip
-    with BootMachine(kvm, image(code + HANG)) as machine:
+    with Q35Machine(kvm, image(code + HANG)) as machine:
         result = machine.run()
         commands = machine.platform.apm.commands
     assert result.exit_value == 0, result.reason

@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 
 from pcihole import layout
-from pcihole.chipset.mch import decode_pciexbar
 from pcihole.cli import main
 from pcihole.errors import ENVIRONMENT_STATUS, USAGE_STATUS
 from pcihole.guest.firmware import FirmwareOptions, build_firmware, exit_status, parse_output
 from pcihole.kvm import Kvm
 from pcihole.machine import MachineOptions
-from pcihole.machine.firmware import (
-    TIMEOUT_STATUS,
-    BootMachine,
-)
 from pcihole.pci.devices import PCIEXBAR
 from pcihole.pci.ecam import encode_config_address
 from pcihole.pci.topology import Topology
+from pcihole.q35 import (
+    TIMEOUT_STATUS,
+    Q35Machine,
+)
+from pcihole.q35.mch import decode_pciexbar
 from tests.support import FIRMWARE_SECONDS, run_firmware
 
 QEMU_NODEFAULTS = [
@@ -51,7 +51,7 @@ def real_mode_image(code: bytes, last_byte: int) -> bytes:
 
 def test_firmware_enumerates_and_leaves_through_debug_exit(kvm: Kvm) -> None:
     image = small_image(exit_value=0x2A)
-    with BootMachine(kvm, image, Topology.qemu_nodefaults()) as machine:
+    with Q35Machine(kvm, image, Topology.qemu_nodefaults()) as machine:
         result = run_firmware(machine)
         assert machine.window.base == layout.ECAM_BASE
     assert result.exit_value == 0x2A
@@ -81,7 +81,7 @@ def test_firmware_enumerates_and_leaves_through_debug_exit(kvm: Kvm) -> None:
 def test_trap_strategy_exits_for_every_hole_probe(kvm: Kvm) -> None:
     image = small_image(scan_buses=2, ring3_passes=1, ring0_buses=0)
     trap = MachineOptions(strategy="trap", present="trap")
-    with BootMachine(kvm, image, options=trap) as machine:
+    with Q35Machine(kvm, image, options=trap) as machine:
         result = run_firmware(machine)
     out = parse_output(result.text)
     scan = out.scan(3)
@@ -92,7 +92,7 @@ def test_trap_strategy_exits_for_every_hole_probe(kvm: Kvm) -> None:
 
 
 def test_ecam_is_not_decoded_until_pciexbar_enables_it(kvm: Kvm) -> None:
-    with BootMachine(kvm, small_image()) as machine:
+    with Q35Machine(kvm, small_image()) as machine:
         mmio = machine.guest.mmio
         assert machine.window.base is None
         assert machine.window.memslots == 0
@@ -110,14 +110,14 @@ def test_ecam_is_not_decoded_until_pciexbar_enables_it(kvm: Kvm) -> None:
         assert machine.window.hole_memslots > 0
 
 
-def hole_slot_ranges(machine: BootMachine) -> list[tuple[int, int]]:
+def hole_slot_ranges(machine: Q35Machine) -> list[tuple[int, int]]:
     holes = machine.window.holes
     assert holes is not None
     return sorted((piece.start, piece.end) for pieces in holes.runs.values() for _, piece in pieces)
 
 
 def test_moving_pciexbar_replans_holes_at_the_new_base(kvm: Kvm) -> None:
-    with BootMachine(kvm, small_image()) as machine:
+    with Q35Machine(kvm, small_image()) as machine:
         window = machine.window
         ecam = window.ecam
         ports = machine.legacy
@@ -161,7 +161,7 @@ def test_firmware_moves_the_window_through_ecam(kvm: Kvm) -> None:
     image = small_image(
         ecam_move=0xC0000000, ecam_move_length=2, scan_buses=64, ring3_passes=1, ring0_buses=0
     )
-    with BootMachine(kvm, image) as machine:
+    with Q35Machine(kvm, image) as machine:
         result = run_firmware(machine)
         assert (machine.window.base, machine.window.size) == (0xC0000000, 64 * MIB)
     out = parse_output(result.text)
@@ -211,7 +211,7 @@ def test_pciexbar_decodes_as_a_running_qemu(kvm: Kvm) -> None:
     reason = qemu_missing_reason()
     if reason is not None:
         pytest.skip(reason)
-    with running_q35([]) as qemu, BootMachine(kvm, small_image()) as machine:
+    with running_q35([]) as qemu, Q35Machine(kvm, small_image()) as machine:
         for value in PCIEXBAR_VALUES:
             # Candidates: every 32 MiB below 4 GiB from 2 GiB, and what other masks give.
             candidates = {*range(0x8000_0000, 1 << 32, 32 * MIB), value & ~0x7 & (1 << 36) - 1,
@@ -241,7 +241,7 @@ def test_image_tail_is_aliased_below_1mib_and_read_only(kvm: Kvm) -> None:
         "ee"  # out dx, al: debug-exit
         "f4"  # hlt
     )
-    with BootMachine(kvm, real_mode_image(code, 0x5A)) as machine:
+    with Q35Machine(kvm, real_mode_image(code, 0x5A)) as machine:
         result = run_firmware(machine)
         assert machine.platform.shadow.dropped_writes == 1
     assert result.console == b"\x5a"

@@ -19,10 +19,10 @@ from pcihole.arch.x86.cpuid import VcpuIdentity, boot_cpuid
 from pcihole.cli import main
 from pcihole.errors import ENVIRONMENT_STATUS, USAGE_STATUS
 from pcihole.kvm import Kvm, KvmError
-from pcihole.machine.firmware import BootVm
 from pcihole.measure.qemu import Qemu
 from pcihole.memory import RegionKind
 from pcihole.memory.ram import GuestRam, RamAllocationError
+from pcihole.q35 import Q35Shell
 from tests.seabios_ref import MARKER, SEABIOS, qemu_missing_reason, seabios_missing_reason
 
 SEABIOS_GUARD_SECONDS = 60.0
@@ -84,7 +84,7 @@ def test_seabios_e820_at_the_ram_bounds_is_qemus(
 def test_ram_above_4_gib_has_its_memslot(kvm: Kvm) -> None:
     image = b"\xf4" * layout.IMAGE_ALIGN
     above = layout.BOOT_RAM_MAX - 2 * layout.GiB
-    with BootVm(kvm, image, ram_size=layout.BOOT_RAM_MAX) as shell:
+    with Q35Shell(kvm, image, ram_size=layout.BOOT_RAM_MAX) as shell:
         assert shell.ram is not None
         ram = [(r.start, r.size) for r in shell.memory_map if r.kind is RegionKind.RAM]
         assert ram[-1] == (4 * layout.GiB, above)

@@ -36,10 +36,10 @@ from pcihole.holes.source import Backing
 from pcihole.kvm import Kvm
 from pcihole.layout import ECAM_BASE
 from pcihole.machine import MachineOptions
-from pcihole.machine.firmware import BootError
 from pcihole.machine.runloop import RunResult, StopReason
 from pcihole.memory import SlotAllocator
 from pcihole.pci.topology import Topology
+from pcihole.q35 import BootError
 from tests.support import CHILD_ENV, HANG_SECONDS
 
 WAIT = HANG_SECONDS

@@ -17,8 +17,8 @@ import pytest
 
 from pcihole import layout
 from pcihole.kvm import Kvm
-from pcihole.machine.firmware import BootMachine
 from pcihole.pci.bdf import Bdf
+from pcihole.q35 import Q35Machine
 from tests.kvm.test_q35_platform import HANG, config_write, image, out_dx
 from tests.support import CHILD_ENV, HANG_SECONDS, REPO_ROOT, pcihole_command
 
@@ -63,7 +63,7 @@ def guest_code() -> bytes:
     [("always", b"\x80\x86\x80\x86\x02"), ("firmware", b"\x80\x86\xff\xff\x02")],
 )
 def test_config_ports_withdrawn_at_kernel_fetch(kvm: Kvm, mode: str, expected: bytes) -> None:
-    with BootMachine(kvm, image(guest_code() + HANG), config_ports=mode) as machine:
+    with Q35Machine(kvm, image(guest_code() + HANG), config_ports=mode) as machine:
         result = machine.run()
         stats = machine.stats(result)
         ecam_vendor = machine.guest.mmio.read(layout.ECAM_BASE, 4)

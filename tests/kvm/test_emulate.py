@@ -21,8 +21,8 @@ from pcihole.errors import ENVIRONMENT_STATUS
 from pcihole.guest.firmware import exit_status
 from pcihole.guest.vm import GuestVm
 from pcihole.kvm import Kvm
-from pcihole.machine.firmware import TIMEOUT_STATUS
 from pcihole.machine.runloop import StopReason
+from pcihole.q35 import TIMEOUT_STATUS
 from tests.kvm.test_boot import real_mode_image
 
 EMULATED_RING0 = os.path.isdir("/sys/module/kvm_pvm")

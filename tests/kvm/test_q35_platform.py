@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pcihole.kvm import Kvm
-from pcihole.machine.firmware import SIGNAL_STATUS_OFFSET, BootMachine, BootResult
+from pcihole.q35 import SIGNAL_STATUS_OFFSET, BootResult, Q35Machine
 from tests.support import (
     CHILD_ENV,
     FIRMWARE_SECONDS,
@@ -52,7 +52,7 @@ def config_write(register: int, value: int, size: int) -> bytes:
 
 
 def run(kvm: Kvm, code: bytes) -> BootResult:
-    with BootMachine(kvm, image(code + HANG)) as machine:
+    with Q35Machine(kvm, image(code + HANG)) as machine:
         return run_firmware(machine)
 
 
@@ -70,7 +70,7 @@ def test_port_92_fast_reset_ends_the_run(kvm: Kvm) -> None:
 def test_cf9_bytes_without_rst_cpu_and_cf8_dwords_do_not_reset(kvm: Kvm) -> None:
     # SYS_RST alone is kept, not acted on; the dword at CF8 is the config address.
     code = out_dx(0xCF9, 0x02, 1) + config_write(0x40, 0x601, 4) + out_dx(0x402, 0x21, 1)
-    with BootMachine(kvm, image(code + HANG), until=b"!") as machine:
+    with Q35Machine(kvm, image(code + HANG), until=b"!") as machine:
         result = run_firmware(machine)
     assert result.reason == "the debug console printed '!'"
 
@@ -87,7 +87,7 @@ def test_acpi_s5_powers_off(kvm: Kvm) -> None:
 
 def test_pm_block_is_nowhere_until_acpi_is_enabled(kvm: Kvm) -> None:
     code = config_write(0x40, 0x601, 4) + out_dx(0x604, 0x2000, 2) + out_dx(0x402, 0x21, 1)
-    with BootMachine(kvm, image(code + HANG), until=b"!") as machine:
+    with Q35Machine(kvm, image(code + HANG), until=b"!") as machine:
         result = run_firmware(machine)
         assert machine.guest.ports.hits["acpi-pm"] == 0
     assert result.reason == "the debug console printed '!'"
@@ -133,7 +133,7 @@ def test_fw_cfg_dma_from_a_guest_as_seabios_drives_it(kvm: Kvm) -> None:
         + bytes.fromhex("a00020ee" "a00420ee" "a00310ee" "a00306ee")  # the bytes, the controls
         + out_dx(0xF4, 0x2A, 1)  # debug-exit
     )  # fmt: skip
-    with BootMachine(kvm, image(code + HANG)) as machine:
+    with Q35Machine(kvm, image(code + HANG)) as machine:
         ram = machine.guest.ram
         assert ram is not None
         ram.write(0x1000, descriptor(Selector.IRQ0_OVERRIDE, 0x2000))

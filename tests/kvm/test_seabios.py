@@ -17,8 +17,8 @@ import pytest
 
 from pcihole import layout
 from pcihole.kvm import Kvm
-from pcihole.machine.firmware import BootMachine, BootResult
 from pcihole.pci.topology import Topology
+from pcihole.q35 import BootResult, Q35Machine
 from tests.seabios_ref import (
     MARKER,
     SEABIOS,
@@ -74,7 +74,7 @@ def seabios() -> bytes:
 def boot_seabios(kvm: Kvm, image: bytes, devices: list[str]) -> BootResult:
     """SeaBIOS under pcihole until ``No bootable device.`` (or the firmware guard)."""
     topology = Topology.build(devices, layout.ECAM_MAX_BUSES)
-    with BootMachine(kvm, image, topology, until=MARKER.encode()) as machine:
+    with Q35Machine(kvm, image, topology, until=MARKER.encode()) as machine:
         return run_firmware(machine)
 
 

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from pcihole.chipset import pam
 from pcihole.devices.debug_exit import exit_status
 from pcihole.kvm import Kvm, abi
-from pcihole.machine.firmware import BootMachine
-from pcihole.machine.shadow import ShadowMemory, pci_side
 from pcihole.memory import GuestRam, SlotAllocator
+from pcihole.q35 import Q35Machine, mch
+from pcihole.q35.shadow import ShadowMemory, pci_side
 from tests.support import run_firmware
 
 IMAGE = bytes(range(256)) * 512  # 128 KiB, each byte knows its offset
@@ -55,7 +54,7 @@ def test_writable_then_locked(shadow: ShadowMemory) -> None:
 
 
 def test_exits_follow_the_mode(shadow: ShadowMemory) -> None:
-    offset = 0xF0000 - pam.SHADOW_BASE
+    offset = 0xF0000 - mch.SHADOW_BASE
     shadow.write(offset, 4, 0x11223344)  # mode 0: to ROM, dropped
     assert shadow.dropped_writes == 1 and shadow.ram.read(0xF0000, 4) == bytes(4)
     assert shadow.read(offset, 2) == int.from_bytes(IMAGE[0x10000:0x10002], "little")
@@ -82,10 +81,10 @@ def test_write_only_maps_the_pci_side_read_only(shadow: ShadowMemory) -> None:
         (0xEC000, 0x4000, pci + 0x2C000, readonly),
         (0xF0000, 0x10000, pci + 0x30000, readonly),
     ]
-    shadow.write(0xEC000 - pam.SHADOW_BASE, 2, 0xBEEF)
+    shadow.write(0xEC000 - mch.SHADOW_BASE, 2, 0xBEEF)
     assert shadow.ram.read(0xEC000, 2) == b"\xef\xbe"  # RAM took it
     assert shadow.pci.read(0xEC000, 2) == IMAGE[0xC000:0xC002]  # the ROM side did not
-    assert shadow.read(0xEC000 - pam.SHADOW_BASE, 2) == int.from_bytes(IMAGE[0xC000:0xC002],
+    assert shadow.read(0xEC000 - mch.SHADOW_BASE, 2) == int.from_bytes(IMAGE[0xC000:0xC002],
                                                                         "little")  # fmt: skip
 
 
@@ -121,7 +120,7 @@ def test_a_guest_reads_rom_and_writes_ram_in_write_only_mode(kvm: Kvm) -> None:
     """The guest's own view through memslots and exits alike: in mode 2 it reads the PCI
     side (the image's byte at 0xf0000, pc.rom's zero at 0xc0010) while its writes land in
     RAM, which it reads once PAM says read-write. The ROM copy never changes."""
-    with BootMachine(kvm, pam_image()) as machine:
+    with Q35Machine(kvm, pam_image()) as machine:
         result = run_firmware(machine, max_exits=64)  # ~20 exits; a stray guest ends
         shadow = machine.platform.shadow
         assert shadow.pci.read(0xF0000, 1) == bytes([ROM_MARK])
@@ -134,19 +133,19 @@ def test_a_guest_reads_rom_and_writes_ram_in_write_only_mode(kvm: Kvm) -> None:
 def test_every_pam_register_written_through_cf8_reaches_the_memslots(kvm: Kvm) -> None:
     """Byte writes to each of PAM0-PAM6 (as SeaBIOS makes them), then one dword: the
     memslots follow what each register's fields say (the decode's unit tests say how)."""
-    with BootMachine(kvm, pam_image()) as machine:
+    with Q35Machine(kvm, pam_image()) as machine:
         shadow, ports = machine.platform.shadow, machine.legacy
         values = [0x10, 0x32, 0x13, 0x21, 0x03, 0x30, 0x12]  # every register different
         for index, value in enumerate(values):
-            register = pam.PAM0 + index
+            register = mch.PAM0 + index
             ports.write(0, 4, 0x8000_0000 | register & ~3)
             ports.write(4 + register % 4, 1, value)
             assert shadow.registers[index] == value, hex(register)
-        assert shadow.runs == pam.runs(values)
+        assert shadow.runs == mch.runs(values)
         ports.write(0, 4, 0x8000_0000 | 0x94)
         ports.write(4, 4, 0x33_33_33_33)  # PAM4-PAM6 and 0x97 at once
         values[4:] = [0x33] * 3
-        assert shadow.runs == pam.runs(values)
+        assert shadow.runs == mch.runs(values)
         slotted = sorted(m.guest_address for m in machine.guest.vm.memslots.values()
-                         if pam.SHADOW_BASE <= m.guest_address < pam.SHADOW_END)  # fmt: skip
-        assert slotted == [run.start for run in pam.runs(values)]
+                         if mch.SHADOW_BASE <= m.guest_address < mch.SHADOW_END)  # fmt: skip
+        assert slotted == [run.start for run in mch.runs(values)]

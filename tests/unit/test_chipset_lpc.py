@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pcihole.chipset.lpc import Ich9LpcDecoder
+from pcihole.pci.bdf import Bdf
+from pcihole.pci.ecam import ConfigWrite
+from pcihole.q35.lpc import LPC, Ich9LpcDecoder
 
 
 class Config:
@@ -22,9 +24,10 @@ class Config:
 
 
 class Recorder:
-    def __init__(self) -> None:
+    def __init__(self, config: Config) -> None:
         self.events: list[tuple[str, object]] = []
         self.decoder = Ich9LpcDecoder(
+            config,
             on_pm_base=lambda base: self.events.append(("pm", base)),
             on_pirq=lambda index, irq: self.events.append((f"pirq{'ABCDEFGH'[index]}", irq)),
             on_sci_irq=lambda irq: self.events.append(("sci", irq)),
@@ -38,26 +41,28 @@ class Recorder:
 
 def written(rec: Recorder, config: Config, offset: int, size: int, value: int) -> None:
     config.write(offset, size, value)
-    rec.decoder.config_written(config, offset, size)
+    rec.decoder.config_written(ConfigWrite(LPC, offset, size))
 
 
 def test_first_sync_reports_the_reset_state() -> None:
-    rec, config = Recorder(), Config()
-    rec.decoder.sync(config)
+    config = Config()
+    rec = Recorder(config)
+    rec.decoder.sync()
     assert rec.take() == [
         ("pm", None),
         ("sci", 9),
         *[(f"pirq{p}", None) for p in "ABCDEFGH"],
         ("rcba", None),
     ]
-    rec.decoder.sync(config)
+    rec.decoder.sync()
     assert rec.take() == []
 
 
 def test_seabios_q35_lpc_setup() -> None:
     # src/fw/pciinit.c mch_isa_lpc_setup and mch_isa_bridge_setup, in its order.
-    rec, config = Recorder(), Config()
-    rec.decoder.sync(config)
+    config = Config()
+    rec = Recorder(config)
+    rec.decoder.sync()
     rec.take()
     for i, irq in enumerate((10, 10, 11, 11)):
         written(rec, config, 0x60 + i, 1, irq)
@@ -76,8 +81,9 @@ def test_seabios_q35_lpc_setup() -> None:
 
 
 def test_pm_block_moves_and_disappears() -> None:
-    rec, config = Recorder(), Config()
-    rec.decoder.sync(config)
+    config = Config()
+    rec = Recorder(config)
+    rec.decoder.sync()
     written(rec, config, 0x44, 1, 0x80)
     written(rec, config, 0x40, 4, 0xB000 | 0x7F | 0x1)  # low bits ignored
     rec.take()
@@ -92,8 +98,9 @@ def test_pm_block_moves_and_disappears() -> None:
 
 
 def test_unchanged_or_unrelated_writes_report_nothing() -> None:
-    rec, config = Recorder(), Config()
-    rec.decoder.sync(config)
+    config = Config()
+    rec = Recorder(config)
+    rec.decoder.sync()
     rec.take()
     written(rec, config, 0x60, 1, 0x80)
     written(rec, config, 0x64, 4, 0x0B0B0B0B)  # between the two PIRQ banks
@@ -106,8 +113,22 @@ def test_unchanged_or_unrelated_writes_report_nothing() -> None:
 
 
 def test_reserved_sci_select_means_no_sci() -> None:
-    rec, config = Recorder(), Config()
-    rec.decoder.sync(config)
+    config = Config()
+    rec = Recorder(config)
+    rec.decoder.sync()
     rec.take()
     written(rec, config, 0x44, 1, 0x83)
     assert rec.take() == [("sci", None)]
+
+
+def test_writes_to_other_functions_are_not_its_own() -> None:
+    config = Config()
+    rec = Recorder(config)
+    rec.decoder.sync()
+    rec.take()
+    config.write(0x44, 1, 0x80)
+    config.write(0x40, 4, 0x601)
+    rec.decoder.config_written(ConfigWrite(Bdf(0, 0x1F, 2), 0x40, 4))  # AHCI's BAR area
+    assert rec.take() == []
+    rec.decoder.config_written(ConfigWrite(LPC, 0x40, 4))
+    assert rec.take() == [("pm", 0x600)]

@@ -6,20 +6,21 @@ import itertools
 
 import pytest
 
-from pcihole.chipset import pam
-from pcihole.chipset.pam import PamMode
+from pcihole.pci.ecam import ConfigWrite
+from pcihole.q35 import mch
+from pcihole.q35.mch import PamMode
 
 
 def test_reset_is_all_pci_in_one_run() -> None:
-    assert pam.runs([0] * 7) == [pam.Segment(0xC0000, 0x40000, PamMode.PCI)]
+    assert mch.runs([0] * 7) == [mch.Segment(0xC0000, 0x40000, PamMode.PCI)]
 
 
 def test_thirteen_segments_cover_the_range_in_order() -> None:
-    segments = pam.segments([0] * 7)
+    segments = mch.segments([0] * 7)
     assert len(segments) == 13
     assert segments[0].start == 0xC0000 and segments[-1].end == 0x100000
     assert all(a.end == b.start for a, b in itertools.pairwise(segments))
-    assert segments[-1] == pam.Segment(0xF0000, 0x10000, PamMode.PCI)
+    assert segments[-1] == mch.Segment(0xF0000, 0x10000, PamMode.PCI)
 
 
 @pytest.mark.parametrize(
@@ -33,25 +34,25 @@ def test_each_field_governs_its_segment(register: int, shift: int, address: int)
     for mode in PamMode:
         registers = [0] * 7
         registers[register] = mode << shift
-        assert pam.mode_at(registers, address) is mode
+        assert mch.mode_at(registers, address) is mode
         # No other segment moved.
-        others = [s for s in pam.segments(registers) if not s.start <= address < s.end]
+        others = [s for s in mch.segments(registers) if not s.start <= address < s.end]
         assert all(s.mode is PamMode.PCI for s in others)
 
 
 def test_pam0_low_nibble_is_ignored() -> None:
-    assert pam.mode_at([0x03, 0, 0, 0, 0, 0, 0], 0xF0000) is PamMode.PCI
+    assert mch.mode_at([0x03, 0, 0, 0, 0, 0, 0], 0xF0000) is PamMode.PCI
 
 
 def test_seabios_writable_then_readonly() -> None:
     writable = [0x30] + [0x33] * 6
-    assert pam.runs(writable) == [pam.Segment(0xC0000, 0x40000, PamMode.READ_WRITE)]
+    assert mch.runs(writable) == [mch.Segment(0xC0000, 0x40000, PamMode.READ_WRITE)]
     # make_bios_readonly with ROMs up to 0xc8000 and 0xcc000 in use: 0x11, 0x31, then 0x10.
     locked = [0x10, 0x11, 0x31, 0x33, 0x33, 0x33, 0x33]
-    assert pam.runs(locked) == [
-        pam.Segment(0xC0000, 0xC000, PamMode.READ_ONLY),
-        pam.Segment(0xCC000, 0x24000, PamMode.READ_WRITE),
-        pam.Segment(0xF0000, 0x10000, PamMode.READ_ONLY),
+    assert mch.runs(locked) == [
+        mch.Segment(0xC0000, 0xC000, PamMode.READ_ONLY),
+        mch.Segment(0xCC000, 0x24000, PamMode.READ_WRITE),
+        mch.Segment(0xF0000, 0x10000, PamMode.READ_ONLY),
     ]
 
 
@@ -60,11 +61,14 @@ def test_modes_say_where_reads_and_writes_go() -> None:
         (False, False), (True, False), (False, True), (True, True)]  # fmt: skip
 
 
-def test_touches_pam() -> None:
-    assert pam.touches_pam(0x90, 1) and pam.touches_pam(0x96, 1) and pam.touches_pam(0x8C, 8)
-    assert not pam.touches_pam(0x97, 1) and not pam.touches_pam(0x8C, 4)
+def test_which_writes_reach_pam() -> None:
+    def reaches(offset: int, size: int) -> bool:
+        return ConfigWrite(mch.HOST_BRIDGE, offset, size).touches(mch.PAM0, mch.PAM_REGISTERS)
+
+    assert reaches(0x90, 1) and reaches(0x96, 1) and reaches(0x8C, 8)
+    assert not reaches(0x97, 1) and not reaches(0x8C, 4)
 
 
 def test_wrong_register_count() -> None:
     with pytest.raises(ValueError, match="7 PAM"):
-        pam.segments([0] * 6)
+        mch.segments([0] * 6)

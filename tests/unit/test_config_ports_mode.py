@@ -4,10 +4,10 @@ firmware) once the firmware fetches the kernel from fw_cfg."""
 from __future__ import annotations
 
 from pcihole.devices.reset import ResetControl
-from pcihole.machine.q35 import KERNEL_SELECTORS, ConfigAndResetPorts, kernel_fetch
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.devices import MODELS
 from pcihole.pci.ecam import ConfigMechanism1
+from pcihole.q35.platform import KERNEL_SELECTORS, ConfigAndResetPorts, kernel_fetch
 
 HOST_BRIDGE = Bdf(0, 0, 0)
 PROBE = 0x8000_0000

@@ -21,7 +21,7 @@ import pcihole
 from pcihole import cli
 from pcihole.commands import info
 from pcihole.errors import ROOTS, BadInput, Bug, EnvironmentProblem, GuestFault
-from pcihole.machine.firmware import GUEST_STOPPED_STATUS
+from pcihole.q35 import GUEST_STOPPED_STATUS
 
 BAD_INPUT, ENVIRONMENT, GUEST, INTERNAL = "bad input", "environment", "guest", "internal"
 STATUS = {BAD_INPUT: 2, ENVIRONMENT: 1, GUEST: 70, INTERNAL: 4}
@@ -37,7 +37,7 @@ TABLE: dict[str, str] = {
     "pcihole.errors.Bug": INTERNAL,
     # what the user typed or named
     "pcihole.guest.linux.view.GuestViewError": GUEST,  # what Linux printed is no view
-    "pcihole.machine.firmware.BootError": BAD_INPUT,  # --bios image, --device at 00:00.0
+    "pcihole.q35.shell.BootError": BAD_INPUT,  # --bios image, --device at 00:00.0
     "pcihole.arch.x86.linux.KernelError": BAD_INPUT,  # --kernel, --initrd, --append
     "pcihole.pci.errors.PciError": BAD_INPUT,
     "pcihole.pci.errors.BdfError": BAD_INPUT,

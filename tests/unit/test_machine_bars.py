@@ -16,6 +16,7 @@ from pcihole.memory.access import FlatMemory
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import COMMAND, MEMORY_BASE, MEMORY_LIMIT
 from pcihole.pci.devices import MODELS, Function
+from pcihole.pci.ecam import ConfigWrite
 
 NVME_BDF = Bdf(1, 0, 0)
 PORT_BDF = Bdf(0, 2, 0)
@@ -78,17 +79,17 @@ def test_nvme_appears_behind_an_open_bridge_and_leaves_when_decoding_stops() -> 
     nvme = functions[2]
     nvme.config.write(0x10, 8, 0xFE800000)
     nvme.config.write(COMMAND, 2, 0x6)
-    decoder.config_written(NVME_BDF)
+    decoder.config_written(ConfigWrite(NVME_BDF, COMMAND, 2))
     assert guest.mmio.read(0xFE800000, 4) == 0xFFFFFFFF  # the port forwards nothing yet
     open_port(functions[1])
-    decoder.config_written(PORT_BDF)
+    decoder.config_written(ConfigWrite(PORT_BDF, COMMAND, 2))
     assert guest.mmio.read(0xFE800000, 4) == 0x0F0107FF  # CAP, low dword
     nvme.config.write(0x10, 8, 0xFE804000)
-    decoder.config_written(NVME_BDF)
+    decoder.config_written(ConfigWrite(NVME_BDF, COMMAND, 2))
     assert guest.mmio.read(0xFE800000, 4) == 0xFFFFFFFF
     assert guest.mmio.read(0xFE804008, 4) == 0x00010400
     nvme.config.write(COMMAND, 2, 0x4)
-    decoder.config_written(NVME_BDF)
+    decoder.config_written(ConfigWrite(NVME_BDF, COMMAND, 2))
     assert [m.name for m in guest.mmio] == []
     assert decoder.moves == 4  # placed, moved (off and on), removed
 
@@ -99,12 +100,12 @@ def test_ahci_abar_and_index_data_pair_on_both_buses() -> None:
     ahci.config.write(0x20, 4, 0xC0E0)
     ahci.config.write(0x24, 4, 0xFEBF6000)
     ahci.config.write(COMMAND, 2, 0x7)
-    decoder.config_written(ahci.bdf)
+    decoder.config_written(ConfigWrite(ahci.bdf, COMMAND, 2))
     assert guest.mmio.read(0xFEBF6000, 4) == 0xC0141F05
     guest.ports.write(0xC0F0, 4, 0x0C)
     assert guest.ports.read(0xC0F4, 4) == 0x3F
     ahci.config.write(COMMAND, 2, 0x2)
-    decoder.config_written(ahci.bdf)
+    decoder.config_written(ConfigWrite(ahci.bdf, COMMAND, 2))
     assert [m.name for m in guest.ports] == []
     assert [m.name for m in guest.mmio] == ["00:1f.2 BAR5"]
 
@@ -114,19 +115,19 @@ def test_clashes_are_refused_counted_once_and_clear_when_moved() -> None:
     ahci = functions[3]
     ahci.config.write(0x24, 4, 0x100000)  # inside RAM
     ahci.config.write(COMMAND, 2, 0x2)
-    decoder.config_written(ahci.bdf)
-    decoder.config_written(ahci.bdf)
+    decoder.config_written(ConfigWrite(ahci.bdf, COMMAND, 2))
+    decoder.config_written(ConfigWrite(ahci.bdf, COMMAND, 2))
     assert decoder.clashes == 1
     assert "overlaps ram" in next(iter(decoder.clashing.values())).describe()
     assert guest.mmio.find(0x100000, 4) is None  # nothing placed over RAM
     ahci.config.write(0x24, 4, 0xB0001000)  # inside the ECAM window
-    decoder.config_written(ahci.bdf)
+    decoder.config_written(ConfigWrite(ahci.bdf, COMMAND, 2))
     assert decoder.clashes == 2
     guest.mmio.add(0xFEBF0000, 0x1000, Ahci(FlatMemory(16)), "other")
     ahci.config.write(0x24, 4, 0xFEBF0000)  # over another bus device
-    decoder.config_written(ahci.bdf)
+    decoder.config_written(ConfigWrite(ahci.bdf, COMMAND, 2))
     assert decoder.clashes == 3
     ahci.config.write(0x24, 4, 0xFEBF1000)
-    decoder.config_written(ahci.bdf)
+    decoder.config_written(ConfigWrite(ahci.bdf, COMMAND, 2))
     assert decoder.clashing == {}
     assert guest.mmio.find(0xFEBF1000, 4) is not None

@@ -17,6 +17,7 @@ from pcihole.pci.config import COMMAND
 from pcihole.pci.devices import Function
 from pcihole.pci.ecam import (
     ConfigMechanism1,
+    ConfigWrite,
     decode_config_address,
     ecam_decode,
     ecam_encode,
@@ -45,19 +46,19 @@ def test_ecam_round_trip(bdf: Bdf, register: int) -> None:
 @dataclass
 class Pages:
     """What the ECAM device reads of its window: the functions by page, where it sits,
-    where hole writes go, and who refreshes a mirror page (here: a list of who was)."""
+    where hole writes go, and who hears of a write that changed a function (a list)."""
 
     topology: Topology
     base: int | None = ECAM_BASE
     hole_writes: HoleWrites = field(default_factory=HoleWrites)
-    refreshed: list[Bdf] = field(default_factory=list)
+    heard: list[ConfigWrite] = field(default_factory=list)
 
     @property
     def functions_by_page(self) -> dict[int, Function]:
         return {f.bdf.ecam_offset >> PAGE_SHIFT: f for f in self.topology}
 
-    def refresh_mirror(self, bdf: Bdf) -> None:
-        self.refreshed.append(bdf)
+    def written(self, write: ConfigWrite) -> None:
+        self.heard.append(write)
 
 
 def test_ecam_device_reads_models_and_all_ones() -> None:
@@ -74,9 +75,8 @@ def test_ecam_device_reads_models_and_all_ones() -> None:
 
 
 def test_ecam_device_writes_reach_models_holes_and_the_listener() -> None:
-    heard: list[Bdf] = []
     pages = Pages(Topology.default(3))
-    ecam = EcamDevice(pages, on_write=heard.append)  # type: ignore[arg-type]
+    ecam = EcamDevice(pages)  # type: ignore[arg-type]
     holes: list[HoleWrite] = []
     pages.hole_writes.observe(holes.append)
     ecam.write(0x108000 + COMMAND, 2, 0x7)  # a hole: recorded, nothing changes
@@ -84,7 +84,7 @@ def test_ecam_device_writes_reach_models_holes_and_the_listener() -> None:
     ecam.write(0x100000 + COMMAND, 2, 0x7)
     ecam.write(0x100000 + COMMAND, 2, 0x7)  # no change: no refresh, nobody told
     ecam.write(0x100000, 4, 0)  # read-only IDs
-    assert pages.refreshed == heard == [Bdf(1, 0, 0)]
+    assert pages.heard == [ConfigWrite(Bdf(1, 0, 0), COMMAND, 2)]
     assert ecam.read(0x100000 + COMMAND, 2) == 0x7
     assert ecam.read(0x100000, 4) & 0xFFFF == 0x1AF4
     assert ecam.exits.hole_writes == 1 and ecam.exits.device_writes == 3
@@ -151,11 +151,11 @@ def test_mechanism1_latch_needs_dword_access() -> None:
 def test_mechanism1_writes() -> None:
     ports = mechanism()
     ports.io_write(0xCF8, 4, encode_config_address(Bdf(1, 0, 0), COMMAND))
-    assert ports.io_write(0xCFC, 2, 0x0006) == Bdf(1, 0, 0)
+    assert ports.io_write(0xCFC, 2, 0x0006) == (Bdf(1, 0, 0), COMMAND)
     assert ports.io_write(0xCFC, 2, 0x0006) is None
     assert ports.io_read(0xCFC, 2) == 0x0006
     ports.io_write(0xCF8, 4, encode_config_address(Bdf(1, 0, 0), 0x3C))
-    assert ports.io_write(0xCFC, 1, 11) == Bdf(1, 0, 0)  # interrupt line
+    assert ports.io_write(0xCFC, 1, 11) == (Bdf(1, 0, 0), 0x3C)  # interrupt line
     assert ports.io_read(0xCFC, 4) & 0xFFFF == 0x010B
 
 

@@ -290,10 +290,10 @@ class FakeWindow:
     functions_by_page: dict[int, Function]
     base: int = layout.ECAM_BASE
     hole_writes: HoleWrites = field(default_factory=HoleWrites)
-    refreshed: list[object] = field(default_factory=list)
+    written_to: list[object] = field(default_factory=list)
 
-    def refresh_mirror(self, bdf: object) -> None:
-        self.refreshed.append(bdf)
+    def written(self, write: object) -> None:
+        self.written_to.append(write)
 
 
 BUSES = 2

@@ -1,49 +1,50 @@
 """PAM shadowing of 0xc0000-0xfffff in a VM: memslots that follow the MCH's PAM registers.
 
-The decode is ``pcihole.chipset.pam``; this applies it. Each run of segments in one mode
-becomes one memslot: RAM read-write (mode 3), RAM read-only (mode 1), or the PCI side
-read-only (modes 0 and 2: QEMU's empty ``pc.rom`` at 0xc0000-0xdffff, the BIOS image's
-alias at 0xe0000-0xfffff). Whatever exits lands on this object as an MMIO device: writes
-to RAM in modes 2 and 3, dropped (and counted) in modes 0 and 1. Without read-only
-memslots (no KVM_CAP_READONLY_MEM) only read-write runs get a slot and the rest exits.
+The decode is ``pcihole.q35.mch`` (the MCH owns its PAM registers); this applies it.
+Each run of segments in one mode becomes one memslot: RAM read-write (mode 3), RAM
+read-only (mode 1), or the PCI side read-only (modes 0 and 2: QEMU's empty ``pc.rom`` at
+0xc0000-0xdffff, the BIOS image's alias at 0xe0000-0xfffff). Whatever exits lands on this
+object as an MMIO device: writes to RAM in modes 2 and 3, dropped (and counted) in modes
+0 and 1. Without read-only memslots (no KVM_CAP_READONLY_MEM) only read-write runs get a
+slot and the rest exits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pcihole.chipset import pam
 from pcihole.kvm import Vm, abi
 from pcihole.memory import GuestRam, SlotAllocator
+from pcihole.q35 import mch
 
 
 class ShadowMemory:
-    """The PAM range of one VM, a bus device at ``pam.SHADOW_BASE`` (offsets from there)."""
+    """The PAM range of one VM, a bus device at ``mch.SHADOW_BASE`` (offsets from there)."""
 
     def __init__(self, vm: Vm, slots: SlotAllocator, ram: GuestRam, pci_side: bytes) -> None:
-        if len(pci_side) != pam.SHADOW_SIZE:
-            raise ValueError(f"the PCI side of the PAM range is {pam.SHADOW_SIZE:#x} bytes")
+        if len(pci_side) != mch.SHADOW_SIZE:
+            raise ValueError(f"the PCI side of the PAM range is {mch.SHADOW_SIZE:#x} bytes")
         self.vm = vm
         self.allocator = slots
         self.ram = ram
-        self.pci = GuestRam(pam.SHADOW_BASE, pam.SHADOW_SIZE)
-        self.pci.write(pam.SHADOW_BASE, pci_side)
-        self.registers: tuple[int, ...] = (0,) * pam.PAM_REGISTERS
-        self.runs: list[pam.Segment] = []
+        self.pci = GuestRam(mch.SHADOW_BASE, mch.SHADOW_SIZE)
+        self.pci.write(mch.SHADOW_BASE, pci_side)
+        self.registers: tuple[int, ...] = (0,) * mch.PAM_REGISTERS
+        self.runs: list[mch.Segment] = []
         self._slots: list[int] = []
         self.dropped_writes = 0
         """Writes that reached the PCI side (ROM or nothing) and went nowhere."""
         self.exits = 0
         self.changes = 0
         """How many times the memslots were rebuilt for new PAM values."""
-        self._map(pam.runs(self.registers))
+        self._map(mch.runs(self.registers))
 
     def apply(self, registers: Sequence[int]) -> bool:
         """Make the range match PAM0..PAM6; True when anything changed."""
         wanted = tuple(value & 0xFF for value in registers)
         if wanted == self.registers:
             return False
-        runs = pam.runs(wanted)
+        runs = mch.runs(wanted)
         self.registers = wanted
         if runs != self.runs:
             self._unmap()
@@ -51,19 +52,19 @@ class ShadowMemory:
             self.changes += 1
         return True
 
-    def _map(self, runs: list[pam.Segment]) -> None:
+    def _map(self, runs: list[mch.Segment]) -> None:
         self.runs = runs
         mapped = [run for run in runs if self._slotted(run.mode)]
         self._slots = self.allocator.allocate(len(mapped), purpose="PAM shadow")
         for slot, run in zip(self._slots, mapped, strict=True):
             ram = run.mode.reads_ram
             backing = self.ram.host_address - self.ram.base if ram else self.pci.host_address
-            host = backing + run.start - (0 if ram else pam.SHADOW_BASE)
-            flags = 0 if run.mode is pam.PamMode.READ_WRITE else abi.KVM_MEM_READONLY
+            host = backing + run.start - (0 if ram else mch.SHADOW_BASE)
+            flags = 0 if run.mode is mch.PamMode.READ_WRITE else abi.KVM_MEM_READONLY
             self.vm.set_memory_region(slot, run.start, run.size, host, flags)
 
-    def _slotted(self, mode: pam.PamMode) -> bool:
-        return mode is pam.PamMode.READ_WRITE or self.vm.has_readonly_memory
+    def _slotted(self, mode: mch.PamMode) -> bool:
+        return mode is mch.PamMode.READ_WRITE or self.vm.has_readonly_memory
 
     def _unmap(self) -> None:
         for slot in self._slots:
@@ -72,7 +73,7 @@ class ShadowMemory:
         self._slots = []
 
     # --- what exits ------------------------------------------------------------------------
-    def _mode(self, address: int) -> pam.PamMode:
+    def _mode(self, address: int) -> mch.PamMode:
         for run in self.runs:
             if run.start <= address < run.end:
                 return run.mode
@@ -80,7 +81,7 @@ class ShadowMemory:
 
     def read(self, offset: int, size: int) -> int:
         self.exits += 1
-        return int.from_bytes(self.view(pam.SHADOW_BASE + offset, size), "little")
+        return int.from_bytes(self.view(mch.SHADOW_BASE + offset, size), "little")
 
     def view(self, address: int, length: int) -> bytes:
         """What the guest reads at ``[address, address+length)`` inside the PAM range."""
@@ -94,7 +95,7 @@ class ShadowMemory:
         self.exits += 1
         dropped = False
         for index, byte in enumerate(value.to_bytes(size, "little")):
-            address = pam.SHADOW_BASE + offset + index
+            address = mch.SHADOW_BASE + offset + index
             if self._mode(address).writes_ram:
                 self.ram.write(address, bytes((byte,)))
             else:
@@ -110,5 +111,5 @@ class ShadowMemory:
 def pci_side(image: bytes) -> bytes:
     """What the PCI side of 0xc0000-0xfffff holds at reset, as on QEMU q35: zeros (the empty
     ``pc.rom``) up to where the image's last 128 KiB (or all of a smaller image) end at 1 MiB."""
-    tail = image[-pam.ISA_BIOS_MAX :]
-    return bytes(pam.SHADOW_SIZE - len(tail)) + tail
+    tail = image[-mch.ISA_BIOS_MAX :]
+    return bytes(mch.SHADOW_SIZE - len(tail)) + tail

@@ -1,7 +1,8 @@
 """What the ICH9 LPC function's configuration registers decide outside config space.
 
 The registers themselves (their writable masks and reset values) live with the LPC
-function in ``pcihole.pci``; this object only reads them after a write and tells the
+function in ``pcihole.pci``; this object, built for that function (00:1f.0 on q35),
+listens to config writes, reads its registers after a write of its own and tells the
 machine what changed, as QEMU 7.2's ``hw/isa/lpc_ich9.c`` does:
 
 - PMBASE (0x40) and ACPI_CNTL (0x44): the ACPI PM block (``devices.acpi_pm``) is
@@ -22,6 +23,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from pcihole.pci.bdf import Bdf
+from pcihole.pci.ecam import ConfigWrite
+
+LPC = Bdf(0, 0x1F, 0)
+"""Where q35 has the ICH9 LPC function."""
 PMBASE = 0x40
 PMBASE_ADDRESS_MASK = 0xFF80
 """Bits 15:7: the PM block is 128 ports, 128-aligned."""
@@ -72,10 +78,6 @@ def rcba_base(rcba: int) -> int | None:
     return rcba & RCBA_ADDRESS_MASK if rcba & RCBA_ENABLE else None
 
 
-def _overlaps(offset: int, size: int, register: int, width: int) -> bool:
-    return offset < register + width and register < offset + size
-
-
 _UNSET = object()
 
 
@@ -84,12 +86,16 @@ class Ich9LpcDecoder:
 
     def __init__(
         self,
+        config: ConfigReader,
         *,
+        bdf: Bdf = LPC,
         on_pm_base: Callable[[int | None], None],
         on_pirq: Callable[[int, int | None], None],
         on_sci_irq: Callable[[int | None], None] | None = None,
         on_rcba: Callable[[int | None], None] | None = None,
     ) -> None:
+        self.config = config
+        self.bdf = bdf
         self._on_pm_base = on_pm_base
         self._on_pirq = on_pirq
         self._on_sci_irq = on_sci_irq
@@ -109,25 +115,28 @@ class Ich9LpcDecoder:
         """PIRQ A..H's ISA IRQs now (None: not routed to the 8259s)."""
         return tuple(p if isinstance(p, int) else None for p in self._pirqs)
 
-    def sync(self, config: ConfigReader) -> None:
+    def sync(self) -> None:
         """Evaluate every register; callbacks run for what differs from before."""
-        self.config_written(config, 0, 0x100)
+        self.config_written(ConfigWrite(self.bdf, 0, 0x100))
 
-    def config_written(self, config: ConfigReader, offset: int, size: int) -> None:
-        """The guest wrote ``size`` bytes at ``offset`` of the LPC function's config."""
-        if _overlaps(offset, size, PMBASE, 4) or _overlaps(offset, size, ACPI_CNTL, 1):
+    def config_written(self, write: ConfigWrite) -> None:
+        """A guest's config write changed a function; the decoder follows its own."""
+        if write.bdf != self.bdf:
+            return
+        config = self.config
+        if write.touches(PMBASE, 4) or write.touches(ACPI_CNTL, 1):
             acpi_cntl = config.read(ACPI_CNTL, 1)
             self._pm_base = self._report(
                 self._pm_base, pm_base(config.read(PMBASE, 4), acpi_cntl), self._on_pm_base
             )
             self._sci_irq = self._report(self._sci_irq, sci_irq(acpi_cntl), self._on_sci_irq)
         for index, register in enumerate(PIRQ_REGISTERS):
-            if _overlaps(offset, size, register, 1):
+            if write.touches(register, 1):
                 route = pirq_irq(config.read(register, 1))
                 if route != self._pirqs[index]:
                     self._pirqs[index] = route
                     self._on_pirq(index, route)
-        if _overlaps(offset, size, RCBA, 4):
+        if write.touches(RCBA, 4):
             self._rcba = self._report(self._rcba, rcba_base(config.read(RCBA, 4)), self._on_rcba)
 
     @staticmethod

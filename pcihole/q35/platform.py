@@ -1,12 +1,13 @@
 """The q35 platform devices firmware uses, wired onto a VM's buses as QEMU 7.2 places them.
 
-- PAM shadowing of 0xc0000-0xfffff (``machine.shadow``), following the MCH's PAM registers;
+- PAM shadowing of 0xc0000-0xfffff (``q35.shadow``), which the MCH's PAM registers steer;
 - the RTC/CMOS at 0x70 (IRQ 8), a 16550A at 0x3f8 (IRQ 4), the i8042 at 0x60/0x64
   (IRQs 1 and 12), fw_cfg at 0x510 with DMA at
   0x514 into guest RAM, port 0x92 and reset control at 0xcf9 (which shares the CF8
   ports' range: byte accesses at 0xcf9 are reset control, as on QEMU);
 - the ACPI PM block wherever the ICH9 LPC's PMBASE/ACPI_CNTL put it, its SCI on the IRQ
-  ACPI_CNTL selects; the APM ports at 0xb2 (ACPI enable/disable through SMI_CMD).
+  ACPI_CNTL selects (``lpc``, a config-write listener, when the machine has the LPC);
+  the APM ports at 0xb2 (ACPI enable/disable through SMI_CMD).
 Interrupt lines go to KVM's in-kernel PIC/IOAPIC (``KVM_IRQ_LINE``) when the VM has one.
 What the guest asks of the machine (power off, reset) reaches ``on_stop`` with a reason.
 """
@@ -17,12 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from pcihole import layout
-from pcihole.arch.x86.cpuid import VcpuIdentity
-from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.arch.x86.linux import Item
 from pcihole.bits import all_ones
-from pcihole.chipset import pam
-from pcihole.chipset.lpc import Ich9LpcDecoder
 from pcihole.devices.acpi_pm import AcpiPm
 from pcihole.devices.apm import Apm
 from pcihole.devices.cmos import Cmos
@@ -32,14 +29,12 @@ from pcihole.devices.i8042 import I8042
 from pcihole.devices.irq import IrqLine, no_irq
 from pcihole.devices.reset import Port92, ResetControl
 from pcihole.devices.uart import Uart16550
-from pcihole.kvm import Vm
-from pcihole.machine.bus import Bus, BusDevice
-from pcihole.machine.shadow import ShadowMemory, pci_side
-from pcihole.memory import GuestRam, SlotAllocator
-from pcihole.pci.bdf import Bdf
-from pcihole.pci.config import ConfigSpace
+from pcihole.machine.bus import BusDevice
+from pcihole.q35 import mch
+from pcihole.q35.lpc import ConfigReader, Ich9LpcDecoder
+from pcihole.q35.shadow import ShadowMemory, pci_side
+from pcihole.q35.shell import Q35Shell
 
-LPC = Bdf(0, 0x1F, 0)
 RESET_CONTROL_OFFSET = layout.RESET_CONTROL_PORT - layout.PCI_CONFIG_ADDRESS_PORT
 
 StopRequest = Callable[[str], None]
@@ -100,15 +95,9 @@ class Q35Platform:
 
     def __init__(
         self,
-        vm: Vm,
-        ports: Bus,
-        mmio: Bus,
-        ram: GuestRam,
-        slots: SlotAllocator,
-        image: bytes,
+        shell: Q35Shell,
         *,
-        ram_layout: Q35Ram,
-        vcpu: VcpuIdentity,
+        lpc: ConfigReader | None,
         on_stop: StopRequest,
         serial: Callable[[bytes], None] | None = None,
         cpus: int = 1,
@@ -120,13 +109,16 @@ class Q35Platform:
         """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial
         lines and the withdrawal of CF8/CFC (``account``)."""
         self._watch(config_ports, clock, serial)
+        assert shell.ram is not None
+        vm, ports, mmio, ram = shell.vm, shell.ports, shell.mmio, shell.ram
         self.vm = vm
         self.ports = ports
         self.on_stop = on_stop
         self.irq_lines: dict[int, int] = {}
         """Every KVM_IRQ_LINE change sent, by IRQ."""
-        self.shadow = ShadowMemory(vm, slots, ram, pci_side(image))
-        mmio.add(pam.SHADOW_BASE, pam.SHADOW_SIZE, self.shadow, "pam-shadow")
+        self.shadow = ShadowMemory(vm, shell.slots, ram, pci_side(shell.image))
+        mmio.add(mch.SHADOW_BASE, mch.SHADOW_SIZE, self.shadow, "pam-shadow")
+        ram_layout, vcpu = shell.ram_layout, shell.vcpu_identity
         self.cmos = Cmos(ram=ram_layout, cpus=cpus, irq=self.irq(layout.CMOS_IRQ))
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(self._serial_out, irq=self.irq(layout.SERIAL_COM1_IRQ))
@@ -154,9 +146,7 @@ class Q35Platform:
         self.apm = Apm(self.acpi_pm.apm_command)
         ports.add(layout.APM_PORT, layout.APM_PORTS, self.apm, "apm")
         self.pm_base: int | None = None
-        self.lpc = Ich9LpcDecoder(
-            on_pm_base=self._place_pm, on_pirq=lambda _pirq, _irq: None, on_sci_irq=self._route_sci
-        )
+        self.lpc = None if lpc is None else self._lpc_decoder(lpc)
 
     def _watch(
         self, mode: str, clock: Callable[[], Stamp] | None, serial: Callable[[bytes], None] | None
@@ -234,21 +224,22 @@ class Q35Platform:
         if self._sci_irq is not None:
             self.irq(self._sci_irq)(level)
 
-    # --- chipset registers -----------------------------------------------------------------
+    # --- what the LPC's registers decide --------------------------------------------------
+    def _lpc_decoder(self, lpc: ConfigReader) -> Ich9LpcDecoder:
+        """A config-write listener for the LPC's registers: the PM block's place, the SCI."""
+        return Ich9LpcDecoder(
+            lpc,
+            on_pm_base=self._place_pm,
+            on_pirq=lambda _pirq, _irq: None,
+            on_sci_irq=self._route_sci,
+        )
+
     def _place_pm(self, base: int | None) -> None:
         if self.pm_base is not None:
             self.ports.remove(self.pm_base)
         self.pm_base = base
         if base is not None:
             self.ports.add(base, layout.ACPI_PM_SIZE, self.acpi_pm, "acpi-pm")
-
-    def host_bridge_written(self, config: ConfigSpace) -> None:
-        """After a write to the MCH: follow its PAM registers."""
-        self.shadow.apply([config.read(pam.PAM0 + index, 1) for index in range(pam.PAM_REGISTERS)])
-
-    def lpc_written(self, config: ConfigSpace) -> None:
-        """After a write to the ICH9 LPC function: follow PMBASE, ACPI_CNTL, PIRQs."""
-        self.lpc.sync(config)
 
     def close(self) -> None:
         self.shadow.close()

@@ -1,1 +1,0 @@
-"""The q35 chipset: MCH (PCIEXBAR, PAM shadowing), ICH9 LPC registers, reset control."""
