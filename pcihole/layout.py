@@ -127,9 +127,8 @@ DEBUGCON_PORT = 0x402
 DEBUG_EXIT_PORT = 0xF4
 """QEMU's isa-debug-exit device."""
 
-# Legacy PC and q35 platform ports (as QEMU's q35 machine places them).
-PIT_PORT = 0x40
-"""i8254 PIT, channels 0-2 and the mode register (KVM_CREATE_PIT2 emulates it in-kernel)."""
+# Legacy PC and q35 platform ports and ISA interrupts (as QEMU's q35 machine places them;
+# the i8254 PIT at 0x40-0x43 and 0x61 is KVM_CREATE_PIT2's, in the kernel).
 PORT_92 = 0x92
 """System control port A: bit 0 is a fast reset, bit 1 the A20 gate."""
 APM_PORT = 0xB2
@@ -138,28 +137,28 @@ APM_PORTS = 2
 CMOS_PORT = 0x70
 """MC146818 RTC/CMOS: index register at 0x70 (bit 7 masks NMI), data at 0x71."""
 CMOS_PORTS = 2
+CMOS_IRQ = 8
+"""The RTC's ISA interrupt."""
 SERIAL_COM1_PORT = 0x3F8
 """16550A UART (COM1): eight registers; its interrupt is ISA IRQ 4."""
 SERIAL_COM1_IRQ = 4
 SERIAL_PORTS = 8
-CMOS_IRQ = 8
 I8042_PORT = 0x60
 """i8042 PS/2 controller: data at 0x60, status/command at 0x64 (0x61 between is the PIT's
 speaker port, which KVM_CREATE_PIT2 answers in the kernel)."""
 I8042_PORTS = 5
 KEYBOARD_IRQ = 1
+"""The i8042's keyboard port interrupts on ISA IRQ 1, its mouse port on 12."""
 MOUSE_IRQ = 12
-"""The RTC's ISA interrupt."""
 FW_CFG_PORT = 0x510
 """QEMU's fw_cfg: selector (16 bits) at 0x510, data (8 bits) at 0x511."""
 FW_CFG_DMA_PORT = 0x514
 """fw_cfg DMA address register: 64 bits, big-endian, written high half then low half."""
 FW_CFG_PORTS = 2
 FW_CFG_DMA_PORTS = 8
-ACPI_PM_BASE = 0x600
-"""Where QEMU's q35 firmware (SeaBIOS) puts the ICH9 ACPI PM block through PMBASE."""
 ACPI_PM_SIZE = 0x80
-"""PM1 event/control, PM timer, GPE0 and the rest of the ICH9 PMIO block."""
+"""PM1 event/control, PM timer, GPE0 and the rest of the ICH9 PMIO block, wherever the
+LPC's PMBASE puts it (SeaBIOS: 0x600)."""
 RESET_CONTROL_PORT = 0xCF9
 """ICH9 reset control register (a write of 0x06 or 0x0e resets the machine)."""
 
@@ -171,11 +170,9 @@ ECAM_BUS_SIZE = 1 * MiB
 """32 devices x 8 functions x 4 KiB."""
 ECAM_MAX_BUSES = 256
 ECAM_MAX_SIZE = ECAM_MAX_BUSES * ECAM_BUS_SIZE
-ECAM_FUNCTION_SIZE = PAGE_SIZE
-PCI_MMIO_BASE = ECAM_BASE + ECAM_MAX_SIZE
-"""32-bit BAR space starts right after the largest ECAM window."""
 TEST_MMIO_BASE = 0xD0000000
-"""Where tests place small MMIO devices (inside the BAR space, never under a window)."""
+"""Where tests place small MMIO devices (in the 32-bit BAR space after the largest ECAM
+window, never under a window)."""
 FIRMWARE_TOP = 1 << 32
 """A flat firmware image ends here; the reset vector is its last 16 bytes."""
 IMAGE_ALIGN = 64 * KiB
@@ -191,10 +188,10 @@ EBDA_RSDP_SEARCH_SIZE = 1 * KiB
 """ACPI searches only the EBDA's first KiB."""
 BIOS_AREA_START = 0xE0000
 """Read-only BIOS area below 1 MiB: ACPI's second RSDP search range, 16-byte steps."""
-BIOS_AREA_END = 0x100000
-Q35_LOW_RAM_MAX = 0xB0000000
-"""q35 keeps at most this much RAM below 4 GiB: MMCONFIG and the 32-bit PCI hole follow
-(QEMU's pc_q35_init; it is ECAM_BASE, where the MCH puts MMCONFIG by default)."""
+BIOS_AREA_END = HIGH_RAM_START
+Q35_LOW_RAM_MAX = ECAM_BASE
+"""q35 keeps at most this much RAM below 4 GiB: MMCONFIG (where the MCH puts it by
+default) and the 32-bit PCI hole follow (QEMU's pc_q35_init)."""
 Q35_LOW_RAM_SPLIT = 2 * GiB
 """With Q35_LOW_RAM_MAX or more RAM, QEMU keeps only 2 GiB low so that guest 1 GiB
 boundaries stay 1 GiB aligned in host memory; the rest goes above 4 GiB."""
@@ -215,14 +212,13 @@ so every x86-64 vCPU (36 physical address bits or more) reaches it; a 16 GiB pri
 mapping is lazily backed, and KVM keeps ~2.5 MiB of page metadata per GiB of memslot
 (VmallocUsed grew 40 MiB for a 16 GiB VM here, 0.4 MiB for 128 MiB)."""
 KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
-"""KVM's private pages (KVM_SET_IDENTITY_MAP_ADDR, then KVM_SET_TSS_ADDR's three pages),
-where QEMU puts them, just below the 16 MiB of the BIOS and APIC range; reserved in e820."""
+"""KVM's private pages, where QEMU puts them, just below the 16 MiB of the BIOS and APIC
+range; reserved in e820: first the page of its real-mode identity map
+(KVM_SET_IDENTITY_MAP_ADDR), then ..."""
 KVM_TSS_ADDR = KVM_IDENTITY_MAP_ADDR + PAGE_SIZE
+"""... the three pages KVM may use to run real mode on VMX without unrestricted guest
+(KVM_SET_TSS_ADDR)."""
 KVM_PRIVATE_SIZE = 4 * PAGE_SIZE
-KVM_TSS_ADDR = 0xFEFFD000
-"""Three pages KVM may use to run real mode on VMX without unrestricted guest (QEMU's)."""
-KVM_IDENTITY_MAP_ADDR = 0xFEFFC000
-"""The page of KVM's real-mode identity map, just below its TSS (QEMU's)."""
 
 
 assert DUMP_ROOM * 4 <= SCRATCH_SIZE, "the dump's address list does not fit in scratch RAM"
@@ -230,7 +226,6 @@ assert TSS_ADDR + TSS_SIZE <= PARAMS_ADDR, "TSS overlaps the parameter block"
 assert PD_END <= CODE_ADDR, "page tables overlap guest code"
 assert CODE_ADDR + CODE_MAX <= KERNEL_STACK_TOP - 0x10000, "code overlaps the ring-0 stack"
 assert ECAM_BASE % ECAM_MAX_SIZE == 0
-assert Q35_LOW_RAM_MAX == ECAM_BASE, "q35 low RAM ends where its MMCONFIG window begins"
 assert IDENTITY_MAP_GIB * GiB >= ECAM_BASE + ECAM_MAX_SIZE
 
 
