@@ -127,7 +127,6 @@ NET = VirtioKind(
     config=bytes([0x52, 0x54, 0x00, 0x12, 0x34, 0x56, 0x01, 0x00]),  # MAC, link up
 )
 """QEMU 7.2 ``virtio-net-pci`` with no peer (default MAC 52:54:00:12:34:56)."""
-KINDS = {kind.name: kind for kind in (BLK, NET)}
 
 
 @dataclass

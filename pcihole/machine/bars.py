@@ -2,8 +2,9 @@
 command writes onto the machine's MMIO and port buses.
 
 ``backends_for`` makes the register blocks a catalogue function has (``pcihole.devices``:
-AHCI, NVMe, virtio-pci, MSI-X tables), by BAR. ``BarDecoder`` keeps them placed: after
-every configuration write (a listener of the window's ``ConfigWrite`` event, which ECAM
+AHCI, NVMe, virtio-pci, MSI-X tables), by BAR, as its model registers them
+(``DeviceModel.blocks``). ``BarDecoder`` keeps them placed: after every configuration
+write (a listener of the window's ``ConfigWrite`` event, which ECAM
 and CF8 writes raise alike; ``PciMachine(backends=...)`` and ``Q35Machine`` listen) it asks
 ``pcihole.pci.bars`` which BAR ranges decode now, through the bridges above each function,
 and moves blocks to match: off the bus when decoding stops or the BAR moves, onto it at
@@ -22,19 +23,14 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pcihole.devices.ahci import Ahci, AhciIndexData
 from pcihole.devices.irq import IrqLine, no_irq
-from pcihole.devices.msix import MsixTable
-from pcihole.devices.nvme import Nvme
-from pcihole.devices.virtio_pci import KINDS, VirtioPci
 from pcihole.machine.bus import Bus, BusDevice, BusError
 from pcihole.memory import MemoryMap, MemoryMapError, Region, RegionKind
 from pcihole.memory.access import GuestMemory
 from pcihole.pci.bars import DecodedBar, Space, decoded_bars
 from pcihole.pci.bdf import Bdf
-from pcihole.pci.capabilities import CapabilityId
-from pcihole.pci.config import BarKind, ConfigSpace
-from pcihole.pci.devices import Function
+from pcihole.pci.config import ConfigSpace
+from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.ecam import ConfigWrite
 
 BarKey = tuple[Bdf, int]
@@ -163,49 +159,13 @@ def bridges_above(function: Function, functions: Iterable[Function]) -> list[Con
     return path[::-1]
 
 
-def _msix_table(config: ConfigSpace, bar: int) -> MsixTable | None:
-    """The MSI-X table and PBA the capability places in BAR ``bar``, if it does."""
-    offset = config.find_capability(CapabilityId.MSIX)
-    if offset is None:
-        return None
-    vectors = (config.read(offset + 2, 2) & 0x7FF) + 1
-    table, pba = config.read(offset + 4, 4), config.read(offset + 8, 4)
-    if table & 7 != bar or pba & 7 != bar:
-        return None
-    return MsixTable(vectors, table & ~7, pba & ~7)
-
-
 def backends_for(
     function: Function, memory: GuestMemory, irq: IrqLine = no_irq
 ) -> dict[int, BusDevice]:
-    """The register blocks behind ``function``'s BARs, by BAR index (none for functions
-    whose BARs hold nothing a guest drives: the SMBus controller's I/O BAR reads all ones).
-
-    - ``ich9-ahci``: BAR5 ``Ahci`` (ABAR), BAR4 its index/data pair;
-    - ``nvme``: BAR0 ``Nvme`` (registers, doorbells, MSI-X table);
-    - ``virtio-blk``/``virtio-net``: BAR4 ``VirtioPci``, BAR1 its MSI-X table, and BAR0 its
-      legacy I/O block when the model is transitional (an I/O BAR0, on the root bus);
-    - ``root-port``: BAR0 its MSI-X table.
-    ``memory`` is what DMA reaches (guest RAM); ``irq`` the function's INTx line.
-    """
-    bars = {bar.index: bar for bar in function.config.bars}
-    model = function.model
-    if model == "ich9-ahci":
-        hba = Ahci(memory, irq)
-        return {5: hba, 4: AhciIndexData(hba)}
-    if model == "nvme":
-        return {0: Nvme(memory, irq)}
-    if model in KINDS:
-        device = VirtioPci(KINDS[model], memory, irq)
-        blocks: dict[int, BusDevice] = {4: device}
-        msix = _msix_table(function.config, 1)
-        if msix is not None:
-            blocks[1] = msix
-        if 0 in bars and bars[0].kind is BarKind.IO:
-            blocks[0] = device.legacy
-        return blocks
-    msix = _msix_table(function.config, 0) if model == "root-port" else None
-    return {} if msix is None else {0: msix}
+    """The register blocks behind ``function``'s BARs, by BAR index, as its model
+    registers them (``DeviceModel.blocks``); ``memory`` is what DMA reaches (guest RAM),
+    ``irq`` the function's INTx line."""
+    return dict(MODELS[function.model].blocks(function.config, memory, irq))
 
 
 def backends(functions: Iterable[Function], memory: GuestMemory) -> dict[BarKey, BusDevice]:

@@ -1,8 +1,10 @@
 """The device catalogue: models with the identities QEMU's q35 machine gives them.
 
 A model turns an address and a few ``key=value`` parameters into a ``Function``: the address,
-its ``ConfigSpace`` and the model's name. Models only fill configuration space; nothing sits
-behind their BARs.
+its ``ConfigSpace`` and the model's name. Each model is one registration in ``MODELS``: its
+name, its lspci description, how its configuration space is built (here, in ``pci``) and
+which register blocks sit behind its BARs (``blocks``: made from ``pcihole.devices``, which
+the machine's BAR decoder places where the guest programs the BARs).
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ import enum
 import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from pcihole.devices import virtio_pci
+from pcihole.devices.ahci import Ahci, AhciIndexData
+from pcihole.devices.irq import IrqLine
+from pcihole.devices.msix import MsixTable
+from pcihole.devices.nvme import Nvme
+from pcihole.memory.access import GuestMemory
 from pcihole.pci import capabilities as caps
 from pcihole.pci.bdf import BUSES, Bdf
 from pcihole.pci.config import (
@@ -86,6 +95,25 @@ class Function:
 ConfigBuilder = Callable[[Bdf, Mapping[str, int]], ConfigSpace]
 
 
+class RegisterBlock(Protocol):
+    """What sits behind a BAR: a bus device, offsets from the BAR's base."""
+
+    def read(self, offset: int, size: int) -> int: ...
+
+    def write(self, offset: int, size: int, value: int) -> None: ...
+
+
+BlockMaker = Callable[[ConfigSpace, GuestMemory, IrqLine], dict[int, RegisterBlock]]
+"""The register blocks behind a function's BARs, by BAR index, given its built config
+space, what its DMA reaches (guest RAM) and its INTx line."""
+
+
+def no_blocks(config: ConfigSpace, memory: GuestMemory, irq: IrqLine) -> dict[int, RegisterBlock]:
+    """Nothing a guest drives behind the BARs (the SMBus controller's I/O BAR reads all
+    ones; the host bridge and LPC have none)."""
+    return {}
+
+
 @dataclass(frozen=True)
 class DeviceModel:
     """A kind of device that can be placed at an address."""
@@ -100,6 +128,8 @@ class DeviceModel:
     other_descriptions: Mapping[int, str] = field(default_factory=dict)
     """What lspci calls the model under another device ID it takes (a transitional virtio
     device's on the root bus), by that ID."""
+    blocks: BlockMaker = no_blocks
+    """Its register blocks behind the BARs (``pcihole.devices``)."""
 
     def build(self, bdf: Bdf, params: Mapping[str, int] | None = None, spec: str = "") -> Function:
         """Make the function at ``bdf``; raises DeviceError for parameters it cannot take."""
@@ -397,6 +427,61 @@ def _ich9_smbus(bdf: Bdf, params: Mapping[str, int]) -> ConfigSpace:
     return config
 
 
+# -- what sits behind the BARs ------------------------------------------------------------
+def _msix_table(config: ConfigSpace, bar: int) -> MsixTable | None:
+    """The MSI-X table and PBA the capability places in BAR ``bar``, if it does."""
+    offset = config.find_capability(caps.CapabilityId.MSIX)
+    if offset is None:
+        return None
+    vectors = (config.read(offset + 2, 2) & 0x7FF) + 1
+    table, pba = config.read(offset + 4, 4), config.read(offset + 8, 4)
+    if table & 7 != bar or pba & 7 != bar:
+        return None
+    return MsixTable(vectors, table & ~7, pba & ~7)
+
+
+def _root_port_blocks(
+    config: ConfigSpace, memory: GuestMemory, irq: IrqLine
+) -> dict[int, RegisterBlock]:
+    """BAR0: its MSI-X table."""
+    msix = _msix_table(config, 0)
+    return {} if msix is None else {0: msix}
+
+
+def _virtio_blocks(kind: virtio_pci.VirtioKind) -> BlockMaker:
+    """BAR4 ``VirtioPci``, BAR1 its MSI-X table, and BAR0 its legacy I/O block when the
+    function is transitional (an I/O BAR0: on the root bus)."""
+
+    def make(config: ConfigSpace, memory: GuestMemory, irq: IrqLine) -> dict[int, RegisterBlock]:
+        device = virtio_pci.VirtioPci(kind, memory, irq)
+        blocks: dict[int, RegisterBlock] = {VIRTIO_STRUCTURES_BAR: device}
+        msix = _msix_table(config, VIRTIO_MSIX_BAR)
+        if msix is not None:
+            blocks[VIRTIO_MSIX_BAR] = msix
+        bars = {bar.index: bar for bar in config.bars}
+        legacy = bars.get(VIRTIO_LEGACY_BAR)
+        if legacy is not None and legacy.kind is BarKind.IO:
+            blocks[VIRTIO_LEGACY_BAR] = device.legacy
+        return blocks
+
+    return make
+
+
+def _nvme_blocks(
+    config: ConfigSpace, memory: GuestMemory, irq: IrqLine
+) -> dict[int, RegisterBlock]:
+    """BAR0: registers, doorbells and MSI-X table in one."""
+    return {0: Nvme(memory, irq)}
+
+
+def _ahci_blocks(
+    config: ConfigSpace, memory: GuestMemory, irq: IrqLine
+) -> dict[int, RegisterBlock]:
+    """BAR5 the HBA (ABAR), BAR4 its index/data pair."""
+    hba = Ahci(memory, irq)
+    return {5: hba, 4: AhciIndexData(hba)}
+
+
 MODELS: dict[str, DeviceModel] = {
     model.name: model
     for model in (
@@ -413,6 +498,7 @@ MODELS: dict[str, DeviceModel] = {
             _root_port,
             keys=frozenset({"bus", "subordinate", "chassis", "slot"}),
             required_keys=frozenset({"bus"}),
+            blocks=_root_port_blocks,
         ),
         DeviceModel(
             "virtio-net",
@@ -420,6 +506,7 @@ MODELS: dict[str, DeviceModel] = {
             False,
             _virtio(VirtioKind(1, 0x1000, 0x020000, vectors=4, legacy_io_size=0x20, rom=True)),
             other_descriptions={0x1000: "Ethernet controller: Red Hat, Inc. Virtio network device"},
+            blocks=_virtio_blocks(virtio_pci.NET),
         ),
         DeviceModel(
             "virtio-blk",
@@ -429,12 +516,14 @@ MODELS: dict[str, DeviceModel] = {
             other_descriptions={
                 0x1001: "SCSI storage controller: Red Hat, Inc. Virtio block device"
             },
+            blocks=_virtio_blocks(virtio_pci.BLK),
         ),
         DeviceModel(
             "nvme",
             "Non-Volatile memory controller: Red Hat, Inc. QEMU NVM Express Controller",
             False,
             _nvme,
+            blocks=_nvme_blocks,
         ),
         DeviceModel(
             "ich9-lpc",
@@ -448,6 +537,7 @@ MODELS: dict[str, DeviceModel] = {
             "Controller [AHCI mode]",
             False,
             _ich9_ahci,
+            blocks=_ahci_blocks,
         ),
         DeviceModel(
             "ich9-smbus",
