@@ -23,8 +23,9 @@ from pcihole.guest.machine import PciMachine
 from pcihole.kvm import Kvm
 from pcihole.layout import DUMP_LIST_ADDR, DUMP_ROOM
 from pcihole.machine import MachineOptions
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import Bdf, GuestBdf
 from pcihole.pci.lspci import format_lspci_dump, format_pages
+from pcihole.pci.routing import route
 from pcihole.pci.topology import Topology
 
 DUMP_PROGRAM = "ecam_dump"
@@ -46,7 +47,7 @@ def make_topology(
 
 def guest_config_pages(
     kvm: Kvm, topology: Topology, options: MachineOptions | None = None
-) -> dict[Bdf, bytes]:
+) -> dict[GuestBdf, bytes]:
     """Boot a VM over ``topology``; return each present function's 4 KiB page as its
     ring-3 guest read it through ECAM, by address."""
     options = options or MachineOptions(buses=topology.buses)
@@ -64,9 +65,9 @@ def guest_config_pages(
         assert ram is not None
         addresses = struct.unpack(f"<{found}I", ram.read(DUMP_LIST_ADDR, 4 * found))
         data = machine.guest.results(found * layout.PAGE_SIZE)
-    pages: dict[Bdf, bytes] = {}
+    pages: dict[GuestBdf, bytes] = {}
     for index, address in enumerate(addresses):
-        bdf = Bdf(address >> 8, address >> 3 & 0x1F, address & 7)
+        bdf = GuestBdf(Bdf(address >> 8, address >> 3 & 0x1F, address & 7))
         pages[bdf] = data[index * layout.PAGE_SIZE : (index + 1) * layout.PAGE_SIZE]
     return pages
 
@@ -94,7 +95,8 @@ def lspci_text(
         )
     if not vm_view:
         return format_lspci_dump(topology)
+    reached = route(topology).functions
     if kvm is not None:
-        return format_pages(guest_config_pages(kvm, topology, options), topology)
+        return format_pages(guest_config_pages(kvm, topology, options), reached)
     with Kvm() as own:
-        return format_pages(guest_config_pages(own, topology, options), topology)
+        return format_pages(guest_config_pages(own, topology, options), reached)

@@ -28,12 +28,12 @@ from pcihole.machine.bus import Bus, BusDevice, BusError
 from pcihole.memory import MemoryMap, MemoryMapError, Region, RegionKind
 from pcihole.memory.access import GuestMemory
 from pcihole.pci.bars import DecodedBar, Space, decoded_bars
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import BuiltBdf
 from pcihole.pci.config import ConfigSpace
 from pcihole.pci.devices import MODELS, Function
 from pcihole.pci.ecam import ConfigWrite
 
-BarKey = tuple[Bdf, int]
+BarKey = tuple[BuiltBdf, int]
 """(function, BAR index)."""
 
 

@@ -30,7 +30,7 @@ from pcihole.machine.window import (
     MachineReport,
     WindowGuest,
 )
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import BuiltBdf
 from pcihole.pci.devices import Function
 from pcihole.pci.ecam import ConfigListener
 from pcihole.pci.topology import Topology
@@ -113,7 +113,7 @@ class Machine(Closeable):
     def hot_plug(self, function: Function) -> None:
         self.window.hot_plug(function)
 
-    def hot_unplug(self, bdf: Bdf) -> None:
+    def hot_unplug(self, bdf: BuiltBdf) -> None:
         self.window.hot_unplug(bdf)
 
     def run(self, max_exits: int | None = None) -> RunResult:

@@ -29,7 +29,7 @@ from pcihole.kvm import CoalescedWrite, Vm, abi
 from pcihole.machine.bus import Bus
 from pcihole.machine.runloop import RunLoop
 from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import BuiltBdf, GuestBdf
 from pcihole.pci.config import ACCESS_SIZES, ConfigSpace
 from pcihole.pci.devices import Function
 from pcihole.pci.ecam import ConfigListener, ConfigMechanism1, ConfigWrite
@@ -184,10 +184,10 @@ class EcamWindow:
         self.base: int | None = None
         self.routing = Routing({})
         """Which guest address reaches which function, under the bridges' bus numbers."""
-        self._bridges: dict[Bdf, BridgeState] = {}
+        self._bridges: dict[BuiltBdf, BridgeState] = {}
         self.functions_by_page: dict[int, Function] = {}
         """Guest ECAM page -> the function answering exits there."""
-        self.mirrors: dict[Bdf, Mirror] = {}
+        self.mirrors: dict[BuiltBdf, Mirror] = {}
         """By the function's built address (``Function.bdf``); mapped at its guest page."""
         self.hole_writes = HoleWrites()
         self.listeners = tuple(listeners)
@@ -297,15 +297,15 @@ class EcamWindow:
             for bdf, function in self.routing.functions.items()
         }
 
-    def guest_address(self, function: Function) -> Bdf | None:
+    def guest_address(self, function: Function) -> GuestBdf | None:
         """Where the guest reaches ``function`` now; None while no bus number leads there."""
         return self._addresses.get(function.bdf)
 
-    def function_at(self, bdf: Bdf) -> Function | None:
+    def function_at(self, bdf: GuestBdf) -> Function | None:
         """The function answering at guest address ``bdf`` (CF8 and ECAM alike)."""
         return self.routing.function_at(bdf)
 
-    def config_at(self, bdf: Bdf) -> ConfigSpace | None:
+    def config_at(self, bdf: GuestBdf) -> ConfigSpace | None:
         return self.routing.config_at(bdf)
 
     def _decodes(self, function: Function) -> bool:
@@ -331,7 +331,7 @@ class EcamWindow:
             raise
         self.mirrors[function.bdf] = Mirror(slot, page)
 
-    def _unmap_mirror(self, bdf: Bdf) -> None:
+    def _unmap_mirror(self, bdf: BuiltBdf) -> None:
         mirror = self.mirrors.pop(bdf)
         if not self.guest.vm.closed:
             self.guest.vm.delete_memory_region(mirror.slot)
@@ -344,7 +344,7 @@ class EcamWindow:
         for listener in self.listeners:
             listener(write)
 
-    def refresh_mirror(self, bdf: Bdf) -> None:
+    def refresh_mirror(self, bdf: BuiltBdf) -> None:
         """After a write to the function built at ``bdf`` (or a plug): copy its registers
         into its read-only page, and if they were a bridge's bus numbers, re-plan."""
         mirror = self.mirrors.get(bdf)
@@ -406,7 +406,7 @@ class EcamWindow:
             for bdf in changed[1:]:
                 self.refresh_mirror(bdf)
 
-    def hot_unplug(self, bdf: Bdf) -> None:
+    def hot_unplug(self, bdf: BuiltBdf) -> None:
         """Remove the function at ``bdf``; its page becomes a hole again.
 
         The mirror goes first, then exits answer all ones, then the hole slot comes (the

@@ -18,7 +18,8 @@ from pcihole.kvm import Kvm
 from pcihole.measure.bench import options_for
 from pcihole.measure.progress import Progress
 from pcihole.measure.scan import ScanReport, run_scan
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import Bdf, GuestBdf
+from pcihole.pci.routing import route
 from pcihole.pci.topology import Topology
 
 
@@ -86,10 +87,10 @@ def _ratio(value: float, reference: float) -> str:
 
 def listing(report: ScanReport, buses: int) -> list[str]:
     """What one guest found, like ``lspci -nn``."""
-    models = Topology.default(buses)
+    models = route(Topology.default(buses))
     lines = []
     for found in report.functions:
-        function = models.get(Bdf.parse(found.bdf))
+        function = models.function_at(GuestBdf(Bdf.parse(found.bdf)))
         text = function.description if function else f"class {found.class_code:06x}"
         lines.append(f"{found.bdf} {text} [{found.vendor:04x}:{found.device:04x}]")
     return lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NewType
 
 from pcihole.pci.errors import BdfError
 
@@ -84,3 +85,13 @@ class Bdf:
             offset >> ECAM_DEVICE_SHIFT & ECAM_DEVICE_MASK,
             offset >> ECAM_FUNCTION_SHIFT & ECAM_FUNCTION_MASK,
         )
+
+
+BuiltBdf = NewType("BuiltBdf", Bdf)
+"""Where a function was built (``Function.bdf``, the ``--device`` text): what it is, for
+good. Topologies, mirrors and config-write listeners know functions by it."""
+GuestBdf = NewType("GuestBdf", Bdf)
+"""Where the guest reaches a function now, under the bus numbers it gave the bridges
+(``pci.routing``): what CF8 and ECAM decode. Equal to the built address until firmware
+renumbers a bridge; mypy keeps the two apart, so a lookup by the wrong one cannot pass
+every test and fail only then."""

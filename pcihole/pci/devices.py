@@ -22,7 +22,7 @@ from pcihole.devices.msix import MsixTable
 from pcihole.devices.nvme import Nvme
 from pcihole.memory.access import GuestMemory
 from pcihole.pci import capabilities as caps
-from pcihole.pci.bdf import BUSES, Bdf
+from pcihole.pci.bdf import BUSES, Bdf, BuiltBdf
 from pcihole.pci.config import (
     DEVICE_ID,
     SECONDARY_BUS,
@@ -77,7 +77,8 @@ LPC_PIRQ_DISABLED = 0x80
 class Function:
     """One present PCI function: where it is, its registers, and which model made it."""
 
-    bdf: Bdf
+    bdf: BuiltBdf
+    """Where it was built; the guest may reach it elsewhere (``pci.routing``)."""
     config: ConfigSpace
     model: str
     spec: str
@@ -151,7 +152,7 @@ class DeviceModel:
             secondary = config.read(SECONDARY_BUS, 1)
             bridge_buses = range(secondary, config.read(SUBORDINATE_BUS, 1) + 1)
         description = self.other_descriptions.get(config.read(DEVICE_ID, 2), self.description)
-        return Function(bdf, config, self.name, spec, description, bridge_buses)
+        return Function(BuiltBdf(bdf), config, self.name, spec, description, bridge_buses)
 
 
 # -- builders ----------------------------------------------------------------------------

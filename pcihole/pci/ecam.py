@@ -24,12 +24,15 @@ from pcihole.pci.bdf import (
     ECAM_FUNCTION_SHIFT,
     ECAM_REGISTER_MASK,
     Bdf,
+    BuiltBdf,
+    GuestBdf,
 )
 from pcihole.pci.config import CONFIG_SPACE_SIZE, ConfigSpace
 from pcihole.pci.errors import EcamError
 
-Lookup = Callable[[Bdf], ConfigSpace | None]
-"""Finds the configuration space at an address; None where no function exists."""
+Lookup = Callable[[GuestBdf], ConfigSpace | None]
+"""Finds the configuration space the guest reaches at an address; None where no function
+exists."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +43,7 @@ class ConfigWrite:
     ``bdf`` is where the function was built (``Function.bdf``), not the bus number the
     guest reached it at: listeners know their functions by what they are."""
 
-    bdf: Bdf
+    bdf: BuiltBdf
     offset: int
     size: int
 
@@ -138,14 +141,15 @@ class ConfigMechanism1:
         self.address = 0
         """The latched CF8 value."""
 
-    def _target(self, port: int, size: int) -> tuple[Bdf, ConfigSpace, int] | None:
+    def _target(self, port: int, size: int) -> tuple[GuestBdf, ConfigSpace, int] | None:
         """The function and register a data-port access reaches, if any."""
         decoded = decode_config_address(self.address, extended_registers=self._extended_registers)
         lane = port - CONFIG_DATA_PORT
         if not decoded.enabled or lane + size > 4:
             return None
-        config = self._lookup(decoded.bdf)
-        return None if config is None else (decoded.bdf, config, decoded.register + lane)
+        bdf = GuestBdf(decoded.bdf)  # the guest's own bus numbering: what it asked for
+        config = self._lookup(bdf)
+        return None if config is None else (bdf, config, decoded.register + lane)
 
     @staticmethod
     def _check(port: int, size: int) -> None:
@@ -164,7 +168,7 @@ class ConfigMechanism1:
         _, config, register = target
         return config.read(register, size)
 
-    def io_write(self, port: int, size: int, value: int) -> tuple[Bdf, int] | None:
+    def io_write(self, port: int, size: int, value: int) -> tuple[GuestBdf, int] | None:
         """Apply a port write; returns the address of the function whose registers
         changed and the register written, if any."""
         self._check(port, size)

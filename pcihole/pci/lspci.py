@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import Bdf, GuestBdf
 from pcihole.pci.config import CLASS_CODE, CONFIG_SPACE_SIZE, REVISION_ID
 from pcihole.pci.devices import Function
 from pcihole.pci.errors import ConfigSpaceError
@@ -55,8 +55,11 @@ def format_lspci_dump(functions: Iterable[Function]) -> str:
     return "".join(format_function(function) + "\n" for function in functions)
 
 
-def format_pages(pages: Mapping[Bdf, bytes], functions: Iterable[Function] = ()) -> str:
-    """Raw config pages in the same form, in address order; titles name the model
-    ``functions`` have at each address (the bytes alone decide everything lspci decodes)."""
-    names = {function.bdf: function.description for function in functions}
+def format_pages(
+    pages: Mapping[GuestBdf, bytes], functions: Mapping[GuestBdf, Function] | None = None
+) -> str:
+    """Raw config pages the guest read, in address order; titles name the model of the
+    function the guest reaches at each address (``Routing.functions``; the bytes alone
+    decide everything lspci decodes)."""
+    names = {bdf: function.description for bdf, function in (functions or {}).items()}
     return "".join(format_block(bdf, pages[bdf], names.get(bdf)) + "\n" for bdf in sorted(pages))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from pcihole.pci import capabilities as caps
-from pcihole.pci.bdf import BUSES, Bdf
+from pcihole.pci.bdf import BUSES, Bdf, BuiltBdf, GuestBdf
 from pcihole.pci.config import SECONDARY_BUS, SUBORDINATE_BUS, ConfigSpace
 from pcihole.pci.devices import Function
 
@@ -110,7 +110,7 @@ class _Segment:
 def _segments(functions: Iterable[Function]) -> dict[int, _Segment]:
     """Segments by the bus number they were built with, read once from the registers."""
     members = sorted(functions, key=lambda f: f.bdf)
-    states: dict[Bdf, BridgeState] = {}
+    states: dict[BuiltBdf, BridgeState] = {}
     leading: dict[int, BridgeState] = {}
     for f in members:
         state = bridge_state(f)
@@ -150,13 +150,13 @@ def _segment_for(bus: int, segments: Mapping[int, _Segment]) -> _Segment | None:
 class Routing:
     """Where each function answers under the bridges' current bus numbers."""
 
-    functions: Mapping[Bdf, Function]
+    functions: Mapping[GuestBdf, Function]
     """Guest address -> function; functions nothing reaches are absent."""
 
-    def function_at(self, bdf: Bdf) -> Function | None:
+    def function_at(self, bdf: GuestBdf) -> Function | None:
         return self.functions.get(bdf)
 
-    def config_at(self, bdf: Bdf) -> ConfigSpace | None:
+    def config_at(self, bdf: GuestBdf) -> ConfigSpace | None:
         """The configuration space answering at guest address ``bdf`` (a decoder lookup)."""
         function = self.functions.get(bdf)
         return None if function is None else function.config
@@ -168,7 +168,7 @@ class Routing:
             buses.setdefault(bdf.bus, {})[bdf.device, bdf.function] = function
         return buses
 
-    def address_of(self) -> dict[Bdf, Bdf]:
+    def address_of(self) -> dict[BuiltBdf, GuestBdf]:
         """Built address -> the guest address the function answers at (reachable ones)."""
         return {function.bdf: bdf for bdf, function in self.functions.items()}
 
@@ -182,19 +182,20 @@ class Routing:
 def route(functions: Iterable[Function]) -> Routing:
     """The routing of ``functions`` (a valid topology as built) under their registers now."""
     segments = _segments(functions)
-    placed: dict[Bdf, Function] = {}
+    placed: dict[GuestBdf, Function] = {}
     for bus in range(BUSES):
         segment = _segment_for(bus, segments)
         if segment is None:
             continue
         for function in segment.visible:
-            placed[Bdf(bus, function.bdf.device, function.bdf.function)] = function
+            placed[GuestBdf(Bdf(bus, function.bdf.device, function.bdf.function))] = function
     return Routing(placed)
 
 
-def as_built(functions: Iterable[Function]) -> dict[Bdf, Function]:
-    """The layout a topology was built with: what ``route`` gives for untouched bridges."""
-    return {function.bdf: function for function in functions}
+def as_built(functions: Iterable[Function]) -> dict[GuestBdf, Function]:
+    """The layout a topology was built with: what ``route`` gives for untouched bridges
+    (the guest reaching each function at its built address)."""
+    return {GuestBdf(function.bdf): function for function in functions}
 
 
 __all__ = [

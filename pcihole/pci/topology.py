@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from pcihole.pci import capabilities as caps
-from pcihole.pci.bdf import BUSES, Bdf
+from pcihole.pci.bdf import BUSES, Bdf, BuiltBdf
 from pcihole.pci.config import PRIMARY_BUS, ConfigSpace
 from pcihole.pci.devices import MODELS, DeviceModel, Function
 from pcihole.pci.errors import BdfError, DeviceError, TopologyError
@@ -262,21 +262,22 @@ class Topology:
     def __contains__(self, bdf: object) -> bool:
         return bdf in self._functions
 
-    def get(self, bdf: Bdf) -> Function | None:
+    def get(self, bdf: BuiltBdf) -> Function | None:
         return self._functions.get(bdf)
 
-    def config_at(self, bdf: Bdf) -> ConfigSpace | None:
-        """The configuration space at ``bdf``, or None for a hole (a lookup for decoders)."""
+    def config_at(self, bdf: BuiltBdf) -> ConfigSpace | None:
+        """The configuration space of the function built at ``bdf``, or None (for the guest's
+        view under renumbered bridges, ``pci.routing.Routing.config_at``)."""
         function = self._functions.get(bdf)
         return None if function is None else function.config
 
     def present_offsets(self) -> list[int]:
-        """ECAM offsets of the present functions' 4 KiB pages, ascending."""
+        """ECAM offsets of the present functions' 4 KiB pages as built, ascending."""
         return [bdf.ecam_offset for bdf in sorted(self._functions)]
 
     # -- hot-plug ----------------------------------------------------------------------
 
-    def add(self, function: Function) -> list[Bdf]:
+    def add(self, function: Function) -> list[BuiltBdf]:
         """Hot-plug ``function``. Returns the pages to mirror again, the new one first.
 
         Siblings gain the multi-function bit and the slot above shows presence, so their
@@ -290,7 +291,7 @@ class Topology:
         changed.discard(function.bdf)
         return [function.bdf, *sorted(changed)]
 
-    def remove(self, bdf: Bdf) -> list[Bdf]:
+    def remove(self, bdf: BuiltBdf) -> list[BuiltBdf]:
         """Hot-unplug the function at ``bdf`` (its page becomes a hole).
 
         Refuses to strand other functions. Returns ``bdf`` followed by the pages that changed
@@ -306,7 +307,7 @@ class Topology:
         del self._functions[bdf]
         return [bdf, *self._update_slots(announce=True)]
 
-    def reset_bridges(self) -> list[Bdf]:
+    def reset_bridges(self) -> list[BuiltBdf]:
         """Bridges as they come out of reset, as QEMU's do: secondary = subordinate = 0,
         ARI forwarding off, so nothing behind them answers until firmware numbers them.
 
@@ -324,7 +325,7 @@ class Topology:
                     changed.append(bdf)
         return changed
 
-    def _program_forwarding(self) -> list[Bdf]:
+    def _program_forwarding(self) -> list[BuiltBdf]:
         """Firmware's part, for guests without firmware: a PCIe port with functions beyond
         device 0 behind it gets ARI forwarding, so they answer. Returns the ports changed."""
         if self._bridges_reset:
@@ -338,7 +339,7 @@ class Topology:
             and set_ari_forwarding(function, True)
         ]
 
-    def _update_slots(self, *, announce: bool) -> list[Bdf]:
+    def _update_slots(self, *, announce: bool) -> list[BuiltBdf]:
         """Make each slot's presence bits match whether its secondary bus has a function."""
         occupied_buses = {bdf.bus for bdf in self._functions}
         changed = []
@@ -352,7 +353,7 @@ class Topology:
         return changed
 
     @staticmethod
-    def _mark_multifunction(functions: Mapping[Bdf, Function]) -> list[Bdf]:
+    def _mark_multifunction(functions: Mapping[BuiltBdf, Function]) -> list[BuiltBdf]:
         """Set the multi-function bit of function 0 of every device with several functions.
 
         Only function 0's counts for a guest; QEMU sets it where ``multifunction=on`` is

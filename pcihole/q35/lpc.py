@@ -23,10 +23,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import Bdf, BuiltBdf
 from pcihole.pci.ecam import ConfigWrite
 
-LPC = Bdf(0, 0x1F, 0)
+LPC = BuiltBdf(Bdf(0, 0x1F, 0))
 """Where q35 has the ICH9 LPC function."""
 PMBASE = 0x40
 PMBASE_ADDRESS_MASK = 0xFF80
@@ -88,7 +88,7 @@ class Ich9LpcDecoder:
         self,
         config: ConfigReader,
         *,
-        bdf: Bdf = LPC,
+        bdf: BuiltBdf = LPC,
         on_pm_base: Callable[[int | None], None],
         on_pirq: Callable[[int, int | None], None],
         on_sci_irq: Callable[[int | None], None] | None = None,

@@ -31,12 +31,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from pcihole import layout
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import Bdf, BuiltBdf
 from pcihole.pci.devices import PCIEXBAR
 from pcihole.pci.ecam import ConfigWrite
 from pcihole.pci.topology import Topology
 
-HOST_BRIDGE = Bdf(0, 0, 0)
+HOST_BRIDGE = BuiltBdf(Bdf(0, 0, 0))
 PCIEXBAR_SIZE = 8
 PCIEXBAR_ENABLE = 1
 PCIEXBAR_LENGTH_SHIFT = 1

@@ -23,6 +23,7 @@ from pcihole.machine import MachineOptions
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.config import BAR0, COMMAND
 from pcihole.pci.lspci import format_lspci_dump, format_pages
+from pcihole.pci.routing import route
 from pcihole.pci.topology import Topology
 from tests.lspci_judge import needs_lspci, run_lspci, section
 
@@ -148,7 +149,7 @@ def test_vm_view_shows_the_state_the_models_are_in(kvm: Kvm, tmp_path: Path) -> 
     net = topology.config_at(Bdf(1, 0, 0))
     assert net is not None
     net.write(BAR0 + 4, 4, 0xFEA00000)  # BAR 1: 32-bit, MSI-X
-    text = format_pages(guest_config_pages(kvm, topology), topology)
+    text = format_pages(guest_config_pages(kvm, topology), route(topology).functions)
     assert text == format_lspci_dump(topology)
     block = section(lspci(text, tmp_path, "-vvv"), "02:00.0")
     assert "Region 0: Memory at feb00000 (64-bit, non-prefetchable)" in block

@@ -19,7 +19,7 @@ from pcihole.guest.linux.view import (
     parse_od,
     parse_view,
 )
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import Bdf, GuestBdf
 from pcihole.pci.config import DEVICE_ID, SECONDARY_BUS
 from pcihole.pci.devices import Function
 from pcihole.pci.routing import route
@@ -43,7 +43,7 @@ def config_bytes(function: Function) -> bytes:
     )
 
 
-def console_text(functions: dict[Bdf, Function], kernel_noise: bool = False) -> str:
+def console_text(functions: dict[GuestBdf, Function], kernel_noise: bool = False) -> str:
     """What init prints for ``functions`` (guest address -> function), with od's lines
     from busybox and the /proc lines in the kernel's format."""
     lines = ["pcihole-init: started", BEGIN, "devices"]
@@ -99,10 +99,10 @@ def test_the_view_of_the_default_machine_equals_its_topology(noise: bool) -> Non
 def test_compare_names_each_difference() -> None:
     topology = Topology.default(256)
     placed = dict(route(topology.functions).functions)
-    nvme, port = Bdf(2, 0, 0), Bdf(0, 0x1C, 1)
+    nvme, port = GuestBdf(Bdf(2, 0, 0)), GuestBdf(Bdf(0, 0x1C, 1))
     text = console_text({bdf: f for bdf, f in placed.items() if bdf != nvme})
     view = parse_view(text)
-    placed[Bdf(0, 0x1F, 3)].config.define(DEVICE_ID, 2, 0x1234)
+    placed[GuestBdf(Bdf(0, 0x1F, 3))].config.define(DEVICE_ID, 2, 0x1234)
     placed[port].config.write(SECONDARY_BUS, 1, 5)
     differences = compare(view, topology.functions)
     assert any("00:1f.3: guest sees [8086:2930]" in d and "[8086:1234]" in d for d in differences)

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from pcihole.errors import GuestFault
-from pcihole.pci.bdf import Bdf
+from pcihole.pci.bdf import Bdf, GuestBdf
 from pcihole.pci.config import (
     CLASS_CODE,
     DEVICE_ID,
@@ -47,9 +47,10 @@ class GuestViewError(GuestFault):
 
 @dataclass(frozen=True)
 class GuestFunction:
-    """One function as the guest kernel shows it: its address and config bytes."""
+    """One function as the guest kernel shows it: its address (as the guest numbered
+    it) and config bytes."""
 
-    bdf: Bdf
+    bdf: GuestBdf
     config: bytes
 
     def read(self, offset: int, size: int) -> int:
@@ -72,8 +73,8 @@ class GuestFunction:
 class GuestPciView:
     """``/proc/bus/pci/devices`` (address -> (vendor, device)) and the config bytes."""
 
-    devices: Mapping[Bdf, tuple[int, int]]
-    functions: Mapping[Bdf, GuestFunction]
+    devices: Mapping[GuestBdf, tuple[int, int]]
+    functions: Mapping[GuestBdf, GuestFunction]
 
 
 def _view_lines(text: str) -> list[str]:
@@ -108,12 +109,13 @@ def parse_od(lines: Iterable[str]) -> bytes:
     return bytes(data)
 
 
-def _parse_proc(line: str) -> tuple[Bdf, tuple[int, int]]:
+def _parse_proc(line: str) -> tuple[GuestBdf, tuple[int, int]]:
     match = _PROC_LINE.fullmatch(line)
     if match is None:
         raise GuestViewError(f"not a line of /proc/bus/pci/devices: {line!r}")
     address, ids = int(match[1], 16), int(match[2], 16)
-    return Bdf(address >> 8, address >> 3 & 0x1F, address & 7), (ids >> 16, ids & 0xFFFF)
+    bdf = GuestBdf(Bdf(address >> 8, address >> 3 & 0x1F, address & 7))
+    return bdf, (ids >> 16, ids & 0xFFFF)
 
 
 def parse_view(text: str) -> GuestPciView:
@@ -121,13 +123,13 @@ def parse_view(text: str) -> GuestPciView:
     lines = _view_lines(text)
     if not lines or lines[0] != "devices":
         raise GuestViewError("the PCI view does not start with its 'devices' line")
-    devices: dict[Bdf, tuple[int, int]] = {}
-    configs: dict[Bdf, list[str]] = {}
+    devices: dict[GuestBdf, tuple[int, int]] = {}
+    configs: dict[GuestBdf, list[str]] = {}
     current: list[str] | None = None
     for line in lines[1:]:
         if line.startswith("config "):
             try:
-                bdf = Bdf.parse(line.removeprefix("config "))
+                bdf = GuestBdf(Bdf.parse(line.removeprefix("config ")))
             except BdfError as error:
                 raise GuestViewError(f"{line!r}: {error}") from error
             current = configs.setdefault(bdf, [])
