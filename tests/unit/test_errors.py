@@ -49,7 +49,7 @@ TABLE: dict[str, str] = {
     "pcihole.holes.slots.HoleSlotError": ENVIRONMENT,  # the kernel refused hole memslots
     "pcihole.memory.map.MemslotShortage": ENVIRONMENT,  # KVM_CAP_NR_MEMSLOTS too small
     "pcihole.holes.source.HoleSourceError": ENVIRONMENT,
-    "pcihole.holes.service.HoleServiceError": ENVIRONMENT,
+    "pcihole.holes.service.protocol.HoleServiceError": ENVIRONMENT,
     "pcihole.holes.window.HoleWindowError": ENVIRONMENT,
     "pcihole.guest.build.GuestBuildError": ENVIRONMENT,  # gcc/ld missing or failing here
     "pcihole.measure.plot.PlotError": ENVIRONMENT,  # matplotlib missing
@@ -79,7 +79,7 @@ TABLE: dict[str, str] = {
     # control flow inside one module: caught where raised; escaping would be a bug
     "pcihole.machine.runloop.Stop": INTERNAL,
     "pcihole.arch.x86.emulate.GuestException": INTERNAL,  # injected into the guest
-    "pcihole.holes.service._Stopped": INTERNAL,
+    "pcihole.commands.serve_holes._Stopped": INTERNAL,
 }
 """Every exception class in pcihole and whose fault it is."""
 

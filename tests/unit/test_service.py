@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pcihole.commands.serve_holes import main_serve
 from pcihole.errors import BadInput
 from pcihole.holes import source as source_mod
 from pcihole.holes.service import (
@@ -24,7 +25,6 @@ from pcihole.holes.service import (
     HoleServiceError,
     ServiceStats,
     connect,
-    main_serve,
     obtain_source,
     serve,
 )
@@ -453,7 +453,7 @@ def test_three_processes_share_one_huge_page(sock_path: str) -> None:
 # -- the command --------------------------------------------------------------------------
 
 SERVE = (
-    "import sys; from pcihole.holes.service import main_serve; "
+    "import sys; from pcihole.commands.serve_holes import main_serve; "
     "sys.exit(main_serve(sys.argv[1], sys.argv[2], None))"
 )
 
