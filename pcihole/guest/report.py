@@ -9,9 +9,10 @@ guest resumes; done, a failed assert and an exception end the run, by raising
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pcihole.kvm import Vcpu
-from pcihole.machine.runloop import GuestException, RunResult, Stop, StopReason
+from pcihole.machine.runloop import RunResult, Stop, StopReason
 
 REPORT_SYNC = 1
 REPORT_DONE = 2
@@ -19,6 +20,34 @@ REPORT_ASSERT = 3
 REPORT_EXCEPTION = 4
 REPORT_SIZE = 4
 """The port decodes one dword."""
+
+EXCEPTION_NAMES = {
+    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
+    8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
+    17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class GuestException:
+    """An exception the guest raised and reported (the test guests' runtime does)."""
+
+    vector: int
+    rip: int
+    error_code: int
+    ring: int
+    cr2: int
+
+    @property
+    def name(self) -> str:
+        return EXCEPTION_NAMES.get(self.vector, f"vector {self.vector}")
+
+    def describe(self) -> str:
+        text = (
+            f"{self.name} (vector {self.vector}) at RIP {self.rip:#x}, ring {self.ring}, "
+            f"error code {self.error_code:#x}"
+        )
+        return text + (f", CR2 {self.cr2:#x}" if self.vector == 14 else "")
 
 
 class ReportPort:

@@ -13,6 +13,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pcihole.errors import GuestFault
 from pcihole.kvm import CoalescedWrite, Vcpu, exits
@@ -21,7 +22,8 @@ from pcihole.machine.refused import RefusedInstructions
 
 
 class StopReason(enum.Enum):
-    """Why a vCPU stopped running."""
+    """Why a vCPU stopped running: the first three are what a device's ``Stop`` says (the
+    test guests' report port, ``guest.report``), the rest the run loop's own."""
 
     DONE = "done"
     ASSERT_FAILED = "assert-failed"
@@ -44,33 +46,10 @@ class GuestError(GuestFault):
         super().__init__(f"guest stopped: {result.reason.value}: {result.detail}")
 
 
-EXCEPTION_NAMES = {
-    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
-    8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
-    17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP",
-}  # fmt: skip
+class Reported(Protocol):
+    """What a device reported the guest raised (``guest.report.GuestException``)."""
 
-
-@dataclass(frozen=True, slots=True)
-class GuestException:
-    """An exception the guest raised and reported (the test guests' runtime does)."""
-
-    vector: int
-    rip: int
-    error_code: int
-    ring: int
-    cr2: int
-
-    @property
-    def name(self) -> str:
-        return EXCEPTION_NAMES.get(self.vector, f"vector {self.vector}")
-
-    def describe(self) -> str:
-        text = (
-            f"{self.name} (vector {self.vector}) at RIP {self.rip:#x}, ring {self.ring}, "
-            f"error code {self.error_code:#x}"
-        )
-        return text + (f", CR2 {self.cr2:#x}" if self.vector == 14 else "")
+    def describe(self) -> str: ...
 
 
 @dataclass
@@ -81,7 +60,7 @@ class RunResult:
     detail: str = ""
     syncs: list[int] = field(default_factory=list)
     exit_counts: dict[str, int] = field(default_factory=dict)
-    exception: GuestException | None = None
+    exception: Reported | None = None
     """What the guest's report said it raised (test guests only)."""
     assert_line: int | None = None
     error: BaseException | None = None
