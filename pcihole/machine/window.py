@@ -25,10 +25,11 @@ from pcihole.holes.planner import Run, hole_runs
 from pcihole.holes.slots import HoleSlots, HoleWrites
 from pcihole.holes.source import Backing
 from pcihole.holes.strategy import HoleStrategy, make_strategy
-from pcihole.kvm import CoalescedWrite, Vm, abi
+from pcihole.kvm import CoalescedWrite, Vm
 from pcihole.machine.bus import Bus
+from pcihole.machine.mirrors import MirrorPages
 from pcihole.machine.runloop import RunLoop
-from pcihole.memory import GuestRam, MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
+from pcihole.memory import MemoryMap, MemoryMapError, Region, RegionKind, SlotAllocator
 from pcihole.pci.bdf import BuiltBdf, GuestBdf
 from pcihole.pci.config import ACCESS_SIZES, ConfigSpace
 from pcihole.pci.devices import Function
@@ -132,12 +133,6 @@ class EcamDevice:
 
 
 @dataclass
-class Mirror:
-    slot: int
-    page: GuestRam
-
-
-@dataclass
 class MachineReport:
     """What a machine is made of, for the CLI and benchmarks."""
 
@@ -187,7 +182,7 @@ class EcamWindow:
         self._bridges: dict[BuiltBdf, BridgeState] = {}
         self.functions_by_page: dict[int, Function] = {}
         """Guest ECAM page -> the function answering exits there."""
-        self.mirrors: dict[BuiltBdf, Mirror] = {}
+        self.mirrors = MirrorPages(guest.vm, guest.slots)
         """By the function's built address (``Function.bdf``); mapped at its guest page."""
         self.hole_writes = HoleWrites()
         self.listeners = tuple(listeners)
@@ -269,7 +264,7 @@ class EcamWindow:
         if self.holes is not None:
             self.holes.set_runs([], self.base, drain=self.guest.loop.drain)
         for bdf in list(self.mirrors):
-            self._unmap_mirror(bdf)
+            self.mirrors.unmap(bdf)
         if any(m.base == self.base for m in self.guest.mmio):
             self.guest.mmio.remove(self.base)
         if self.region in self.guest.memory_map.regions:
@@ -317,26 +312,9 @@ class EcamWindow:
         assert self.base is not None
         address = self.guest_address(function)
         assert address is not None
-        slots = self.guest.slots
-        (slot,) = slots.allocate(1, purpose=f"config page of {function.bdf} at {address}")
-        page = GuestRam(self.base + address.ecam_offset, layout.PAGE_SIZE)
-        try:
-            page.write(page.base, function.config.snapshot())
-            self.guest.vm.set_memory_region(
-                slot, page.base, page.size, page.host_address, abi.KVM_MEM_READONLY
-            )
-        except BaseException:
-            page.close()
-            slots.release([slot])
-            raise
-        self.mirrors[function.bdf] = Mirror(slot, page)
-
-    def _unmap_mirror(self, bdf: BuiltBdf) -> None:
-        mirror = self.mirrors.pop(bdf)
-        if not self.guest.vm.closed:
-            self.guest.vm.delete_memory_region(mirror.slot)
-        self.guest.slots.release([mirror.slot])
-        mirror.page.close()
+        what = f"config page of {function.bdf} at {address}"
+        registers = function.config.snapshot()
+        self.mirrors.map(function.bdf, self.base + address.ecam_offset, registers, what)
 
     def written(self, write: ConfigWrite) -> None:
         """A guest's write (ECAM or CF8) changed a function: mirror it, tell the listeners."""
@@ -347,10 +325,9 @@ class EcamWindow:
     def refresh_mirror(self, bdf: BuiltBdf) -> None:
         """After a write to the function built at ``bdf`` (or a plug): copy its registers
         into its read-only page, and if they were a bridge's bus numbers, re-plan."""
-        mirror = self.mirrors.get(bdf)
         function = self.topology.get(bdf)
-        if mirror is not None and function is not None:
-            mirror.page.write(mirror.page.base, function.config.snapshot())
+        if function is not None and bdf in self.mirrors:
+            self.mirrors.refresh(bdf, function.config.snapshot())
         if function is not None and bridge_state(function) != self._bridges.get(bdf):
             self.replan()
 
@@ -370,7 +347,7 @@ class EcamWindow:
             self._reroute()
             moved = [bdf for bdf in self.mirrors if self._addresses.get(bdf) != old.get(bdf)]
             for bdf in moved:
-                self._unmap_mirror(bdf)
+                self.mirrors.unmap(bdf)
             new_index = self._page_index()
             kept = {page: new_index[page] for page in self.functions_by_page if page in new_index}
             self.functions_by_page = kept
@@ -399,7 +376,7 @@ class EcamWindow:
                 self.replan()
             except BaseException:
                 if function.bdf in self.mirrors:
-                    self._unmap_mirror(function.bdf)
+                    self.mirrors.unmap(function.bdf)
                 self.topology.remove(function.bdf)
                 self.replan()
                 raise
@@ -436,8 +413,7 @@ class EcamWindow:
     def close(self) -> None:
         if not self.guest.vm.closed:
             self._unplace()
-        for bdf in list(self.mirrors):
-            self._unmap_mirror(bdf)
+        self.mirrors.close()
         if self.holes is not None:
             self.holes.close()
             self.holes = None
