@@ -1,8 +1,8 @@
 """The machine: buses, the run loop, the ECAM window, and the one builder (``Machine``).
 
-``window`` covers a VM's ECAM window (mirrors, hole slots, the device beneath); ``bus``
-and ``runloop`` carry exits to devices; ``firmware`` is the firmware machine
-(``pcihole boot``); ``bars`` places BAR register blocks; ``shadow`` applies PAM.
+``window`` covers a VM's ECAM window (``mirrors``, hole slots, the device beneath); ``bus``
+and ``runloop`` carry exits to devices; ``bars`` places BAR register blocks. The q35
+machine of ``pcihole boot`` is built on it in ``pcihole.q35``.
 """
 
 from pcihole.machine.builder import Machine, PlacedDevice, Shell

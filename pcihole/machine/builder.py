@@ -4,9 +4,10 @@ A shell is a VM with its vCPU and run loop, memory already mapped (RAM, ROM or a
 program) and empty buses: ``guest.vm.GuestVm`` for the long-mode test guests,
 ``q35.shell.Q35Shell`` for firmware at the reset vector. The builder adds what every
 PC-like machine has the same way: the ECAM window (mirrors, hole slots, the device
-beneath), configuration mechanism #1 on CF8-CFF, then the caller's devices on the port
-and MMIO buses. ``on_config_write`` hears every config write that changed a function
-(the chipset's hook: PCIEXBAR, PAM, BARs).
+beneath), configuration mechanism #1 on CF8-CFF (or what ``config_ports`` makes of it:
+q35 shares 0xcf9 with reset control), then the caller's devices on the port and MMIO
+buses. ``listeners`` hear every config write that changed a function, as one
+``ConfigWrite`` event (the chipset's registers, the BAR decoder).
 """
 
 from __future__ import annotations
