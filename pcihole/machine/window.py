@@ -1,4 +1,4 @@
-"""Composition: one function of (topology, options) builds a VM with a PCIe ECAM window.
+"""The ECAM window of one VM: placement, routing, mirrors, hole slots and the device beneath.
 
 The ECAM window is covered three ways at once:
 - hole runs (absent functions) get the hole strategy's memslots (``shared``/``fill``) or

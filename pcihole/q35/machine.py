@@ -68,6 +68,10 @@ class Q35Machine(Closeable):
         linux: LinuxBoot | None = None,
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
+        try:
+            mch.host_bridge(topology)  # refused before any VM is made
+        except ValueError as error:
+            raise BootError(str(error)) from None
         topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
         self.topology = topology
         self.options = replace(options or MachineOptions(), buses=topology.buses)
@@ -100,10 +104,6 @@ class Q35Machine(Closeable):
                 shell, topology, self.options, self._debug_ports(), window_base=None,
                 listeners=listeners, config_ports=self.platform.config_ports,
             )  # fmt: skip
-        except ValueError as error:  # the MCH's: no host bridge to be the MCH
-            self._close_platform()
-            shell.close()
-            raise BootError(str(error)) from None
         except BaseException:
             self._close_platform()
             shell.close()

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from pcihole import layout
 from pcihole.pci.bdf import Bdf, BuiltBdf
-from pcihole.pci.devices import PCIEXBAR
+from pcihole.pci.devices import PCIEXBAR, Function
 from pcihole.pci.ecam import ConfigWrite
 from pcihole.pci.topology import Topology
 
@@ -157,15 +157,20 @@ def decode_pciexbar(value: int) -> tuple[int, int] | None:
     return value & (PCIEXBAR_BASE_BITS | PCIEXBAR_LOW_BASE_BITS[buses]), buses
 
 
+def host_bridge(topology: Topology) -> Function:
+    """The MCH's function; ValueError when the topology has none at 00:00.0."""
+    bridge = topology.get(HOST_BRIDGE)
+    if bridge is None or bridge.model != "host-bridge":
+        raise ValueError(f"q35 firmware needs the host bridge at {HOST_BRIDGE}")
+    return bridge
+
+
 class Mch:
     """The host bridge's registers: a ``ConfigWrite`` listener that places the ECAM window
     as PCIEXBAR says and the PAM range as PAM0-6 say."""
 
     def __init__(self, topology: Topology, place_window: PlaceWindow, set_pam: SetPam) -> None:
-        bridge = topology.get(HOST_BRIDGE)
-        if bridge is None or bridge.model != "host-bridge":
-            raise ValueError(f"q35 firmware needs the host bridge at {HOST_BRIDGE}")
-        self.host_bridge = bridge
+        self.host_bridge = host_bridge(topology)
         self.max_buses = topology.buses
         self.place_window = place_window
         self.set_pam = set_pam
