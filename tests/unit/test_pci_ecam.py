@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 from pcihole.bits import all_ones
 from pcihole.holes.slots import HoleWrite, HoleWrites
 from pcihole.layout import ECAM_BASE, PAGE_SHIFT
-from pcihole.machine import ConfigExits, EcamDevice
-from pcihole.pci.bdf import Bdf
-from pcihole.pci.config import COMMAND
+from pcihole.machine import ConfigExits, EcamDevice, LegacyConfigPorts
+from pcihole.pci.bdf import Bdf, BuiltBdf
+from pcihole.pci.config import COMMAND, ConfigSpace
 from pcihole.pci.devices import Function
 from pcihole.pci.ecam import (
     ConfigMechanism1,
@@ -182,3 +182,34 @@ def test_missing_functions_read_all_ones(bdf: Bdf, size: int, lane: int) -> None
     ports.io_write(0xCF8, 4, encode_config_address(bdf, 0))
     if lane + size <= 4:
         assert ports.io_read(0xCFC + lane, size) == all_ones(size)
+
+
+@dataclass
+class Renumbered:
+    """A window where the guest reaches the function built at 02:00.0 at 05:00.0."""
+
+    topology: Topology
+    heard: list[ConfigWrite] = field(default_factory=list)
+
+    def function_at(self, bdf: Bdf) -> Function | None:
+        return self.topology.get(BuiltBdf(Bdf(2, 0, 0))) if bdf == Bdf(5, 0, 0) else None
+
+    def config_at(self, bdf: Bdf) -> ConfigSpace | None:
+        function = self.function_at(bdf)
+        return None if function is None else function.config
+
+    def written(self, write: ConfigWrite) -> None:
+        self.heard.append(write)
+
+
+def test_a_cf8_write_is_one_event_naming_the_function_as_built() -> None:
+    window = Renumbered(Topology.default(3))
+    ports = LegacyConfigPorts(window)  # type: ignore[arg-type]
+    ports.write(0, 4, encode_config_address(Bdf(5, 0, 0), COMMAND))
+    ports.write(4 + 1, 1, 0x01)  # CFD: the command register's high byte (SERR# enable)
+    ports.write(4, 2, 0x0006)  # CFC: memory and bus master
+    ports.write(4, 2, 0x0006)  # unchanged: no event
+    assert window.heard == [
+        ConfigWrite(BuiltBdf(Bdf(2, 0, 0)), COMMAND + 1, 1),
+        ConfigWrite(BuiltBdf(Bdf(2, 0, 0)), COMMAND, 2),
+    ]
