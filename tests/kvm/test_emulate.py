@@ -18,9 +18,11 @@ import pytest
 
 from pcihole.cli import main
 from pcihole.errors import ENVIRONMENT_STATUS
+from pcihole.guest.build import assemble_flat
 from pcihole.guest.firmware import exit_status
 from pcihole.guest.vm import GuestVm
 from pcihole.kvm import Kvm
+from pcihole.layout import FIRMWARE_TOP, asm_symbols
 from pcihole.machine.firmware import TIMEOUT_STATUS
 from pcihole.machine.runloop import StopReason
 from tests.kvm.test_boot import real_mode_image
@@ -133,3 +135,18 @@ def test_boot_counts_emulated_instructions_and_stops_on_an_unknown_one(
     assert err.count("\n") == 1
     assert "KVM refused the instruction in bytes 0f ae 27 " in err
     assert "at RIP 0xffc0, real mode, CPL 0" in err
+
+
+LONGMODE_CX16 = Path(__file__).with_name("longmode_cx16.S")
+"""64 KiB firmware that goes to 64-bit ring 0 and runs cmpxchg16b both ways."""
+
+
+def test_boot_stats_count_cmpxchg16b_of_64_bit_firmware(kvm: Kvm, tmp_path: Path) -> None:
+    flags = [f"-D{name}={value:#x}" for name, value in sorted(asm_symbols().items())]
+    image = assemble_flat(LONGMODE_CX16, flags, base=FIRMWARE_TOP - 0x10000, entry="start16")
+    bios, stats = tmp_path / "fw.bin", tmp_path / "stats.json"
+    bios.write_bytes(image)
+    status = main(["boot", "--bios", str(bios), "--stats", str(stats), "--timeout", "30"])
+    assert status == exit_status(0x87)  # RDX:RAX = 8:7, loaded by the unequal one
+    emulated = json.loads(stats.read_text())["emulated_instructions"]
+    assert emulated == ({"cmpxchg16b": 2} if EMULATED_RING0 else {})
