@@ -13,6 +13,7 @@ from pcihole.arch.x86.emulate import (
     CR0_TS,
     DS,
     FS,
+    GS,
     SS,
     ZF,
     CpuState,
@@ -114,6 +115,11 @@ def test_operand_sizes_and_rex(code: str, bits: int, size: int, reg: int, regist
         # segment override and address-size prefix
         ("64f3480fb8042508000000", 64, MemoryOperand(FS, None, None, 1, 8, 64)),
         ("67f30fb800", 64, MemoryOperand(DS, RAX, None, 1, 0, 32)),
+        # lock cmpxchg16b gs:[0x400]: segment override, LOCK, SIB without base or index
+        ("65f0480fc70c2500040000", 64, MemoryOperand(GS, None, None, 1, 0x400, 64)),
+        # cmpxchg16b [rip + 0x20]; with REX.B as well ([r14 + r9 * 8 + 0x10])
+        ("480fc70d20000000", 64, MemoryOperand(DS, None, None, 1, 0x20, 64, True)),
+        ("4b0fc74cce10", 64, MemoryOperand(DS, 14, 9, 8, 0x10, 64)),
     ],
 )
 def test_memory_operands(code: str, bits: int, memory: MemoryOperand) -> None:
@@ -125,7 +131,9 @@ def test_memory_operands(code: str, bits: int, memory: MemoryOperand) -> None:
 @pytest.mark.parametrize(
     ("code", "bits", "mnemonic", "length"),
     [("cc", 64, "int3", 1), ("9b", 32, "fwait", 1), ("0f01ca", 64, "clac", 3),
-     ("0f01cb", 64, "stac", 3), ("0fae5c2404", 64, "stmxcsr", 5)],
+     ("0f01cb", 64, "stac", 3), ("0fae5c2404", 64, "stmxcsr", 5),
+     ("480fc70f", 64, "cmpxchg16b", 4), ("f0480fc70f", 64, "cmpxchg16b", 5),
+     ("66480fc70f", 64, "cmpxchg16b", 5)],
 )  # fmt: skip
 def test_the_other_instructions(code: str, bits: int, mnemonic: str, length: int) -> None:
     insn = decode(h(code) + h("90909090"), bits)
@@ -142,6 +150,12 @@ def test_the_other_instructions(code: str, bits: int, mnemonic: str, length: int
         ("f0f30fb8c0", 64),  # lock popcnt
         ("0fb8c0", 64),  # jmpe / no F3: not popcnt
         ("40cc", 32),  # 0x40 is inc eax outside 64-bit mode, not a REX
+        ("0fc70f", 64),  # cmpxchg8b: KVM finishes it itself
+        ("f00fc70f", 32),  # lock cmpxchg8b in 32-bit code
+        ("480fc7cf", 64),  # 0f c7 /1 with a register operand is undefined
+        ("480fc737", 64),  # 0f c7 /6 with memory: vmptrld, not ours
+        ("48f00fc70f", 64),  # the REX before LOCK does not count: cmpxchg8b
+        ("f3480fc70f", 64),  # with a REP prefix: not decoded
         ("f30fb8", 64),  # the bytes end before the ModRM
         ("f30fb884", 64),  # ... before the SIB
         ("f30fb80510", 64),  # ... inside the displacement
@@ -248,6 +262,76 @@ def test_fwait_skips_unless_the_fpu_is_switched_away() -> None:
     with pytest.raises(GuestException) as caught:
         emulate(h("9b"), cpu, Access())
     assert caught.value.vector == 7
+
+
+def _cmpxchg16b_state(memory: tuple[int, int]) -> tuple[CpuState, Access]:
+    """RDX:RAX = 2:1, RCX:RBX = 4:3, ``memory`` (low, high) at 0x8010 = [rdi + 0x10]."""
+    cpu = state(rax=1, rdx=2, rbx=3, rcx=4, rdi=0x8000)
+    cpu.rflags = 0x2 | AC | (ARITHMETIC_FLAGS & ~ZF)
+    access = Access()
+    access.put(0x8010, memory[0] | memory[1] << 64, 16)
+    return cpu, access
+
+
+def test_cmpxchg16b_equal_stores_rcx_rbx_and_sets_zf_alone() -> None:
+    cpu, access = _cmpxchg16b_state((1, 2))
+    emulate(h("f0480fc74f10"), cpu, access)  # lock cmpxchg16b [rdi + 0x10]
+    assert access.read(0x8010, 16) == (3 | 4 << 64).to_bytes(16, "little")
+    assert cpu.gprs[:4] == [1, 4, 2, 3]  # RAX, RCX, RDX, RBX as they were
+    assert cpu.rflags == 0x2 | AC | ARITHMETIC_FLAGS
+    assert cpu.rip == 0x1006
+
+
+@pytest.mark.parametrize("memory", [(1, 0xFFFFFFFFFFFFFFFF), (0x8000000000000000, 2)])
+def test_cmpxchg16b_unequal_loads_rdx_rax_and_clears_zf_alone(memory: tuple[int, int]) -> None:
+    cpu, access = _cmpxchg16b_state(memory)
+    cpu.rflags |= ZF
+    emulate(h("480fc74f10"), cpu, access)
+    assert (cpu.gprs[RAX], cpu.gprs[RDX]) == memory
+    assert (cpu.gprs[RBX], cpu.gprs[RCX]) == (3, 4)
+    assert access.read(0x8010, 16) == (memory[0] | memory[1] << 64).to_bytes(16, "little")
+    assert cpu.rflags == 0x2 | AC | (ARITHMETIC_FLAGS & ~ZF)
+    assert cpu.rip == 0x1005
+
+
+class ReadOnly(Access):
+    def write(self, linear: int, data: bytes) -> None:
+        raise GuestException(14, 0b011, linear)
+
+
+def test_cmpxchg16b_writes_even_when_unequal() -> None:
+    """The locked cycle writes the old value back: a read-only page faults either way."""
+    for memory in ((1, 2), (5, 6)):
+        cpu, access = _cmpxchg16b_state(memory)
+        readonly = ReadOnly()
+        readonly.memory = access.memory
+        with pytest.raises(GuestException) as caught:
+            emulate(h("480fc74f10"), cpu, readonly)
+        assert (caught.value.vector, caught.value.address) == (14, 0x8010)
+        assert (cpu.gprs[RAX], cpu.gprs[RDX], cpu.rip) == (1, 2, 0x1000)
+
+
+@pytest.mark.parametrize("offset", [0x8, 0x4, 0x1, 0xF])
+def test_cmpxchg16b_misaligned_raises_gp_and_touches_nothing(offset: int) -> None:
+    cpu, access = _cmpxchg16b_state((1, 2))
+    cpu.gprs[RDI] += offset
+    with pytest.raises(GuestException) as caught:
+        emulate(h("480fc74f10"), cpu, access)
+    assert (caught.value.vector, caught.value.error_code) == (13, 0)
+    assert access.reads == []
+    assert (cpu.rip, cpu.gprs[RAX], cpu.rflags & ZF) == (0x1000, 1, 0)
+
+
+def test_cmpxchg16b_alignment_is_the_linear_address_s() -> None:
+    """With GS base 0x8008, gs:[0x10] (an aligned offset) is misaligned, gs:[0x8] is not."""
+    cpu, access = _cmpxchg16b_state((1, 2))
+    cpu.segment_bases = (0, 0, 0, 0, 0, 0x8008)
+    with pytest.raises(GuestException) as caught:
+        emulate(h("65480fc70c2510000000"), cpu, access)
+    assert caught.value.vector == 13
+    emulate(h("65480fc70c2508000000"), cpu, access)  # linear 0x8010
+    assert cpu.rflags & ZF
+    assert access.read(0x8010, 16) == (3 | 4 << 64).to_bytes(16, "little")
 
 
 # --- the exit as KVM writes it -------------------------------------------------------------

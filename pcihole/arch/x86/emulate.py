@@ -2,14 +2,16 @@
 
 Where ring 0 runs through KVM's instruction emulator (``kvm_pvm`` hosts), some
 instructions a guest kernel needs are refused (``int3``, ``popcnt``, ``fwait``,
-``ldmxcsr``/``stmxcsr``, ``clac``/``stac``; see shared/design/linux-guest.md). KVM hands
+``ldmxcsr``/``stmxcsr``, ``clac``/``stac``, ``cmpxchg16b``: KVM's emulator does the 8-byte
+``cmpxchg8b`` but gives up on the 16-byte form; see shared/design/linux-guest.md). KVM hands
 over the bytes at RIP; ``decode`` finds the instruction in them and ``emulate`` finishes
 it on a ``CpuState`` through a ``GuestAccess`` (memory by linear address, MXCSR), so the
 whole of it runs in unit tests without KVM. Anything not listed raises
 ``UnknownInstruction``: a monitor must stop rather than guess.
 
-Not modelled: segment limits and the alignment check, x87 exceptions pending at
-``fwait``, VEX forms.
+Not modelled: segment limits, canonical-address checks and the alignment check (EFLAGS.AC),
+x87 exceptions pending at ``fwait``, VEX forms. ``cmpxchg16b`` is atomic only because
+the machine has one vCPU, stopped while the monitor finishes the instruction.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ BP_VECTOR, UD_VECTOR, NM_VECTOR, GP_VECTOR, PF_VECTOR = 3, 6, 7, 13, 14
 ES, CS, SS, DS, FS, GS = range(6)
 """Segment registers in encoding order (prefixes 26 2e 36 3e 64 65)."""
 _SEGMENT_PREFIXES = {0x26: ES, 0x2E: CS, 0x36: SS, 0x3E: DS, 0x64: FS, 0x65: GS}
-RSP, RBP = 4, 5
+RAX, RCX, RDX, RBX, RSP, RBP = range(6)
 
 
 class Mode(enum.Enum):
@@ -201,6 +203,11 @@ def decode(code: bytes, code_bits: int) -> Instruction:
         if mod != 3 and reg in (2, 3):
             name = "ldmxcsr" if reg == 2 else "stmxcsr"
             return _with_modrm(name, code, position + 2, prefixes, code_bits)
+    if opcode[:2] == b"\x0f\xc7" and len(opcode) == 3 and not prefixes.rep:
+        # 0f c7 /1 with REX.W; without it, cmpxchg8b, which KVM finishes itself
+        reg, mod = (opcode[2] >> 3) & 7, opcode[2] >> 6
+        if mod != 3 and reg == 1 and prefixes.rex & 8:
+            return _with_modrm("cmpxchg16b", code, position + 2, prefixes, code_bits)
     raise UnknownInstruction(f"no emulation for {hex_bytes(code[:MAX_LENGTH])}")
 
 
@@ -315,6 +322,8 @@ def emulate(code: bytes, state: CpuState, access: GuestAccess) -> Outcome:
         state.rflags = state.rflags | AC if name == "stac" else state.rflags & ~AC
     elif name == "popcnt":
         _popcnt(instruction, state, access, next_rip)
+    elif name == "cmpxchg16b":
+        _cmpxchg16b(instruction, state, access, next_rip)
     else:
         _mxcsr(instruction, state, access, next_rip)
     state.rip = next_rip
@@ -336,6 +345,25 @@ def _popcnt(instruction: Instruction, state: CpuState, access: GuestAccess, next
     else:
         state.gprs[instruction.reg] = count  # a 32-bit write clears bits 63:32
     state.rflags = (state.rflags & ~ARITHMETIC_FLAGS) | (ZF if source == 0 else 0)
+
+
+def _cmpxchg16b(
+    instruction: Instruction, state: CpuState, access: GuestAccess, next_rip: int
+) -> None:
+    """Compare RDX:RAX with m128: equal, store RCX:RBX and set ZF; else load it into
+    RDX:RAX and clear ZF. No other flag changes."""
+    assert instruction.memory is not None
+    address = linear_address(instruction.memory, state, next_rip)
+    if address % 16:
+        raise GuestException(GP_VECTOR, 0)
+    gprs = state.gprs
+    old = int.from_bytes(access.read(address, 16), "little")
+    equal = old == gprs[RDX] << 64 | gprs[RAX]
+    new = gprs[RCX] << 64 | gprs[RBX] if equal else old
+    access.write(address, new.to_bytes(16, "little"))  # the locked cycle writes either way
+    if not equal:
+        gprs[RAX], gprs[RDX] = old & (1 << 64) - 1, old >> 64
+    state.rflags = state.rflags | ZF if equal else state.rflags & ~ZF
 
 
 def _mxcsr(instruction: Instruction, state: CpuState, access: GuestAccess, next_rip: int) -> None:

@@ -1,8 +1,9 @@
 /* Ring-0 instructions KVM's emulator refuses on some hosts (int3, popcnt, fwait,
- * ldmxcsr/stmxcsr, clac/stac), each checked for its architectural result. Runs at
- * ring 0 (PARAM(0) = 0). PARAM(1): 0 runs every check; 1 ldmxcsr with a reserved bit
- * (must raise #GP); 2 popcnt from an unmapped address (must raise #PF); 3 xsave, which
- * nobody emulates (CR4.OSXSAVE is clear: #UD where ring 0 runs natively).
+ * ldmxcsr/stmxcsr, clac/stac, cmpxchg16b), each checked for its architectural result.
+ * Runs at ring 0 (PARAM(0) = 0). PARAM(1): 0 runs every check; 1 ldmxcsr with a reserved
+ * bit (must raise #GP); 2 popcnt from an unmapped address (must raise #PF); 3 xsave,
+ * which nobody emulates (CR4.OSXSAVE is clear: #UD where ring 0 runs natively);
+ * 4 cmpxchg16b on an address 8 bytes off 16-byte alignment (must raise #GP).
  * PARAM(2) = 1 skips clac/stac (a host CPU without SMAP has neither).
  * Leaves the MXCSR found at start at RESULTS_ADDR + 0x100. */
 #include "runtime.inc"
@@ -11,6 +12,9 @@
 #define RFLAGS_AC 0x40000
 #define BP_FRAME (RESULTS_ADDR + 0x200)
 #define BP_COUNT (RESULTS_ADDR + 0x240)
+#define CX16_DATA (RESULTS_ADDR + 0x400)   /* 16-byte aligned */
+#define MSR_GS_BASE 0xc0000101
+#define RFLAGS_ZF 0x40
 
 /* Set every arithmetic flag, so popcnt must clear them. */
 #define FLAGS_ALL_SET pushfq; or qword ptr [rsp], ARITH; popfq
@@ -24,6 +28,8 @@ main:
     je unmapped_popcnt
     cmp rax, 3
     je unknown
+    cmp rax, 4
+    je misaligned_cmpxchg16b
 
     /* popcnt r64, r64: 32 bits set, every arithmetic flag cleared */
     mov rax, 0xF0F0F0F0F0F0F0F0
@@ -101,6 +107,59 @@ main:
     GUEST_ASSERT_EQ(rax, 0)
 1:
 
+    /* lock cmpxchg16b [rdi], equal: RCX:RBX stored, ZF set, the other flags kept */
+    mov rdi, CX16_DATA
+    mov r8, 0x0123456789abcdef
+    mov r9, 0xfedcba9876543210
+    mov r10, 0x1111222233334444
+    mov r11, 0x5555666677778888
+    mov [rdi], r8
+    mov [rdi + 8], r9
+    mov rax, r8
+    mov rdx, r9
+    mov rbx, r10
+    mov rcx, r11
+    FLAGS_ALL_SET
+    pushfq; and qword ptr [rsp], ~RFLAGS_ZF; popfq
+    lock cmpxchg16b [rdi]
+    FLAGS_TO(r12)
+    GUEST_ASSERT_EQ([rdi], r10)
+    GUEST_ASSERT_EQ([rdi + 8], r11)
+    GUEST_ASSERT_EQ(rax, r8)
+    GUEST_ASSERT_EQ(rdx, r9)
+    GUEST_ASSERT_EQ(rbx, r10)
+    GUEST_ASSERT_EQ(rcx, r11)
+    and r12, ARITH
+    GUEST_ASSERT_EQ(r12, ARITH)
+
+    /* cmpxchg16b gs:[0x410] with GS at RESULTS_ADDR, unequal in the high half only:
+     * RDX:RAX loaded, memory as it was, ZF cleared, the other flags kept */
+    mov ecx, MSR_GS_BASE
+    mov eax, RESULTS_ADDR
+    xor edx, edx
+    wrmsr
+    mov [CX16_DATA + 0x10], r8
+    mov [CX16_DATA + 0x18], r9
+    mov rax, r8
+    mov rdx, r10
+    mov rbx, r11
+    mov rcx, r9
+    FLAGS_ALL_SET
+    cmpxchg16b gs:[0x410]
+    FLAGS_TO(r12)
+    GUEST_ASSERT_EQ(rax, r8)
+    GUEST_ASSERT_EQ(rdx, r9)
+    GUEST_ASSERT_EQ(rbx, r11)
+    GUEST_ASSERT_EQ(rcx, r9)
+    GUEST_ASSERT_EQ([CX16_DATA + 0x10], r8)
+    GUEST_ASSERT_EQ([CX16_DATA + 0x18], r9)
+    and r12, ARITH
+    GUEST_ASSERT_EQ(r12, ARITH & ~RFLAGS_ZF)
+    mov ecx, MSR_GS_BASE
+    xor eax, eax
+    xor edx, edx
+    wrmsr
+
     /* int3 through our own #BP gate: the handler records the frame and returns */
     call install_bp_handler
     mov qword ptr [BP_COUNT], 0
@@ -133,6 +192,11 @@ unmapped_popcnt:
 unknown:
     mov rbx, RESULTS_ADDR
     xsave [rbx]
+    GUEST_DONE
+
+misaligned_cmpxchg16b:
+    mov rsi, CX16_DATA + 8
+    lock cmpxchg16b [rsi]
     GUEST_DONE
 
 /* IDT gate 3 -> bp_handler (64-bit interrupt gate, kernel CS) */
