@@ -74,6 +74,14 @@ def add_parser(commands: Any) -> None:
     )
     boot.add_argument("--initrd", metavar="FILE", help="the kernel's initrd (QEMU's -initrd)")
     boot.add_argument("--append", metavar="TEXT", help="the kernel command line (QEMU's -append)")
+    boot.add_argument(
+        "--mark",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="record the run's time, exits by kind and config exits in --stats 'marks' at "
+        "the first serial line holding TEXT (repeatable)",
+    )
     boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
     boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
     boot.add_argument(
@@ -140,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
             _ram_named(args.ram_mib),
             Q35Machine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
                        console=console, serial=None if serial is None else _writer(serial),
-                       until=until, config_ports=args.config_ports, linux=linux) as machine,
+                       until=until, config_ports=args.config_ports, linux=linux,
+                       marks=tuple(args.mark)) as machine,
         ):  # fmt: skip
             result = _run_until_stopped(machine, args.timeout)
             if args.stats:
