@@ -66,22 +66,7 @@ def add_parser(commands: Any) -> None:
         help="CF8/CFC: always (as QEMU), or firmware: withdrawn once the firmware fetches "
         "the kernel from fw_cfg, so the kernel configures PCI through ECAM alone",
     )
-    boot.add_argument(
-        "--kernel",
-        metavar="FILE",
-        help="boot Linux as QEMU's -kernel: a bzImage (through QEMU's linuxboot_dma.bin) "
-        "or an ELF vmlinux with a Xen PVH note (through pcihole's PVH ROM)",
-    )
-    boot.add_argument("--initrd", metavar="FILE", help="the kernel's initrd (QEMU's -initrd)")
-    boot.add_argument("--append", metavar="TEXT", help="the kernel command line (QEMU's -append)")
-    boot.add_argument(
-        "--mark",
-        metavar="TEXT",
-        action="append",
-        default=[],
-        help="record the run's time, exits by kind and config exits in --stats 'marks' at "
-        "the first serial line holding TEXT (repeatable)",
-    )
+    _add_linux_options(boot)
     boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
     boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
     boot.add_argument(
@@ -112,6 +97,26 @@ def add_parser(commands: Any) -> None:
         help="after the run, write every ACPI table found from the RSDP to DIR",
     )
     boot.set_defaults(handler=run)  # fmt: skip
+
+
+def _add_linux_options(boot: Any) -> None:
+    """--kernel, --initrd, --append (QEMU's) and --mark."""
+    boot.add_argument(
+        "--kernel",
+        metavar="FILE",
+        help="boot Linux as QEMU's -kernel: a bzImage (through QEMU's linuxboot_dma.bin) "
+        "or an ELF vmlinux with a Xen PVH note (through pcihole's PVH ROM)",
+    )
+    boot.add_argument("--initrd", metavar="FILE", help="the kernel's initrd (QEMU's -initrd)")
+    boot.add_argument("--append", metavar="TEXT", help="the kernel command line (QEMU's -append)")
+    boot.add_argument(
+        "--mark",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="record the run's time, exits by kind and config exits in --stats 'marks' at "
+        "the first serial line holding TEXT (repeatable)",
+    )
 
 
 def positive_seconds(text: str) -> float:

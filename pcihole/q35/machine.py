@@ -80,8 +80,7 @@ class Q35Machine(Closeable):
         self.topology = topology
         self.options = replace(options or MachineOptions(), buses=topology.buses)
         self.until = until
-        self._marks, self.marks = marks, list[dict[str, Any]]()
-        self._lines_marked = 0
+        self._marks, self.marks, self._lines_marked = marks, list[dict[str, Any]](), 0
         self._serial = _SerialWatch(serial, until, self.stop, self._mark if marks else None)
         self.ending: Ending | None = None
         self.notes: list[str] = []
