@@ -253,6 +253,8 @@ class Q35Machine(Closeable):
         seconds = time.perf_counter() - self._started
         self.console.flush()
         self.platform.serial_log.flush()
+        if self._marks:  # a last line without its newline (``until`` stopped the run in it)
+            self._mark()
         return BootResult(
             result,
             self.debug_exit.value,
