@@ -250,11 +250,11 @@ class Q35Machine(Closeable):
         """Run from the reset vector until debug-exit (or until the guest stops)."""
         self._started = time.perf_counter()
         result = self.guest.run(max_exits)
-        seconds = time.perf_counter() - self._started
         self.console.flush()
         self.platform.serial_log.flush()
         if self._marks:  # a last line without its newline (``until`` stopped the run in it)
             self._mark()
+        seconds = time.perf_counter() - self._started
         return BootResult(
             result,
             self.debug_exit.value,
