@@ -15,12 +15,16 @@ from typing import Any, BinaryIO
 
 from pcihole import layout
 from pcihole.arch.x86.acpi import read_acpi_tables
+from pcihole.arch.x86.cpuid_probe import host_cpuid_leaks
 from pcihole.arch.x86.e820 import AddressBitsError, RamLayoutError, q35_below_4g
 from pcihole.arch.x86.linux import KernelError, load_linux
+from pcihole.arch.x86.linux_cmdline import linux_command_line
+from pcihole.commands.linux_option import add_linux_option, apply_linux_option
 from pcihole.commands.options import add_machine_options, int_in_range, machine_options
 from pcihole.devices.fw_cfg import BootRom
 from pcihole.errors import ENVIRONMENT_STATUS, BadInput, EnvironmentProblem, GuestFault
 from pcihole.guest.firmware import build_option_rom
+from pcihole.guest.linux.klog import init_fault_note
 from pcihole.kvm import Kvm
 from pcihole.machine.runloop import StopReason
 from pcihole.memory.ram import RamAllocationError
@@ -66,14 +70,7 @@ def add_parser(commands: Any) -> None:
         help="CF8/CFC: always (as QEMU), or firmware: withdrawn once the firmware fetches "
         "the kernel from fw_cfg, so the kernel configures PCI through ECAM alone",
     )
-    boot.add_argument(
-        "--kernel",
-        metavar="FILE",
-        help="boot Linux as QEMU's -kernel: a bzImage (through QEMU's linuxboot_dma.bin) "
-        "or an ELF vmlinux with a Xen PVH note (through pcihole's PVH ROM)",
-    )
-    boot.add_argument("--initrd", metavar="FILE", help="the kernel's initrd (QEMU's -initrd)")
-    boot.add_argument("--append", metavar="TEXT", help="the kernel command line (QEMU's -append)")
+    _add_linux_options(boot)
     boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
     boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
     boot.add_argument(
@@ -106,6 +103,31 @@ def add_parser(commands: Any) -> None:
     boot.set_defaults(handler=run)  # fmt: skip
 
 
+def _add_linux_options(boot: Any) -> None:
+    """--kernel, --initrd, --append (QEMU's), --linux and --mark."""
+    boot.add_argument(
+        "--kernel",
+        metavar="FILE",
+        help="boot Linux as QEMU's -kernel: a bzImage (through QEMU's linuxboot_dma.bin) "
+        "or an ELF vmlinux with a Xen PVH note (through pcihole's PVH ROM)",
+    )
+    boot.add_argument("--initrd", metavar="FILE", help="the kernel's initrd (QEMU's -initrd)")
+    boot.add_argument(
+        "--append",
+        metavar="TEXT",
+        help="the kernel command line (QEMU's -append); words this host needs are added",
+    )
+    add_linux_option(boot)
+    boot.add_argument(
+        "--mark",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="record the run's time, exits by kind and config exits in --stats 'marks' at "
+        "the first serial line holding TEXT (repeatable)",
+    )
+
+
 def positive_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -128,8 +150,11 @@ def run(args: argparse.Namespace) -> int:
     Debug console bytes go to ``--debugcon`` (a file) or stdout, the UART's to
     ``--serial``. Bad input is checked before the VM is made.
     """
+    apply_linux_option(args)
     image, topology = _checked_input(args)
-    linux = _linux(args)
+    linux, notes = _linux(args)
+    for note in notes:
+        print(f"pcihole boot: note: {note}", file=sys.stderr)
     options = machine_options(args)
     with contextlib.ExitStack() as files:
         console = _open_sink(files, "--debugcon", args.debugcon)
@@ -140,9 +165,12 @@ def run(args: argparse.Namespace) -> int:
             _ram_named(args.ram_mib),
             Q35Machine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
                        console=console, serial=None if serial is None else _writer(serial),
-                       until=until, config_ports=args.config_ports, linux=linux) as machine,
+                       until=until, config_ports=args.config_ports, linux=linux,
+                       marks=tuple(args.mark)) as machine,
         ):  # fmt: skip
+            machine.notes.extend(notes)
             result = _run_until_stopped(machine, args.timeout)
+            _note_guest_faults(machine)
             if args.stats:
                 _write(args.stats, json.dumps(machine.stats(result), indent=2) + "\n")
             if args.acpi_dump:
@@ -154,6 +182,15 @@ def run(args: argparse.Namespace) -> int:
     if result.run.reason is StopReason.REFUSED_INSTRUCTION:
         return ENVIRONMENT_STATUS  # KVM refused what the monitor cannot finish
     return result.status
+
+
+def _note_guest_faults(machine: Q35Machine) -> None:
+    """Say on stderr and in the notes what the kernel's log shows went wrong in a way
+    this host explains (init killed by its first system call)."""
+    note = init_fault_note(line.text for line in machine.platform.serial_log.lines)
+    if note is not None:
+        machine.notes.append(note)
+        print(f"pcihole boot: note: {note}", file=sys.stderr)
 
 
 @contextlib.contextmanager
@@ -259,18 +296,21 @@ def _checked_input(args: argparse.Namespace) -> tuple[bytes, Topology]:
     return image, topology
 
 
-def _linux(args: argparse.Namespace) -> LinuxBoot | None:
+def _linux(args: argparse.Namespace) -> tuple[LinuxBoot | None, list[str]]:
     """The kernel ``--kernel`` names, loaded as QEMU 7.2 loads it, and the ROM that boots
-    it; None without ``--kernel``."""
+    it (None without ``--kernel``); and notes on what was added to its command line for
+    this host (``arch.x86.linux_cmdline``: nothing where CPUID obeys the monitor)."""
     if args.kernel is None:
         for option in ("initrd", "append"):
             if getattr(args, option) is not None:
                 raise BadInput(f"--{option} needs --kernel")
-        return None
+        return None, []
     kernel = _read("--kernel", args.kernel)
     initrd = None if args.initrd is None else _read("--initrd", args.initrd)
     below_4g = q35_below_4g(args.ram_mib * layout.MiB)
-    cmdline = os.fsencode(args.append or "")
+    with Kvm() as kvm:
+        line, notes = linux_command_line(args.append or "", host_cpuid_leaks(kvm))
+    cmdline = os.fsencode(line)
     try:
         load = load_linux(kernel, cmdline=cmdline, initrd=initrd, below_4g=below_4g)
     except KernelError as error:
@@ -278,7 +318,7 @@ def _linux(args: argparse.Namespace) -> LinuxBoot | None:
         where = "" if text.startswith("--") else f"--kernel: {args.kernel}: "
         raise KernelError(where + text) from None
     if load.kind == "pvh":
-        return LinuxBoot(load, BootRom(PVH_ROM_NAME, build_option_rom("pvh")))
+        return LinuxBoot(load, BootRom(PVH_ROM_NAME, build_option_rom("pvh"))), notes
     try:
         rom = LINUXBOOT_DMA.read_bytes()
     except OSError as error:
@@ -286,7 +326,7 @@ def _linux(args: argparse.Namespace) -> LinuxBoot | None:
             f"{LINUXBOOT_DMA}: {error.strerror}: QEMU's linuxboot_dma.bin boots a bzImage "
             "(apt-get install qemu-system-data, or bash scripts/setup)"
         ) from None
-    return LinuxBoot(load, BootRom(LINUXBOOT_DMA.name, rom))
+    return LinuxBoot(load, BootRom(LINUXBOOT_DMA.name, rom)), notes
 
 
 def _read(option: str, path: str) -> bytes:

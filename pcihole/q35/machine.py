@@ -24,6 +24,8 @@ from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit
 from pcihole.devices.debugcon import DebugConsole, Stamp
 from pcihole.devices.fw_cfg import BootRom
 from pcihole.holes.slots import HoleSlotError
+from pcihole.holes.strategy import KERNEL_BYTES_PER_SLOT
+from pcihole.host.smaps import resident_bytes
 from pcihole.kvm import Kvm, KvmError
 from pcihole.machine.bars import BarDecoder, backends
 from pcihole.machine.builder import Machine, PlacedDevice
@@ -50,7 +52,8 @@ class LinuxBoot:
 
 class Q35Machine(Closeable):
     """A q35 machine that boots ``image`` with ``topology``'s functions behind ECAM.
-    ``config_ports`` is ``q35.platform.CONFIG_PORT_MODES``'s; ``linux`` a kernel to boot."""
+    ``config_ports`` is ``q35.platform.CONFIG_PORT_MODES``'s; ``linux`` a kernel to boot;
+    ``marks`` texts whose first serial line records the run's counters (``self.marks``)."""
 
     def __init__(
         self,
@@ -66,6 +69,7 @@ class Q35Machine(Closeable):
         name: str = "boot",
         config_ports: str = "always",
         linux: LinuxBoot | None = None,
+        marks: tuple[str, ...] = (),
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
         try:
@@ -76,7 +80,8 @@ class Q35Machine(Closeable):
         self.topology = topology
         self.options = replace(options or MachineOptions(), buses=topology.buses)
         self.until = until
-        self._serial = _SerialWatch(serial, until, self.stop)
+        self._marks, self.marks, self._lines_marked = marks, list[dict[str, Any]](), 0
+        self._serial = _SerialWatch(serial, until, self.stop, self._mark if marks else None)
         self.ending: Ending | None = None
         self.notes: list[str] = []
         self.placements: list[tuple[int | None, int]] = []
@@ -176,6 +181,45 @@ class Q35Machine(Closeable):
         if self.until is not None and self.console.output.endswith(self.until):
             self.stop(f"the debug console printed {self.until.decode(errors='replace')!r}")
 
+    # --- counters ------------------------------------------------------------------------
+    def _mark(self) -> None:
+        """Record the counters at the first serial line holding each of ``marks``."""
+        lines = self.platform.serial_log.lines
+        for line in lines[self._lines_marked :]:
+            for text in self._marks:
+                if text in line.text and all(mark["mark"] != text for mark in self.marks):
+                    self.marks.append({"mark": text, "line": line.text.rstrip("\r"),
+                                       **self.counters()})  # fmt: skip
+        self._lines_marked = len(lines)
+
+    def counters(self) -> dict[str, Any]:
+        """The run's counters now: time, exits by kind, ECAM and CF8 config exits."""
+        exits = self.window.ecam.exits
+        return {
+            "seconds": round(time.perf_counter() - self._started, 6),
+            "exit_counts": self.guest.loop.exit_counts(),
+            "config_exits": {
+                "hole_reads": exits.hole_reads,
+                "hole_writes": exits.hole_writes,
+                "device_reads": exits.device_reads,
+                "device_writes": exits.device_writes,
+                "legacy_ports": self.legacy.exits,
+            },
+        }
+
+    def hole_memory(self) -> dict[str, int]:
+        """Host memory behind the holes: this VM's own (virtual and resident), what it
+        shares with other VMs, and the kernel's memslot arrays for the hole slots."""
+        strategy = self.window.strategy
+        own = strategy.per_vm_ranges() if strategy is not None else []
+        shared = strategy.shared_ranges() if strategy is not None else []
+        return {
+            "per_vm_bytes": sum(size for _, size in own),
+            "per_vm_resident_bytes": resident_bytes(own),
+            "shared_bytes": sum(size for _, size in shared),
+            "kernel_bytes": self.window.hole_memslots * KERNEL_BYTES_PER_SLOT,
+        }
+
     # --- PCIEXBAR ------------------------------------------------------------------------
     def place_window(self, base: int | None, buses: int) -> None:
         """Move the window where the MCH says (after every write to its PCIEXBAR).
@@ -206,9 +250,11 @@ class Q35Machine(Closeable):
         """Run from the reset vector until debug-exit (or until the guest stops)."""
         self._started = time.perf_counter()
         result = self.guest.run(max_exits)
-        seconds = time.perf_counter() - self._started
         self.console.flush()
         self.platform.serial_log.flush()
+        if self._marks:  # a last line without its newline (``until`` stopped the run in it)
+            self._mark()
+        seconds = time.perf_counter() - self._started
         return BootResult(
             result,
             self.debug_exit.value,
@@ -221,7 +267,6 @@ class Q35Machine(Closeable):
 
     def stats(self, result: BootResult) -> dict[str, Any]:
         """What the run cost, for ``--stats`` and the benchmarks."""
-        exits = self.window.ecam.exits
         report = self.window.report()
         return {
             "status": result.status,
@@ -231,13 +276,7 @@ class Q35Machine(Closeable):
             "seconds": round(result.seconds, 6),
             "exit_counts": result.run.exit_counts,
             "emulated_instructions": self.guest.loop.emulated_instructions(),
-            "config_exits": {
-                "hole_reads": exits.hole_reads,
-                "hole_writes": exits.hole_writes,
-                "device_reads": exits.device_reads,
-                "device_writes": exits.device_writes,
-                "legacy_ports": self.legacy.exits,
-            },
+            "config_exits": self.counters()["config_exits"],
             "hole_writes": self.window.hole_writes.count,
             "rom_writes": sum(device.writes for device in self.guest.rom_devices)
             + self.platform.shadow.dropped_writes,
@@ -260,34 +299,42 @@ class Q35Machine(Closeable):
                 "placements": [[base, buses] for base, buses in result.placements],
             },
             "memslots": {"window": self.window.memslots, "holes": self.window.hole_memslots},
+            "hole_memory": self.hole_memory(),
             "strategy": report.strategy,
             "backing": report.backing,
             "notes": [*report.notes, *self.notes],
             "tsc_khz": self.guest.vcpu.tsc_khz(),
             "lines": [line.as_json() for line in result.lines],
+            "marks": self.marks,
         }
 
 
 class _SerialWatch:
-    """The UART's output on to ``sink``; ``until`` seen there ends the run."""
+    """The UART's output on to ``sink``; ``until`` seen there ends the run; ``line_ended``
+    is called after each newline (the platform's serial log has the line by then)."""
 
     def __init__(
         self,
         sink: Callable[[bytes], None] | None,
         until: bytes | None,
         stop: Callable[[str], None],
+        line_ended: Callable[[], None] | None = None,
     ) -> None:
         self._sink, self._until, self._stop = sink, until, stop
+        self._line_ended = line_ended
         self._tail = b""
 
     @property
     def sink(self) -> Callable[[bytes], None] | None:
         """What the UART writes to (None: nowhere, nothing to watch)."""
-        return self.write if self._sink is not None or self._until else None
+        watched = self._sink is not None or self._until or self._line_ended is not None
+        return self.write if watched else None
 
     def write(self, data: bytes) -> None:
         if self._sink is not None:
             self._sink(data)
+        if self._line_ended is not None and b"\n" in data:
+            self._line_ended()
         if self._until:
             self._tail = (self._tail + data)[-(len(self._until) + len(data)) :]
             if self._until in self._tail:

@@ -38,7 +38,9 @@ from pcihole.q35.shell import Q35Shell
 RESET_CONTROL_OFFSET = layout.RESET_CONTROL_PORT - layout.PCI_CONFIG_ADDRESS_PORT
 
 StopRequest = Callable[[str], None]
-"""The guest asked the machine to stop; the argument says why ("power off", "reset")."""
+"""The guest asked the machine to stop; the argument says why (``POWER_OFF``, a reset)."""
+POWER_OFF = "power-off"
+"""The reason a run ends with when the guest powers off through ACPI (status 0)."""
 
 
 CONFIG_PORT_MODES = ("always", "firmware")
@@ -142,7 +144,7 @@ class Q35Platform:
         )
         self._sci_irq: int | None = None
         self._sci_level = False
-        self.acpi_pm = AcpiPm(power_off=lambda: on_stop("the guest powered off"), sci=self._sci)
+        self.acpi_pm = AcpiPm(power_off=lambda: on_stop(POWER_OFF), sci=self._sci)
         self.apm = Apm(self.acpi_pm.apm_command)
         ports.add(layout.APM_PORT, layout.APM_PORTS, self.apm, "apm")
         self.pm_base: int | None = None

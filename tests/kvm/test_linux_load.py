@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import struct
@@ -20,10 +21,12 @@ from pathlib import Path
 
 import pytest
 
+from pcihole.arch.x86.cpuid_probe import run_probe
 from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.arch.x86.linux import Item, LinuxLoad, load_linux
 from pcihole.devices.fw_cfg import BootRom, FwCfg
 from pcihole.guest.build import assemble_flat
+from pcihole.kvm import Kvm
 from pcihole.layout import asm_symbols
 from tests.linux_images import bzimage, pvh_elf
 from tests.qemu import (
@@ -155,17 +158,17 @@ def test_pvh_rom_hands_over_as_the_pvh_abi_says(tmp_path: Path) -> None:
     kernel = probe_kernel(tmp_path)
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"an initrd of forty bytes, no more, no le")
-    console = tmp_path / "console"
+    console, stats = tmp_path / "console", tmp_path / "stats.json"
     result = run_pcihole("boot", "--kernel", str(kernel), "--initrd", str(initrd),
                          "--append", "console=ttyS0 pvh=yes", "--debugcon", str(console),
-                         "--timeout", str(HANG_SECONDS))  # fmt: skip
+                         "--stats", str(stats), "--timeout", str(HANG_SECONDS))  # fmt: skip
     text = console.read_text(errors="replace")
     assert result.returncode == 33, (result.stderr, text[-2000:])
+    _host_words_added(text, result.stderr, json.loads(stats.read_text())["notes"])
     lines = {line.split("=")[0]: line for line in text.splitlines() if line.startswith("pvh ")}
     assert lines["pvh magic"] == ("pvh magic=336ec578 version=00000001 cs=00000008 "
                                   "ds=00000010 ss=00000010")  # fmt: skip
     assert lines["pvh cr0.pe.pg"] == "pvh cr0.pe.pg=00000001 if=00000000"
-    assert lines["pvh cmdline"] == "pvh cmdline=console=ttyS0 pvh=yes"
     assert lines["pvh modules"] == f"pvh modules=00000001 initrd={initrd.read_text()}"
     assert lines["pvh rsdp"] == "pvh rsdp=RSD PTR "
     seabios = [(int(a, 16), int(b, 16), int(t)) for a, b, t in SEABIOS_E820.findall(text)]
@@ -175,6 +178,24 @@ def test_pvh_rom_hands_over_as_the_pvh_abi_says(tmp_path: Path) -> None:
         if line.startswith("pvh e820 ")
     ]
     assert seabios and ours == seabios  # the map SeaBIOS printed is the one handed over
+
+
+def _host_words_added(console: str, stderr: str, notes: list[str]) -> None:
+    """The guest got the user's command line plus what this host needs (judged by the
+    probe guest's own answer), and the run said so on stderr and in --stats notes."""
+    with Kvm() as kvm:
+        leaks = run_probe(kvm)
+    cmdline = next(line for line in console.splitlines() if line.startswith("pvh cmdline="))
+    words = cmdline.removeprefix("pvh cmdline=").split()
+    assert words[:2] == ["console=ttyS0", "pvh=yes"]
+    if not leaks.any:  # CPUID obeys the monitor: nothing added, nothing said
+        assert words == ["console=ttyS0", "pvh=yes"] and "note:" not in stderr
+        return
+    cleared = next(word for word in words if word.startswith("clearcpuid=")).split("=")[1]
+    for name in leaks.leaked:
+        assert ("noxsave" in words) if name == "xsave" else (name in cleared.split(","))
+    note = next(line for line in stderr.splitlines() if line.startswith("pcihole boot: note: "))
+    assert "clearcpuid=" in note and note.removeprefix("pcihole boot: note: ") in notes
 
 
 def test_pvh_linux_reaches_its_first_serial_line(tmp_path: Path) -> None:

@@ -82,7 +82,7 @@ def test_acpi_s5_powers_off(kvm: Kvm) -> None:
         + out_dx(0x604, 0x2000, 2)  # PM1_CNT: SLP_EN, SLP_TYP 0 (QEMU's S5)
     )
     result = run(kvm, code)
-    assert result.reason == "the guest powered off" and result.status == 0
+    assert result.reason == "power-off" and result.status == 0
 
 
 def test_pm_block_is_nowhere_until_acpi_is_enabled(kvm: Kvm) -> None:

@@ -43,3 +43,35 @@ def test_serial_lines_in_stats(tmp_path: Path) -> None:
     assert second["first_exits"] - first["exits"] == len(b"debug\n") + 1
     assert first["exits"] < debug["first_exits"] < debug["exits"] < second["first_exits"]
     assert 0 <= first["first_seconds"] <= first["seconds"] <= second["seconds"]
+
+
+def test_marks_record_the_counters_at_the_first_line_holding_each_text(tmp_path: Path) -> None:
+    code = (
+        prints(0x3F8, b"alpha one\n")
+        + prints(0x402, b"x\n")
+        + prints(0x3F8, b"beta\n")
+        + prints(0x3F8, b"alpha two\n")
+        + prints(0x3F8, b"gamma, no newline")
+        + out_dx(0xF4, 0, 1)
+    )
+    bios, stats_file = tmp_path / "fw.bin", tmp_path / "stats.json"
+    bios.write_bytes(image(code + HANG))
+    command = pcihole_command(
+        "boot", "--bios", str(bios), "--stats", str(stats_file), "--mark", "alpha",
+        "--mark", "beta", "--mark", "never printed", "--mark", "gamma",
+        "--debugcon", str(tmp_path / "debugcon"),
+    )  # fmt: skip
+    done = subprocess.run(command, cwd=REPO_ROOT, env=CHILD_ENV, timeout=HANG_SECONDS,
+                          capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    stats = json.loads(stats_file.read_text())
+    marks = stats["marks"]
+    assert [(mark["mark"], mark["line"]) for mark in marks] == [
+        ("alpha", "alpha one"), ("beta", "beta"), ("gamma", "gamma, no newline")]  # fmt: skip
+    alpha, beta, _ = marks
+    # between the two marks: "x\n" on the debug console and "beta\n", one OUT exit a byte
+    assert beta["exit_counts"]["IoOut"] - alpha["exit_counts"]["IoOut"] == 2 + 5
+    assert 0 < alpha["seconds"] <= beta["seconds"] <= marks[2]["seconds"] <= stats["seconds"]
+    assert set(alpha["config_exits"]) >= {"hole_reads", "legacy_ports"}
+    assert set(stats["hole_memory"]) == {"per_vm_bytes", "per_vm_resident_bytes",
+                                         "shared_bytes", "kernel_bytes"}  # fmt: skip
