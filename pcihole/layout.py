@@ -162,6 +162,8 @@ ACPI_PM_SIZE = 0x80
 """PM1 event/control, PM timer, GPE0 and the rest of the ICH9 PMIO block."""
 RESET_CONTROL_PORT = 0xCF9
 """ICH9 reset control register (a write of 0x06 or 0x0e resets the machine)."""
+SCI_IRQ = 9
+"""The ACPI SCI: ISA IRQ 9, where the ICH9's ACPI_CNTL routes it as SeaBIOS programs it."""
 
 # ---------------------------------------------------------------------------------------
 # PCI: the ECAM (MMCONFIG) window and room for devices.
@@ -176,6 +178,10 @@ PCI_MMIO_BASE = ECAM_BASE + ECAM_MAX_SIZE
 """32-bit BAR space starts right after the largest ECAM window."""
 TEST_MMIO_BASE = 0xD0000000
 """Where tests place small MMIO devices (inside the BAR space, never under a window)."""
+IOAPIC_ADDR = 0xFEC00000
+"""The I/O APIC (KVM's in-kernel one): the 32-bit PCI window ends below it."""
+LAPIC_ADDR = 0xFEE00000
+"""Every local APIC's registers."""
 FIRMWARE_TOP = 1 << 32
 """A flat firmware image ends here; the reset vector is its last 16 bytes."""
 IMAGE_ALIGN = 64 * KiB

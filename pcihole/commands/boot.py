@@ -67,6 +67,13 @@ def add_parser(commands: Any) -> None:
         "the kernel from fw_cfg, so the kernel configures PCI through ECAM alone",
     )
     boot.add_argument(
+        "--acpi",
+        choices=("on", "off"),
+        default="on",
+        help="serve QEMU 7.2's ACPI tables through fw_cfg (on, as QEMU's default), or none "
+        "(off, as -machine acpi=off: SeaBIOS builds its own)",
+    )
+    boot.add_argument(
         "--kernel",
         metavar="FILE",
         help="boot Linux as QEMU's -kernel: a bzImage (through QEMU's linuxboot_dma.bin) "
@@ -140,7 +147,8 @@ def run(args: argparse.Namespace) -> int:
             _ram_named(args.ram_mib),
             BootMachine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
                         console=console, serial=None if serial is None else _writer(serial),
-                        until=until, config_ports=args.config_ports, linux=linux) as machine,
+                        until=until, config_ports=args.config_ports, linux=linux,
+                        acpi=args.acpi == "on") as machine,
         ):  # fmt: skip
             result = _run_until_stopped(machine, args.timeout)
             if args.stats:

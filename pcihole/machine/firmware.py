@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, BinaryIO
 
 from pcihole import layout
+from pcihole.acpi.q35 import Q35Acpi, q35_acpi_files
 from pcihole.arch.x86.cpuid import VcpuIdentity, boot_cpuid
 from pcihole.arch.x86.e820 import Q35Ram
 from pcihole.arch.x86.linux import LinuxLoad
@@ -247,7 +248,9 @@ class BootResult:
 class BootMachine(Closeable):
     """A q35-like machine that boots ``image`` with ``topology``'s functions behind ECAM:
     the builder's ``Machine`` over the firmware shell, with the MCH placing the window,
-    the debug console and debug exit. ``config_ports`` is ``q35.CONFIG_PORT_MODES``'s."""
+    the debug console and debug exit. ``config_ports`` is ``q35.CONFIG_PORT_MODES``'s;
+    ``acpi`` serves QEMU 7.2's ACPI tables through fw_cfg (``pcihole.acpi.q35``), as QEMU's
+    default ``acpi=on``; without them SeaBIOS builds its own."""
 
     def __init__(
         self,
@@ -263,6 +266,7 @@ class BootMachine(Closeable):
         name: str = "boot",
         config_ports: str = "always",
         linux: LinuxBoot | None = None,
+        acpi: bool = True,
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
         topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
@@ -289,7 +293,9 @@ class BootMachine(Closeable):
         self._serial = _SerialWatch(serial, until, self.stop)
         try:
             assert shell.ram is not None
-            self.platform = self._platform(shell, image, linux, config_ports)
+            tables = (q35_acpi_files(Q35Acpi.for_machine(topology.buses, shell.ram_layout))
+                      if acpi else None)  # fmt: skip
+            self.platform = self._platform(shell, image, linux, config_ports, tables)
             backends = {
                 (function.bdf, index): device
                 for function in topology
@@ -310,8 +316,9 @@ class BootMachine(Closeable):
         shell.ports.add(layout.PCI_CONFIG_ADDRESS_PORT, CONFIG_PORTS, cf8, "pci-config")
 
     def _platform(
-        self, shell: BootVm, image: bytes, linux: LinuxBoot | None, config_ports: str
-    ) -> Q35Platform:
+        self, shell: BootVm, image: bytes, linux: LinuxBoot | None, config_ports: str,
+        acpi: dict[str, bytes] | None,
+    ) -> Q35Platform:  # fmt: skip
         """The q35 platform devices, with a kernel's items and boot ROM in fw_cfg and its
         segments already in RAM (QEMU's ELF loader writes them at reset)."""
         assert shell.ram is not None
@@ -322,7 +329,8 @@ class BootMachine(Closeable):
                            on_stop=self.stop, serial=self._serial.sink,
                            config_ports=config_ports, clock=self._stamp,
                            kernel=None if linux is None else linux.load.items,
-                           boot_rom=None if linux is None else linux.rom)  # fmt: skip
+                           boot_rom=None if linux is None else linux.rom,
+                           acpi=acpi)  # fmt: skip
 
     def request_stop(self) -> None:
         self.guest.request_stop()

@@ -116,9 +116,11 @@ class Q35Platform:
         clock: Callable[[], Stamp] | None = None,
         kernel: Mapping[int, bytes] | None = None,
         boot_rom: BootRom | None = None,
+        acpi: Mapping[str, bytes] | None = None,
     ) -> None:
         """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial
-        lines and the withdrawal of CF8/CFC (``account``)."""
+        lines and the withdrawal of CF8/CFC (``account``); ``acpi`` the ACPI fw_cfg files
+        (``pcihole.acpi.q35``), None for none."""
         self._watch(config_ports, clock, serial)
         self.vm = vm
         self.ports = ports
@@ -131,7 +133,8 @@ class Q35Platform:
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(self._serial_out, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        config = FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom)
+        config = FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom,
+                           acpi=acpi)
         self.fw_cfg = FwCfgDevice(config, ram, on_select=self._fw_cfg_selected)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")

@@ -27,6 +27,7 @@ ROOMS = [
     {"pci"},
     {"holes"},
     {"devices"},
+    {"acpi"},
     {"chipset"},
     {"machine"},
     {"guest"},
