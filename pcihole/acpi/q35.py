@@ -55,7 +55,7 @@ VGA_WINDOW = (layout.LOW_RAM_END, layout.PAM_SHADOW_BASE - 1)
 """Legacy VGA memory, which QEMU's host bridge forwards to PCI."""
 RESET_VALUE = 0x0F
 """What QEMU's FADT writes to 0xcf9 to reset: FULL_RST, RST_CPU, SYS_RST (and bit 0)."""
-LPC_ADDRESS = 0x1F << 16
+LPC_ADR = 0x1F << 16
 """``_ADR`` of the ICH9 LPC, 00:1f.0 (device in the high word)."""
 CONFIG_PORTS = 8
 """CF8-CFF, consumed by the host bridge itself."""
@@ -221,7 +221,7 @@ def _lpc() -> bytes:
     rtc, com1 = layout.CMOS_PORT, layout.SERIAL_COM1_PORT
     return aml.device(
         "SF8",
-        aml.name("_ADR", aml.integer(LPC_ADDRESS)),
+        aml.name("_ADR", aml.integer(LPC_ADR)),
         _isa_device("KBD", "PNP0303", aml.io(keyboard, keyboard, 1, 1),
                     aml.io(command, command, 1, 1), aml.irq_no_flags(layout.KEYBOARD_IRQ)),
         _isa_device("MOU", "PNP0F13", aml.irq_no_flags(layout.MOUSE_IRQ)),

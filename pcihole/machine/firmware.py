@@ -293,9 +293,7 @@ class BootMachine(Closeable):
         self._serial = _SerialWatch(serial, until, self.stop)
         try:
             assert shell.ram is not None
-            tables = (q35_acpi_files(Q35Acpi.for_machine(topology.buses, shell.ram_layout))
-                      if acpi else None)  # fmt: skip
-            self.platform = self._platform(shell, image, linux, config_ports, tables)
+            self.platform = self._platform(shell, image, linux, config_ports, acpi, topology.buses)
             backends = {
                 (function.bdf, index): device
                 for function in topology
@@ -317,11 +315,13 @@ class BootMachine(Closeable):
 
     def _platform(
         self, shell: BootVm, image: bytes, linux: LinuxBoot | None, config_ports: str,
-        acpi: dict[str, bytes] | None,
+        acpi: bool, buses: int,
     ) -> Q35Platform:  # fmt: skip
         """The q35 platform devices, with a kernel's items and boot ROM in fw_cfg and its
-        segments already in RAM (QEMU's ELF loader writes them at reset)."""
+        segments already in RAM (QEMU's ELF loader writes them at reset), and with ``acpi``
+        the ACPI tables of a machine with ``buses`` buses."""
         assert shell.ram is not None
+        tables = q35_acpi_files(Q35Acpi.for_machine(buses, shell.ram_layout)) if acpi else None
         for segment in linux.load.segments if linux is not None else ():
             shell.ram.write(segment.address, segment.data)
         return Q35Platform(shell.vm, shell.ports, shell.mmio, shell.ram, shell.slots, image,
@@ -330,7 +330,7 @@ class BootMachine(Closeable):
                            config_ports=config_ports, clock=self._stamp,
                            kernel=None if linux is None else linux.load.items,
                            boot_rom=None if linux is None else linux.rom,
-                           acpi=acpi)  # fmt: skip
+                           acpi=tables)  # fmt: skip
 
     def request_stop(self) -> None:
         self.guest.request_stop()

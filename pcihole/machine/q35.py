@@ -118,9 +118,8 @@ class Q35Platform:
         boot_rom: BootRom | None = None,
         acpi: Mapping[str, bytes] | None = None,
     ) -> None:
-        """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial
-        lines and the withdrawal of CF8/CFC (``account``); ``acpi`` the ACPI fw_cfg files
-        (``pcihole.acpi.q35``), None for none."""
+        """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial lines
+        and the withdrawal of CF8/CFC (``account``); ``acpi``: fw_cfg's ACPI files, or None."""
         self._watch(config_ports, clock, serial)
         self.vm = vm
         self.ports = ports
@@ -140,8 +139,7 @@ class Q35Platform:
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
         self.i8042 = I8042(
             lambda: on_stop("the guest reset the machine (i8042); a reset ends the run"),
-            self.irq(layout.KEYBOARD_IRQ),
-            self.irq(layout.MOUSE_IRQ),
+            self.irq(layout.KEYBOARD_IRQ), self.irq(layout.MOUSE_IRQ),
         )
         ports.add(layout.I8042_PORT, layout.I8042_PORTS, self.i8042, "i8042")
         self.port92 = Port92(
