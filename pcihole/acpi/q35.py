@@ -138,7 +138,7 @@ def madt(config: Q35Acpi) -> Madt:
 # --- DSDT -----------------------------------------------------------------------------------
 def dsdt(config: Q35Acpi) -> bytes:
     body = aml.scope(
-        "\\_SB",
+        "_SB",
         aml.device("PCI0", *_host_bridge(config), _fw_cfg(), _lpc()),
         _ecam_reservation(config),
     )
