@@ -12,6 +12,8 @@ from __future__ import annotations
 import enum
 import struct
 
+from pcihole.errors import Bug
+
 # Opcodes (ACPI 6.5, 20.3).
 ZERO_OP = 0x00
 ONE_OP = 0x01
@@ -59,7 +61,7 @@ NAME_SEGMENT_SIZE = 4
 MAX_PACKAGE_LENGTH = 1 << 28
 
 
-class AmlError(ValueError):
+class AmlError(Bug):
     """A value AML cannot encode (a bad name, a length out of range)."""
 
 
