@@ -17,8 +17,8 @@ above 4 GiB, less the ECAM window), ``\\_SB.DRAC`` (PNP0C01 reserving the ECAM w
 Linux wants before it uses MMCONFIG without type 1), fw_cfg (``FWCF``), the LPC's ISA
 devices under ``SF8`` (keyboard, mouse, RTC, COM1), and the sleep states the PM block
 acts on (``\\_S4``, ``\\_S5``). Left out: QEMU's ACPI PCI and CPU hot-plug (pcihole has
-neither), the HPET, the interrupt links and ``_PRT`` (pcihole does not route INTx), \\_S3
-(nothing resumes) and ``_OSC``.
+neither), the HPET, the interrupt links and ``_PRT`` (pcihole does not route INTx) and \\_S3
+(nothing resumes). ``_OSC`` is ``pc-q35-5.2``'s, which leaves native PCIe hot-plug to the OS.
 """
 
 from __future__ import annotations
@@ -66,6 +66,15 @@ RTC_IO_LENGTH = 8
 """QEMU's RTC _CRS claims 0x70-0x77."""
 FW_CFG_IO_LENGTH = layout.FW_CFG_DMA_PORT + layout.FW_CFG_DMA_PORTS - layout.FW_CFG_PORT
 S4_SLEEP_TYPE = 2
+PCI_HOST_BRIDGE_UUID = "33db4d5b-1ff7-401c-9657-7441c03dd766"
+"""_OSC's UUID for PCI host bridges (PCI Firmware Specification 3.2, 4.5.1)."""
+OSC_PCIE_FEATURES = 0x1F
+"""Native hot-plug, SHPC hot-plug, PME, AER, PCIe capability structure: all the OS may
+take (QEMU 7.2's q35 keeps native hot-plug, 0x1e, for its ACPI hot-plug; pcihole has none)."""
+OSC_UNRECOGNIZED_UUID = 0x04
+OSC_BAD_REVISION = 0x08
+OSC_CAPABILITIES_MASKED = 0x10
+"""_OSC's first dword: the error bits the method reports."""
 STATUS_PRESENT = 0x0F
 STATUS_HIDDEN = 0x0B
 """Present, enabled, functioning, not shown in the UI (QEMU's fw_cfg device)."""
@@ -160,8 +169,36 @@ def _host_bridge(config: Q35Acpi) -> list[bytes]:
         aml.name("_UID", aml.integer(0)),
         aml.name("_SEG", aml.integer(0)),
         aml.name("_BBN", aml.integer(0)),
+        _osc(),
         aml.name("_CRS", aml.resource_template(*_host_bridge_resources(config))),
     ]
+
+
+def _osc() -> bytes:
+    """QEMU's ``_OSC`` for the PCI host bridge as ``pc-q35-5.2`` gives it (no ACPI PCI
+    hot-plug): the OS gets every PCIe feature it asks for (``OSC_PCIE_FEATURES``), native
+    hot-plug among them; a revision other than 1 is flagged, and so are features refused;
+    an unknown UUID is reported unrecognised."""
+    cdw1, cdw3 = aml.name_string("CDW1"), aml.name_string("CDW3")
+    capabilities = aml.arg(3)
+    return aml.method(
+        "_OSC", 4,
+        aml.create_dword_field(capabilities, aml.integer(0), "CDW1"),
+        aml.if_(
+            aml.equal(aml.arg(0), aml.uuid(PCI_HOST_BRIDGE_UUID)),
+            aml.create_dword_field(capabilities, aml.integer(4), "CDW2"),
+            aml.create_dword_field(capabilities, aml.integer(8), "CDW3"),
+            aml.store(cdw3, aml.local(0)),
+            aml.and_(aml.local(0), aml.integer(OSC_PCIE_FEATURES), aml.local(0)),
+            aml.if_(aml.not_equal(aml.arg(1), aml.integer(1)),
+                    aml.or_(cdw1, aml.integer(OSC_BAD_REVISION), cdw1)),
+            aml.if_(aml.not_equal(cdw3, aml.local(0)),
+                    aml.or_(cdw1, aml.integer(OSC_CAPABILITIES_MASKED), cdw1)),
+            aml.store(aml.local(0), cdw3),
+        ),
+        aml.else_(aml.or_(cdw1, aml.integer(OSC_UNRECOGNIZED_UUID), cdw1)),
+        aml.return_(capabilities),
+    )  # fmt: skip
 
 
 def _host_bridge_resources(config: Q35Acpi) -> list[bytes]:

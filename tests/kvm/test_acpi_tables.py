@@ -5,8 +5,9 @@ Judged by QEMU: the MCFG, the MADT and the WAET byte for byte; the FADT byte for
 its pointers, against QEMU's ``pc-q35-5.2`` (whose ICH9 switches ACPI mode through the
 APM port, as pcihole's PM block does) and, but the SMI fields, against the default ``q35``
 (without SMM on a host whose KVM has none, QEMU 7.2 says SMI_CMD 0 there); the DSDT's
-ECAM reservation, \\_S5, the host bridge's _CRS and the ISA devices' resources as iasl
-disassembles them. Skips only when SeaBIOS, QEMU or iasl are absent, and says which.
+ECAM reservation, \\_S5, fw_cfg, the host bridge's _CRS and _OSC (``pc-q35-5.2``'s) and
+the ISA devices' resources as iasl disassembles them. Skips only when SeaBIOS, QEMU or
+iasl are absent, and says which.
 """
 
 from __future__ import annotations
@@ -61,6 +62,13 @@ def qemu_tables(machine: str, tmp_path: Path) -> AcpiTables:
 
 
 @pytest.fixture(scope="module")
+def qemu(needs: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, AcpiTables]:
+    """QEMU's tables for its default ``q35`` and for ``pc-q35-5.2``."""
+    directory = tmp_path_factory.mktemp("qemu")
+    return {machine: qemu_tables(machine, directory) for machine in ("q35", "pc-q35-5.2")}
+
+
+@pytest.fixture(scope="module")
 def ours(kvm: Kvm, needs: None) -> AcpiTables:
     topology = Topology.build([], layout.ECAM_MAX_BUSES)
     with BootMachine(kvm, SEABIOS.read_bytes(), topology, until=MARKER.encode()) as machine:
@@ -86,9 +94,8 @@ def test_seabios_installs_our_tables(ours: AcpiTables) -> None:
     assert not any(t.signature in ("SSDT", "HPET") for t in ours.tables), "SeaBIOS's own"
 
 
-def test_tables_are_qemus(ours: AcpiTables, tmp_path: Path) -> None:
-    theirs = qemu_tables("q35", tmp_path)
-    legacy = qemu_tables("pc-q35-5.2", tmp_path)
+def test_tables_are_qemus(ours: AcpiTables, qemu: dict[str, AcpiTables]) -> None:
+    theirs, legacy = qemu["q35"], qemu["pc-q35-5.2"]
     assert theirs.problems == [] and legacy.problems == []
     mine, q35, q35_52 = ours.by_name(), theirs.by_name(), legacy.by_name()
     assert set(q35) - set(mine) == {"HPET"}  # pcihole has no HPET
@@ -128,10 +135,13 @@ def block(text: str, opening: str, holding: str = "") -> str:
     raise AssertionError(f"no {opening!r} block holding {holding!r}")
 
 
-def test_dsdt_parts_are_qemus(ours: AcpiTables, tmp_path: Path) -> None:
-    theirs = qemu_tables("q35", tmp_path).by_name()["DSDT"]
+def test_dsdt_parts_are_qemus(
+    ours: AcpiTables, qemu: dict[str, AcpiTables], tmp_path: Path
+) -> None:
     mine = disassembled(ours.by_name()["DSDT"], tmp_path / "ours", "DSDT")
-    q35 = disassembled(theirs, tmp_path / "qemu", "DSDT")
+    q35 = disassembled(qemu["q35"].by_name()["DSDT"], tmp_path / "qemu", "DSDT")
+    q35_52 = disassembled(qemu["pc-q35-5.2"].by_name()["DSDT"], tmp_path / "qemu52", "DSDT")
+    assert block(mine, "Method (_OSC") == block(q35_52, "Method (_OSC")
     # The ECAM reservation Linux looks for, \_S5, the host bridge's windows.
     for opening in ("Device (DRAC)", "Name (_S5,", "Device (FWCF)"):
         assert block(mine, opening) == block(q35, opening), opening
