@@ -30,7 +30,7 @@ from tests.seabios_ref import (
     qemu_missing_reason,
     seabios_missing_reason,
 )
-from tests.support import FIRMWARE_SECONDS, HANG_SECONDS, run_firmware
+from tests.support import FIRMWARE_SECONDS, HANG_SECONDS, run_firmware, run_pcihole
 
 RAM_SIZE = layout.BOOT_RAM_SIZE
 SMI_FIELDS = slice(48, 54)
@@ -150,3 +150,18 @@ def test_dsdt_parts_are_qemus(
     for device in ("Device (KBD)", "Device (MOU)", "Device (RTC)"):
         assert block(block(mine, device), "Name (_CRS") == block(block(q35, device), "Name (_CRS")
     assert 'Name (_HID, EisaId ("PNP0A08")' in mine
+
+
+@pytest.mark.parametrize("acpi", ["on", "off"])
+def test_acpi_switch_chooses_whose_tables(needs: None, tmp_path: Path, acpi: str) -> None:
+    """``--acpi off`` is QEMU's ``acpi=off``: SeaBIOS builds its own tables (an SSDT among
+    them, no WAET; no HPET table either, as it finds no HPET here); ``on`` serves pcihole's."""
+    dump = tmp_path / "acpi"
+    done = run_pcihole("boot", "--acpi", acpi, "--until", MARKER, "--acpi-dump", str(dump),
+                       "--debugcon", str(tmp_path / "log"), "--timeout", str(FIRMWARE_SECONDS))
+    assert done.returncode == 0, done.stderr
+    names = {path.stem for path in dump.glob("*.dat")}
+    if acpi == "on":
+        assert names == OURS
+    else:
+        assert {"SSDT", "FACP", "DSDT", "MCFG"} <= names and not {"WAET", "HPET"} & names
