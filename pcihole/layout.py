@@ -156,11 +156,16 @@ FW_CFG_DMA_PORT = 0x514
 """fw_cfg DMA address register: 64 bits, big-endian, written high half then low half."""
 FW_CFG_PORTS = 2
 FW_CFG_DMA_PORTS = 8
+ACPI_PM_BASE = 0x600
+"""Where SeaBIOS puts the ICH9 ACPI PM block through PMBASE when fw_cfg has
+``etc/table-loader`` (0xb000 without it): the address pcihole's FADT names."""
 ACPI_PM_SIZE = 0x80
 """PM1 event/control, PM timer, GPE0 and the rest of the ICH9 PMIO block, wherever the
 LPC's PMBASE puts it (SeaBIOS: 0x600)."""
 RESET_CONTROL_PORT = 0xCF9
 """ICH9 reset control register (a write of 0x06 or 0x0e resets the machine)."""
+SCI_IRQ = 9
+"""The ACPI SCI: ISA IRQ 9, where the ICH9's ACPI_CNTL routes it as SeaBIOS programs it."""
 
 # ---------------------------------------------------------------------------------------
 # PCI: the ECAM (MMCONFIG) window and room for devices.
@@ -173,6 +178,10 @@ ECAM_MAX_SIZE = ECAM_MAX_BUSES * ECAM_BUS_SIZE
 TEST_MMIO_BASE = 0xD0000000
 """Where tests place small MMIO devices (in the 32-bit BAR space after the largest ECAM
 window, never under a window)."""
+IOAPIC_ADDR = 0xFEC00000
+"""The I/O APIC (KVM's in-kernel one): the 32-bit PCI window ends below it."""
+LAPIC_ADDR = 0xFEE00000
+"""Every local APIC's registers."""
 FIRMWARE_TOP = 1 << 32
 """A flat firmware image ends here; the reset vector is its last 16 bytes."""
 IMAGE_ALIGN = 64 * KiB

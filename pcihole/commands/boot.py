@@ -71,6 +71,13 @@ def add_parser(commands: Any) -> None:
         "the kernel from fw_cfg, so the kernel configures PCI through ECAM alone",
     )
     _add_linux_options(boot)
+    boot.add_argument(
+        "--acpi",
+        choices=("on", "off"),
+        default="on",
+        help="serve QEMU 7.2's ACPI tables through fw_cfg (on, as QEMU's default), or none "
+        "(off, as -machine acpi=off: SeaBIOS builds its own)",
+    )
     boot.add_argument("--debugcon", metavar="FILE", help="debug console (port 0x402) to FILE")
     boot.add_argument("--serial", metavar="FILE|stdio", help="the UART (COM1) to FILE or stdout")
     boot.add_argument(
@@ -166,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             Q35Machine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
                        console=console, serial=None if serial is None else _writer(serial),
                        until=until, config_ports=args.config_ports, linux=linux,
-                       marks=tuple(args.mark)) as machine,
+                       marks=tuple(args.mark), acpi=args.acpi == "on") as machine,
         ):  # fmt: skip
             machine.notes.extend(notes)
             result = _run_until_stopped(machine, args.timeout)

@@ -62,14 +62,13 @@ FEATURE_CONTROL_SGX = 1 << 18
 """IA32_FEATURE_CONTROL bits QEMU asks firmware to set (``etc/msr_feature_control``) for
 the features its first vCPU has; LMCE never here: pcihole sets up no machine-check banks."""
 
-_OWN_ACPI = "QEMU's own ACPI tables and their loader; without them SeaBIOS builds its tables"
+ACPI_FILES = ("etc/acpi/rsdp", "etc/acpi/tables", "etc/table-loader")
+"""QEMU's ACPI tables and their loader (``pcihole.acpi``): served unless ACPI is off, when
+SeaBIOS builds tables of its own (QEMU's ``-machine acpi=off`` drops them too)."""
 _OWN_SMBIOS = "QEMU's own SMBIOS tables; without them SeaBIOS builds its own (no legacy entries)"
 _SMI = "SMI feature negotiation for OVMF's SMM (broadcast SMI, CPU hot-plug); SeaBIOS ignores it"
 QEMU_FILES_LEFT_OUT: dict[str, str] = {
-    "etc/acpi/rsdp": _OWN_ACPI,
-    "etc/acpi/tables": _OWN_ACPI,
-    "etc/table-loader": _OWN_ACPI,
-    "etc/tpm/log": "the TPM log area of QEMU's ACPI build; no TPM and no table loader",
+    "etc/tpm/log": "the TPM log area of QEMU's ACPI build, empty without a TPM; no TPM here",
     "etc/smbios/smbios-anchor": _OWN_SMBIOS,
     "etc/smbios/smbios-tables": _OWN_SMBIOS,
     "etc/smi/features-ok": _SMI,
@@ -77,8 +76,9 @@ QEMU_FILES_LEFT_OUT: dict[str, str] = {
     "etc/smi/supported-features": _SMI,
     "genroms/kvmvapic.bin": "QEMU's TPR-patching option ROM, which needs its kvmvapic device",
 }
-"""Files QEMU 7.2 ``-machine q35 -nodefaults`` under KVM serves that ``FwCfg.q35`` does not,
-and why. (QEMU's HPET item 0x8004 is left out too: SeaBIOS never reads it.)"""
+"""Files QEMU 7.2 ``-machine q35 -nodefaults`` under KVM serves that ``FwCfg.q35`` does not
+(besides ``ACPI_FILES`` when it is given no tables), and why. (QEMU's HPET item 0x8004 is
+left out too: SeaBIOS never reads it.)"""
 
 
 class Selector(enum.IntEnum):
@@ -205,10 +205,12 @@ class FwCfg:
         uuid: bytes = bytes(16),
         kernel: Mapping[int, bytes] | None = None,
         boot_rom: BootRom | None = None,
+        acpi: Mapping[str, bytes] | None = None,
     ) -> FwCfg:
         """What QEMU 7.2 ``-machine q35 -nodefaults`` under KVM gives, minus QEMU's own
-        ACPI and SMBIOS tables, so that SeaBIOS builds its own. ``ram`` is the machine's
-        RAM layout, ``vcpu`` what QEMU's board reads of the first vCPU.
+        SMBIOS tables, so that SeaBIOS builds its own. ``ram`` is the machine's RAM layout,
+        ``vcpu`` what QEMU's board reads of the first vCPU. ``acpi`` holds the ACPI files
+        (``ACPI_FILES``, from ``pcihole.acpi.q35``); without them SeaBIOS builds its tables.
 
         ``boot_fail_wait`` is milliseconds before SeaBIOS retries after ``No bootable
         device.``; None (QEMU's default) never retries. ``kernel`` holds the items of a
@@ -246,6 +248,8 @@ class FwCfg:
         if feature_control:
             config.add_file("etc/msr_feature_control", _u64(feature_control))
         config.add_file("etc/system-states", ICH9_SYSTEM_STATES)
+        for name, data in (acpi or {}).items():
+            config.add_file(name, data)
         return config
 
     def add_item(self, selector: int, data: bytes) -> None:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
 
 from pcihole import layout
+from pcihole.acpi.q35 import Q35Acpi, q35_acpi_files
 from pcihole.arch.x86.linux import LinuxLoad
 from pcihole.closing import Closeable
 from pcihole.devices.debug_exit import DEBUG_EXIT_SIZE, DebugExit
@@ -53,7 +54,9 @@ class LinuxBoot:
 class Q35Machine(Closeable):
     """A q35 machine that boots ``image`` with ``topology``'s functions behind ECAM.
     ``config_ports`` is ``q35.platform.CONFIG_PORT_MODES``'s; ``linux`` a kernel to boot;
-    ``marks`` texts whose first serial line records the run's counters (``self.marks``)."""
+    ``marks`` texts whose first serial line records the run's counters (``self.marks``);
+    ``acpi`` serves QEMU 7.2's ACPI tables through fw_cfg (``pcihole.acpi.q35``), as QEMU's
+    default ``acpi=on``; without them SeaBIOS builds its own."""
 
     def __init__(
         self,
@@ -70,6 +73,7 @@ class Q35Machine(Closeable):
         config_ports: str = "always",
         linux: LinuxBoot | None = None,
         marks: tuple[str, ...] = (),
+        acpi: bool = True,
     ) -> None:
         topology = topology or Topology.qemu_nodefaults()
         try:
@@ -77,9 +81,8 @@ class Q35Machine(Closeable):
         except ValueError as error:
             raise BootError(str(error)) from None
         topology.reset_bridges()  # as QEMU's come out of reset: firmware numbers them
-        self.topology = topology
+        self.topology, self.until = topology, until
         self.options = replace(options or MachineOptions(), buses=topology.buses)
-        self.until = until
         self._marks, self.marks, self._lines_marked = marks, list[dict[str, Any]](), 0
         self._serial = _SerialWatch(serial, until, self.stop, self._mark if marks else None)
         self.ending: Ending | None = None
@@ -91,7 +94,7 @@ class Q35Machine(Closeable):
         try:
             # 2. Platform devices: PAM shadow, CMOS, UART, i8042, fw_cfg (with a kernel's
             #    items), ACPI PM, APM, resets.
-            self.platform = self._platform(shell, linux, config_ports)
+            self.platform = self._platform(shell, linux, config_ports, acpi)
             # 3. The chipset's registers: PCIEXBAR places the window, PAM the shadow.
             self.mch = Mch(topology, self.place_window, self.platform.shadow.apply)
             # 4. The BAR decoder: register blocks follow the BARs the guest programs.
@@ -117,11 +120,14 @@ class Q35Machine(Closeable):
         self.legacy = self.machine.legacy
 
     def _platform(
-        self, shell: Q35Shell, linux: LinuxBoot | None, config_ports: str
+        self, shell: Q35Shell, linux: LinuxBoot | None, config_ports: str, acpi: bool
     ) -> Q35Platform:
         """The q35 platform devices, with a kernel's items and boot ROM in fw_cfg and its
-        segments already in RAM (QEMU's ELF loader writes them at reset)."""
+        segments already in RAM (QEMU's ELF loader writes them at reset), and with ``acpi``
+        QEMU 7.2's ACPI tables for this machine in fw_cfg."""
         assert shell.ram is not None
+        inputs = Q35Acpi.for_machine(self.topology.buses, shell.ram_layout)
+        tables = q35_acpi_files(inputs) if acpi else None
         for segment in linux.load.segments if linux is not None else ():
             shell.ram.write(segment.address, segment.data)
         lpc = self.topology.get(LPC)
@@ -134,6 +140,7 @@ class Q35Machine(Closeable):
             clock=self._stamp,
             kernel=None if linux is None else linux.load.items,
             boot_rom=None if linux is None else linux.rom,
+            acpi=tables,
         )
 
     def _debug_ports(self) -> list[PlacedDevice]:

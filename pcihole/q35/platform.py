@@ -107,9 +107,10 @@ class Q35Platform:
         clock: Callable[[], Stamp] | None = None,
         kernel: Mapping[int, bytes] | None = None,
         boot_rom: BootRom | None = None,
+        acpi: Mapping[str, bytes] | None = None,
     ) -> None:
-        """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial
-        lines and the withdrawal of CF8/CFC (``account``)."""
+        """``config_ports`` is one of ``CONFIG_PORT_MODES``; ``clock`` stamps the serial lines
+        and the withdrawal of CF8/CFC (``account``); ``acpi``: fw_cfg's ACPI files, or None."""
         self._watch(config_ports, clock, serial)
         assert shell.ram is not None
         vm, ports, mmio, ram = shell.vm, shell.ports, shell.mmio, shell.ram
@@ -125,14 +126,14 @@ class Q35Platform:
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(self._serial_out, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        config = FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom)
+        config = FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom,
+                           acpi=acpi)
         self.fw_cfg = FwCfgDevice(config, ram, on_select=self._fw_cfg_selected)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
         self.i8042 = I8042(
             lambda: on_stop("the guest reset the machine (i8042); a reset ends the run"),
-            self.irq(layout.KEYBOARD_IRQ),
-            self.irq(layout.MOUSE_IRQ),
+            self.irq(layout.KEYBOARD_IRQ), self.irq(layout.MOUSE_IRQ),
         )
         ports.add(layout.I8042_PORT, layout.I8042_PORTS, self.i8042, "i8042")
         self.port92 = Port92(

@@ -1,8 +1,8 @@
 """The ACPI dumper on tables Debian's SeaBIOS builds itself, under QEMU, judged by iasl.
 
-QEMU's ``acpi=off`` drops its own tables and their loader, as pcihole's fw_cfg does, so
-SeaBIOS builds FADT, MADT, HPET, MCFG, SSDT and DSDT itself: the tables ``pcihole boot
---acpi-dump`` will meet.
+QEMU's ``acpi=off`` drops its own tables and their loader, as ``pcihole boot --acpi off``
+does, so SeaBIOS builds FADT, MADT, HPET, MCFG, SSDT and DSDT itself: the tables ``pcihole
+boot --acpi off --acpi-dump`` meets.
 """
 
 from __future__ import annotations

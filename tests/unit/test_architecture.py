@@ -27,6 +27,7 @@ ROOMS = [
     {"devices"},
     {"pci"},
     {"holes"},
+    {"acpi"},
     {"machine"},
     {"q35"},
     {"guest"},

@@ -68,6 +68,7 @@ TABLE: dict[str, str] = {
     "pcihole.pci.errors.EcamError": INTERNAL,
     "pcihole.devices.fw_cfg.FwCfgError": INTERNAL,
     "pcihole.arch.x86.e820.E820Error": INTERNAL,
+    "pcihole.acpi.aml.AmlError": INTERNAL,  # tables are built from pcihole's own values
     "pcihole.arch.x86.cpuid_probe.CpuidProbeError": ENVIRONMENT,  # the probe guest misreported
     "pcihole.arch.x86.emulate.EmulationError": ENVIRONMENT,  # KVM refused, monitor cannot finish
     "pcihole.arch.x86.emulate.UnknownInstruction": ENVIRONMENT,

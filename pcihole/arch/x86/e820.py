@@ -111,6 +111,11 @@ class Q35Ram:
             banks.append((self.above_4g_start, self.above_4g))
         return banks
 
+    @property
+    def pci_hole64(self) -> tuple[int, int]:
+        """The 64-bit PCI window after RAM (first and last byte), as QEMU's DSDT gives it."""
+        return pci_hole64(self.above_4g_start + self.above_4g)
+
     def e820(self) -> list[E820Entry]:
         """QEMU's ``etc/e820``, in QEMU's order: KVM's pages (the accelerator adds them
         first), the HyperTransport range, RAM below 4 GiB, RAM above."""
@@ -129,13 +134,19 @@ def q35_below_4g(size: int) -> int:
     return size if size < layout.Q35_LOW_RAM_MAX else layout.Q35_LOW_RAM_SPLIT
 
 
+def pci_hole64(ram_end: int) -> tuple[int, int]:
+    """The 64-bit PCI window (first and last byte) QEMU's q35 reserves after RAM that
+    ends at ``ram_end``: from the next 1 GiB boundary, ``Q35_PCI_HOLE64_SIZE`` long."""
+    hole_start = -(-ram_end // layout.GiB) * layout.GiB
+    return hole_start, hole_start + layout.Q35_PCI_HOLE64_SIZE - 1
+
+
 def _max_used_address(ram_end: int, vcpu: VcpuIdentity) -> int:
     """QEMU's pc_max_used_gpa: the 64-bit PCI window's last byte, after RAM (1 GiB
     aligned); a vCPU of 32 bits or fewer has no window, only its address space."""
     if vcpu.phys_bits <= 32:
         return (1 << vcpu.phys_bits) - 1
-    hole_start = -(-ram_end // layout.GiB) * layout.GiB
-    return hole_start + layout.Q35_PCI_HOLE64_SIZE - 1
+    return pci_hole64(ram_end)[1]
 
 
 def pack(entries: Iterable[E820Entry]) -> bytes:
