@@ -35,28 +35,29 @@ from typing import Any
 
 from pcihole.arch.x86.cpuid_probe import host_cpuid_leaks
 from pcihole.arch.x86.linux_cmdline import linux_command_line
-from pcihole.guest.linux import cache_dir
+from pcihole.guest.linux import (
+    BZIMAGE_NAME,
+    KERNEL_PACKAGE_NAME,
+    ROOT_PORT_DEVICES,
+    VMLINUX_NAME,
+    cache_dir,
+)
+from pcihole.guest.linux.klog import INIT_KILLED, PCI_PHASE_END, RUN_INIT
 from pcihole.kvm import Kvm
 from pcihole.measure.qemu import qemu_command
 
 REPO = Path(__file__).resolve().parents[1]
 STRATEGIES = ("shared", "fill", "trap")
 CONFIG_PORTS = ("always", "firmware")
-DEVICES = (
-    "00:1c.0=root-port,bus=1",
-    "01:00.0=virtio-net",
-    "00:1c.1=root-port,bus=2,slot=1",
-    "02:00.0=nvme",
-    "00:03.0=virtio-blk",
-)
+DEVICES = ROOT_PORT_DEVICES
 MILESTONES = {
     "linux_version": "Linux version",
     "fpu": "x86/fpu: x87 FPU will use",
     "mmconfig": "PCI: MMCONFIG for",
     "first_pci": "pci 0000:00:00.0: [",
-    "pci_end": "PCI: CLS",
-    "init": "Run /init as init process",
-    "init_died": "Attempted to kill init",
+    "pci_end": PCI_PHASE_END,
+    "init": RUN_INIT,
+    "init_died": INIT_KILLED,
     "power_off": "reboot: Power down",
 }
 PCI_START, PCI_END = MILESTONES["mmconfig"], MILESTONES["pci_end"]
@@ -205,7 +206,7 @@ def same_command_line() -> str:
 
 
 def compare_with_qemu(work: Path) -> dict[str, Any]:
-    kernel, append = cache_dir() / "vmlinuz", same_command_line()
+    kernel, append = cache_dir() / BZIMAGE_NAME, same_command_line()
     stats = work / "pcihole-bzimage.json"
     with ThreadPoolExecutor(max_workers=2) as pool:
         qemu = pool.submit(qemu_until_stopped, kernel, append, work / "qemu.serial")
@@ -244,7 +245,7 @@ def main() -> int:
     parser.add_argument("--skip-qemu", action="store_true", help="no QEMU comparison")
     parser.add_argument("--skip-full", action="store_true", help="no run past the PCI phase")
     args = parser.parse_args()
-    missing = [n for n in ("vmlinux", "vmlinuz") if not (cache_dir() / n).is_file()]
+    missing = [n for n in (VMLINUX_NAME, BZIMAGE_NAME) if not (cache_dir() / n).is_file()]
     if missing:
         raise SystemExit(f"no {', '.join(missing)} in {cache_dir()}: run bash scripts/setup")
     started = time.perf_counter()
@@ -275,7 +276,7 @@ def main() -> int:
 
 
 def _kernel_package() -> str | None:
-    path = cache_dir() / "kernel-package"
+    path = cache_dir() / KERNEL_PACKAGE_NAME
     return path.read_text().strip() if path.exists() else None
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pcihole.guest.linux import INITRAMFS_NAME, VMLINUX_NAME, cache_dir
+from pcihole.guest.linux import INITRAMFS_NAME, ROOT_PORT_DEVICES, VMLINUX_NAME, cache_dir
 from pcihole.guest.linux.klog import PCI_PHASE_END, parse_kernel_log
 from pcihole.guest.linux.view import compare
 from pcihole.pci.bdf import Bdf
@@ -29,13 +29,7 @@ from pcihole.pci.topology import Topology
 from tests.conftest import kvm_missing_reason
 from tests.support import CHILD_ENV, HANG_SECONDS, REPO_ROOT, pcihole_command
 
-DEVICES = (
-    "00:1c.0=root-port,bus=1",
-    "01:00.0=virtio-net",
-    "00:1c.1=root-port,bus=2,slot=1",
-    "02:00.0=nvme",
-    "00:03.0=virtio-blk",
-)
+DEVICES = ROOT_PORT_DEVICES
 FIRMWARE_BRIDGE_BUSES = {Bdf(0, 0x1C, 0): (1, 1), Bdf(0, 0x1C, 1): (2, 2)}
 """What SeaBIOS numbers the two root ports (depth first, in slot order)."""
 MARKS = ("Linux version", "PCI: MMCONFIG", "pci 0000:00:00.0", PCI_PHASE_END)

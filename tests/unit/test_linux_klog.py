@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from pcihole.guest.linux import ROOT_PORT_DEVICES
 from pcihole.guest.linux.klog import init_fault_note, parse_kernel_log
 from pcihole.guest.linux.view import GuestViewError, compare
 from pcihole.pci.bdf import Bdf, GuestBdf
@@ -58,13 +59,7 @@ INIT_DIED = """\
 [  814.465893] init[1]: segfault at ffffffff81c00080 ip ffffffff81c00080 error 15
 [  814.586798] Kernel panic - not syncing: Attempted to kill init! exitcode=0x0000000b
 """
-DEVICES = (
-    "00:1c.0=root-port,bus=1",
-    "01:00.0=virtio-net",
-    "00:1c.1=root-port,bus=2,slot=1",
-    "02:00.0=nvme",
-    "00:03.0=virtio-blk",
-)
+DEVICES = ROOT_PORT_DEVICES
 
 
 @pytest.mark.parametrize("log", [RUN_A, RUN_C], ids=["plain", "initcall_debug"])

@@ -18,6 +18,17 @@ INITRAMFS_NAME = "initramfs.cpio"
 BZIMAGE_NAME = "vmlinuz"
 VMLINUX_NAME = "vmlinux"
 SETUP_HINT = "bash scripts/setup"
+KERNEL_PACKAGE_NAME = "kernel-package"
+"""The file in the cache naming the Debian package the kernel came from."""
+ROOT_PORT_DEVICES = (
+    "00:1c.0=root-port,bus=1",
+    "01:00.0=virtio-net",
+    "00:1c.1=root-port,bus=2,slot=1",
+    "02:00.0=nvme",
+    "00:03.0=virtio-blk",
+)
+"""The machine the Linux boot test and benchmark boot (``--device`` values): root ports
+with devices behind them and one beside them, on top of the q35 built-ins."""
 
 
 def cache_dir() -> Path:
