@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from pcihole import layout
+from pcihole.arch.x86.acpi import AcpiTables, read_acpi_tables
 from pcihole.measure.qemu import QEMU, Qemu
 from pcihole.measure.qemu import SEABIOS as SEABIOS
 from pcihole.measure.qemu import qemu_missing_reason as qemu_missing_reason
@@ -105,3 +107,21 @@ class SeabiosReference:
             tmp.write(text)
         os.replace(tmp.name, self.path)
         return text
+
+
+def qemu_acpi_tables(machine: str, directory: Path) -> AcpiTables:
+    """The ACPI tables QEMU's SeaBIOS left in RAM for ``-machine machine`` (QEMU's default
+    -m): its RAM saved with ``pmemsave`` once SeaBIOS is done, read as an OS finds them."""
+    image = directory / f"{machine}.ram"
+    with Qemu(["-no-reboot"], machine=machine, bios=SEABIOS, debugcon=True) as qemu:
+        qemu.read_until(MARKER.encode(), FIRMWARE_SECONDS)
+        qemu.command("stop")
+        qemu.command("pmemsave", val=0, size=layout.BOOT_RAM_SIZE, filename=str(image))
+    ram = image.read_bytes()
+
+    def read(address: int, length: int) -> bytes:
+        if address + length > len(ram):
+            raise ValueError(f"{address:#x} is past the end of RAM")
+        return ram[address : address + length]
+
+    return read_acpi_tables(read)

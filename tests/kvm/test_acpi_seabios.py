@@ -7,42 +7,25 @@ boot --acpi off --acpi-dump`` meets.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from pcihole import layout
-from pcihole.arch.x86.acpi import read_acpi_tables
-from pcihole.measure.qemu import SEABIOS, Qemu, qemu_missing_reason
-from tests.support import FIRMWARE_SECONDS
-
-RAM_SIZE = 128 << 20
+from tests.seabios_ref import (
+    iasl_missing_reason,
+    qemu_acpi_tables,
+    qemu_missing_reason,
+    seabios_missing_reason,
+)
 
 
 def test_dump_of_seabios_tables_disassembles(tmp_path: Path) -> None:
-    reason = qemu_missing_reason()
-    if reason is None and not os.path.exists(SEABIOS):
-        reason = f"{SEABIOS} is absent (Debian package seabios)"
-    if reason is None and shutil.which("iasl") is None:
-        reason = "iasl is absent (Debian package acpica-tools)"
-    if reason is not None:
-        pytest.skip(reason)
-    image = tmp_path / "ram.bin"
-    with Qemu(bios=SEABIOS, machine="q35,acpi=off", debugcon=True) as qemu:
-        qemu.read_until(b"No bootable device.", FIRMWARE_SECONDS)
-        qemu.command("stop")
-        qemu.command("pmemsave", val=0, size=RAM_SIZE, filename=str(image))
-    ram = image.read_bytes()
-
-    def read(address: int, length: int) -> bytes:
-        if address + length > len(ram):
-            raise ValueError(f"{address:#x} is past the end of RAM")
-        return ram[address : address + length]
-
-    found = read_acpi_tables(read)
+    for reason in (qemu_missing_reason(), seabios_missing_reason(), iasl_missing_reason()):
+        if reason is not None:
+            pytest.skip(reason)
+    found = qemu_acpi_tables("q35,acpi=off", tmp_path)
     assert found.problems == []
     assert found.rsdp is not None
     assert layout.BIOS_AREA_START <= found.rsdp.address < layout.BIOS_AREA_END

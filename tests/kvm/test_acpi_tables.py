@@ -21,18 +21,18 @@ from pcihole import layout
 from pcihole.acpi.tables import FADT_POINTERS
 from pcihole.arch.x86.acpi import AcpiTables, read_acpi_tables
 from pcihole.kvm import Kvm
-from pcihole.measure.qemu import SEABIOS, Qemu
+from pcihole.measure.qemu import SEABIOS
 from pcihole.pci.topology import Topology
 from pcihole.q35.machine import Q35Machine
 from tests.seabios_ref import (
     MARKER,
     iasl_missing_reason,
+    qemu_acpi_tables,
     qemu_missing_reason,
     seabios_missing_reason,
 )
 from tests.support import FIRMWARE_SECONDS, HANG_SECONDS, run_firmware, run_pcihole
 
-RAM_SIZE = layout.BOOT_RAM_SIZE
 SMI_FIELDS = slice(48, 54)
 """SMI_CMD, ACPI_ENABLE, ACPI_DISABLE, S4BIOS_REQ, PSTATE_CNT: follow QEMU's SMM."""
 OURS = {"RSDT", "FACP", "FACS", "DSDT", "APIC", "MCFG", "WAET"}
@@ -45,27 +45,11 @@ def needs() -> None:
             pytest.skip(reason)
 
 
-def qemu_tables(machine: str, tmp_path: Path) -> AcpiTables:
-    image = tmp_path / f"{machine}.ram"
-    with Qemu(["-no-reboot"], machine=machine, bios=SEABIOS, debugcon=True) as qemu:
-        qemu.read_until(MARKER.encode(), FIRMWARE_SECONDS)
-        qemu.command("stop")
-        qemu.command("pmemsave", val=0, size=RAM_SIZE, filename=str(image))
-    ram = image.read_bytes()
-
-    def read(address: int, length: int) -> bytes:
-        if address + length > len(ram):
-            raise ValueError(f"{address:#x} is past the end of RAM")
-        return ram[address : address + length]
-
-    return read_acpi_tables(read)
-
-
 @pytest.fixture(scope="module")
 def qemu(needs: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, AcpiTables]:
     """QEMU's tables for its default ``q35`` and for ``pc-q35-5.2``."""
     directory = tmp_path_factory.mktemp("qemu")
-    return {machine: qemu_tables(machine, directory) for machine in ("q35", "pc-q35-5.2")}
+    return {machine: qemu_acpi_tables(machine, directory) for machine in ("q35", "pc-q35-5.2")}
 
 
 @pytest.fixture(scope="module")
