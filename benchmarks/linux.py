@@ -260,19 +260,26 @@ def main() -> int:
         }
         report["to_end_of_pci_phase"] = matrix = run_matrix(work)
         report["targets"] = targets(matrix)
+        _save(report, args.json)
+        if not args.skip_qemu:
+            report["vs_qemu"] = compare_with_qemu(work)
+            _save(report, args.json)
         if not args.skip_full:
             stats = work / "full.json"
             full = run_pcihole(stats, "--linux", "--config-ports", "firmware",
                                *(f"--device={device}" for device in DEVICES))  # fmt: skip
             report["as_far_as_it_goes"] = summarize(full)
-        if not args.skip_qemu:
-            report["vs_qemu"] = compare_with_qemu(work)
     report["seconds"] = round(time.perf_counter() - started, 1)
-    text = json.dumps(report, indent=2)
-    if args.json:
-        Path(args.json).write_text(text + "\n")
-    print(text)
+    print(_save(report, args.json))
     return 0
+
+
+def _save(report: dict[str, Any], path: str | None) -> str:
+    """Writes what is measured so far: a long run that fails late keeps its first parts."""
+    text = json.dumps(report, indent=2)
+    if path:
+        Path(path).write_text(text + "\n")
+    return text
 
 
 def _kernel_package() -> str | None:
