@@ -172,8 +172,15 @@ def measure(kvm: Kvm, repeats: int, trap_repeats: int) -> dict[str, dict[str, An
             row[key] = statistics.median(values)
             row[key + "_spread"] = [min(values), max(values)]
         last = runs[-1]
-        for key in ("config_read_exits", "hole_read_exits", "device_read_exits", "exit_counts",
-                    "probes_per_pass", "memslots", "functions"):  # fmt: skip
+        for key in (
+            "config_read_exits",
+            "hole_read_exits",
+            "device_read_exits",
+            "exit_counts",
+            "probes_per_pass",
+            "memslots",
+            "functions",
+        ):
             row[key] = last[key]
         row["config_read_exits_per_pass"] = last["config_read_exits"] // PASSES
         row["samples"] = [{k: v for k, v in run.items() if k != "functions"} for run in runs]

@@ -66,8 +66,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="FILE")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--trap-repeats", type=int, default=1,
-                        help="trap costs ~3.5 s of CPU per VM and pass")  # fmt: skip
+    parser.add_argument(
+        "--trap-repeats", type=int, default=1, help="trap costs ~3.5 s of CPU per VM and pass"
+    )
     parser.add_argument("--max-vms", type=int, default=64)
     args = parser.parse_args()
     counts = [n for n in VM_COUNTS if n <= args.max_vms]
@@ -87,8 +88,9 @@ def main() -> int:
         return args.trap_repeats if strategy == "trap" else args.repeats
 
     with Kvm() as kvm:
-        points, skipped = sweep(kvm, ("shared", "fill", "trap"), counts, [BUSES], repeats,
-                                progress=show)  # fmt: skip
+        points, skipped = sweep(
+            kvm, ("shared", "fill", "trap"), counts, [BUSES], repeats, progress=show
+        )
         backings = first_touch_by_backing(kvm, args.repeats)
     close_shared_hole_memory()
     ratio_table = {
@@ -99,8 +101,10 @@ def main() -> int:
     }
     for row in backings:
         if "first_pass_seconds" in row:
-            print(f"backing {row['backing']:<8} first touch {row['first_pass_seconds']:.4f} s, "
-                  f"warm {row['warm_pass_seconds']:.4f} s")  # fmt: skip
+            print(
+                f"backing {row['backing']:<8} first touch {row['first_pass_seconds']:.4f} s, "
+                f"warm {row['warm_pass_seconds']:.4f} s"
+            )
         else:
             print(f"backing {row['backing']:<8} {row['note']}")
     print(json.dumps(ratio_table, indent=1))

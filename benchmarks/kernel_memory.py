@@ -69,10 +69,20 @@ def hugetlb_service() -> Iterator[tuple[str | None, str]]:
         path = os.path.join(tmp, "holes.sock")
         env = {**os.environ, "PYTHONPATH": REPO_ROOT}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pcihole", "serve-holes", "--socket", path,
-             "--reserve-hugepage"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pcihole",
+                "serve-holes",
+                "--socket",
+                path,
+                "--reserve-hugepage",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         assert proc.stdout is not None
         said = proc.stdout.readline().strip()
         serving = proc.stdout.readline().strip()
@@ -106,13 +116,23 @@ def slot_cost_by_caller(kvm: Kvm, count: int = 64, trials: int = 3) -> list[dict
                 with kvm.create_vm() as vm:
                     before = _vmalloc_by_caller()
                     for slot in range(count):
-                        vm.set_memory_region(slot, (1 << 36) + slot * (1 << 30), size,
-                                             chunk.address, abi.KVM_MEM_READONLY)  # fmt: skip
+                        vm.set_memory_region(
+                            slot,
+                            (1 << 36) + slot * (1 << 30),
+                            size,
+                            chunk.address,
+                            abi.KVM_MEM_READONLY,
+                        )
                     after = _vmalloc_by_caller()
                 runs.append({k: (after[k] - before[k]) // count for k in KVM_CALLERS})
         by_caller = {k: int(statistics.median(run[k] for run in runs)) for k in KVM_CALLERS}
-        rows.append({"slot_bytes": size, "vmalloc_bytes_per_slot": by_caller,
-                     "total_bytes_per_slot": sum(by_caller.values())})  # fmt: skip
+        rows.append(
+            {
+                "slot_bytes": size,
+                "vmalloc_bytes_per_slot": by_caller,
+                "total_bytes_per_slot": sum(by_caller.values()),
+            }
+        )
     return rows
 
 
@@ -138,8 +158,9 @@ def _arrays_once(kvm: Kvm, options: MachineOptions, vms: int) -> dict[str, int]:
     try:
         before = _vmalloc_by_caller()
         for index in range(vms):
-            machines.append(PciMachine(kvm, Topology.default(BUSES), options, "scan", params,
-                                       name=f"vm{index}"))  # fmt: skip
+            machines.append(
+                PciMachine(kvm, Topology.default(BUSES), options, "scan", params, name=f"vm{index}")
+            )
         after = _vmalloc_by_caller()
     finally:
         for machine in [*machines, warm]:
@@ -192,9 +213,12 @@ def show(row: dict[str, Any]) -> None:
     kib = {k: v >> 10 for k, v in row["kernel_memory_bytes_per_vm"].items()}
     least = row["kernel_memory_bytes_per_vm_least"]["total"] >> 10
     arrays = row["memslot_arrays_bytes_per_vm"].get("total", 0) >> 10
-    print(f"{row['label']:<58} slots/VM {row['memslots_per_vm']:>4}  kernel KiB/VM {kib} "
-          f"(least {least}; memslot arrays {arrays})  "
-          f"first pass {row['first_pass_seconds']:.4f} s", flush=True)  # fmt: skip
+    print(
+        f"{row['label']:<58} slots/VM {row['memslots_per_vm']:>4}  kernel KiB/VM {kib} "
+        f"(least {least}; memslot arrays {arrays})  "
+        f"first pass {row['first_pass_seconds']:.4f} s",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -205,15 +229,18 @@ def main() -> int:
     parser.add_argument(
         "--only", metavar="TEXT", help="only the configurations whose label has TEXT"
     )
-    parser.add_argument("--trap-repeats", type=int, default=3,
-                        help="trap costs ~3.5 s of CPU per VM")  # fmt: skip
+    parser.add_argument(
+        "--trap-repeats", type=int, default=3, help="trap costs ~3.5 s of CPU per VM"
+    )
     args = parser.parse_args()
     started = time.perf_counter()
     with Kvm() as kvm:
         slots = slot_cost_by_caller(kvm)
         for row in slots:
-            print(f"one {row['slot_bytes'] >> 10} KiB slot: {row['total_bytes_per_slot'] >> 10} "
-                  f"KiB of vmalloc {row['vmalloc_bytes_per_slot']}")  # fmt: skip
+            print(
+                f"one {row['slot_bytes'] >> 10} KiB slot: {row['total_bytes_per_slot'] >> 10} "
+                f"KiB of vmalloc {row['vmalloc_bytes_per_slot']}"
+            )
         rows = measure_configs(kvm, args.vms, args.repeats, args.trap_repeats, args.only)
     result = {
         "benchmark": "kernel_memory",

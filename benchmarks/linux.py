@@ -76,16 +76,34 @@ CONSOLE = "console=ttyS0 earlyprintk=serial,ttyS0,115200 panic=-1"
 
 
 def pcihole(stats: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pcihole", "boot", "--stats", str(stats),
-            "--serial", os.devnull, "--timeout", str(RUN_SECONDS),
-            "--mark", PCI_START, "--mark", PCI_END, *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "pcihole",
+        "boot",
+        "--stats",
+        str(stats),
+        "--serial",
+        os.devnull,
+        "--timeout",
+        str(RUN_SECONDS),
+        "--mark",
+        PCI_START,
+        "--mark",
+        PCI_END,
+        *extra,
+    ]
 
 
 def run_pcihole(stats: Path, *extra: str) -> dict[str, Any]:
     done = subprocess.run(
-        pcihole(stats, *extra), capture_output=True, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)}, check=False,
-    )  # fmt: skip
+        pcihole(stats, *extra),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
     if not stats.exists():
         raise SystemExit(f"pcihole {' '.join(extra)} wrote no stats: {done.stderr[-1500:]}")
     result: dict[str, Any] = json.loads(stats.read_text())
@@ -160,8 +178,10 @@ def qemu_until_stopped(kernel: Path, append: str, serial: Path) -> dict[str, Any
     leaves QEMU paused for good): the time of each serial line, read as it comes."""
     command = qemu_command(
         ["-cpu", QEMU_CPU, "-serial", "stdio", "-no-reboot"],
-        memory="512", kernel=kernel, append=append,
-    )  # fmt: skip
+        memory="512",
+        kernel=kernel,
+        append=append,
+    )
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     assert process.stdout is not None and process.stderr is not None
@@ -176,8 +196,10 @@ def qemu_until_stopped(kernel: Path, append: str, serial: Path) -> dict[str, Any
             if chunk:
                 quiet_since, pending = now, pending + chunk
                 *complete, pending = pending.split(b"\n")
-                lines += [{"text": raw.decode(errors="replace"), "seconds": now - started}
-                          for raw in complete]  # fmt: skip
+                lines += [
+                    {"text": raw.decode(errors="replace"), "seconds": now - started}
+                    for raw in complete
+                ]
             if QEMU_STOPPED in errors and now - quiet_since > QEMU_QUIET_SECONDS:
                 break
             time.sleep(0.05)
@@ -191,10 +213,11 @@ def qemu_until_stopped(kernel: Path, append: str, serial: Path) -> dict[str, Any
         "last_line": lines[-1]["text"].strip() if lines else None,
         "last_line_seconds": round(lines[-1]["seconds"], 1) if lines else None,
         "stopped_because": [
-            line for line in errors.decode(errors="replace").splitlines()
+            line
+            for line in errors.decode(errors="replace").splitlines()
             if "error" in line.lower() or line.startswith("Code=")
         ][:3],
-    }  # fmt: skip
+    }
 
 
 def same_command_line() -> str:
@@ -211,15 +234,27 @@ def compare_with_qemu(work: Path) -> dict[str, Any]:
     with ThreadPoolExecutor(max_workers=2) as pool:
         qemu = pool.submit(qemu_until_stopped, kernel, append, work / "qemu.serial")
         ours = pool.submit(
-            run_pcihole, stats, "--kernel", str(kernel), "--append", append,
-            "--ram-mib", "512", "--until", QEMU_LAST,
-        )  # fmt: skip
+            run_pcihole,
+            stats,
+            "--kernel",
+            str(kernel),
+            "--append",
+            append,
+            "--ram-mib",
+            "512",
+            "--until",
+            QEMU_LAST,
+        )
         qemu_result, pcihole_result = qemu.result(), summarize(ours.result())
     qemu_fpu = qemu_result["milestones"]["fpu"]
     our_fpu = pcihole_result["milestones"]["fpu"]
     ratio = round(our_fpu / qemu_fpu, 3) if qemu_fpu and our_fpu else None
-    return {"qemu": qemu_result, "pcihole": pcihole_result, "fpu_line_ratio": ratio,
-            "target_fpu_within_1_1x": ratio is not None and ratio <= 1.1}  # fmt: skip
+    return {
+        "qemu": qemu_result,
+        "pcihole": pcihole_result,
+        "fpu_line_ratio": ratio,
+        "target_fpu_within_1_1x": ratio is not None and ratio <= 1.1,
+    }
 
 
 def run_matrix(work: Path) -> dict[str, dict[str, Any]]:
@@ -266,8 +301,13 @@ def main() -> int:
             _save(report, args.json)
         if not args.skip_full:
             stats = work / "full.json"
-            full = run_pcihole(stats, "--linux", "--config-ports", "firmware",
-                               *(f"--device={device}" for device in DEVICES))  # fmt: skip
+            full = run_pcihole(
+                stats,
+                "--linux",
+                "--config-ports",
+                "firmware",
+                *(f"--device={device}" for device in DEVICES),
+            )
             report["as_far_as_it_goes"] = summarize(full)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(_save(report, args.json))

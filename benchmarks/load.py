@@ -61,10 +61,14 @@ def worker(buses: int, vms: int, socket_path: str, backing: str) -> int:
         print(json.dumps(data), flush=True)
 
     expected = sorted(
-        (f.bdf.bus << 8 | f.bdf.devfn, f.config.read(0, 4), f.config.read(8, 4),
-         f.config.read(12, 4))
+        (
+            f.bdf.bus << 8 | f.bdf.devfn,
+            f.config.read(0, 4),
+            f.config.read(8, 4),
+            f.config.read(12, 4),
+        )
         for f in Topology.default(buses)
-    )  # fmt: skip
+    )
     options = MachineOptions(
         buses=buses, strategy="shared", backing=Backing(backing), socket_path=socket_path, ring=3
     )
@@ -80,8 +84,14 @@ def worker(buses: int, vms: int, socket_path: str, backing: str) -> int:
                     )
                 )
             setup = time.perf_counter() - started
-            say({"ready": True, "setup_seconds": setup, "detail": machines[0].report().detail,
-                 "memslots_per_vm": machines[0].memslots})  # fmt: skip
+            say(
+                {
+                    "ready": True,
+                    "setup_seconds": setup,
+                    "detail": machines[0].report().detail,
+                    "memslots_per_vm": machines[0].memslots,
+                }
+            )
             if sys.stdin.readline().strip() != "go":
                 return 1
             started = time.perf_counter()
@@ -99,11 +109,20 @@ def worker(buses: int, vms: int, socket_path: str, backing: str) -> int:
                 if probes != buses * 256:
                     errors.append(f"{name}: {probes} probes, want {buses * 256}")
                 if records != expected:
-                    errors.append(f"{name}: found {len(records)} functions, not the "
-                                  f"{len(expected)} configured (or not as configured)")  # fmt: skip
-            say({"done": True, "scan_seconds": scan, "vms": len(results),
-                 "vms_found_exactly": len(results) - len(errors), "errors": errors[:10],
-                 "functions": len(expected)})  # fmt: skip
+                    errors.append(
+                        f"{name}: found {len(records)} functions, not the "
+                        f"{len(expected)} configured (or not as configured)"
+                    )
+            say(
+                {
+                    "done": True,
+                    "scan_seconds": scan,
+                    "vms": len(results),
+                    "vms_found_exactly": len(results) - len(errors),
+                    "errors": errors[:10],
+                    "functions": len(expected),
+                }
+            )
             sys.stdin.readline()  # "exit": the parent has measured us
         finally:
             for machine in machines:
@@ -153,8 +172,13 @@ def chunk_usage(pid: int) -> dict[str, Any]:
                     pss += int(rest.split()[0])
                 elif name in ("Shared_Hugetlb", "Private_Hugetlb"):
                     hugetlb = max(hugetlb, int(rest.split()[0]))
-    return {"pss_kib": pss, "hugetlb_kib": hugetlb, "mappings": mappings, "inodes": inodes,
-            "mapped_kib": size >> 10}  # fmt: skip
+    return {
+        "pss_kib": pss,
+        "hugetlb_kib": hugetlb,
+        "mappings": mappings,
+        "inodes": inodes,
+        "mapped_kib": size >> 10,
+    }
 
 
 class HostSampler:
@@ -199,10 +223,21 @@ def child_env() -> dict[str, str]:
 @contextlib.contextmanager
 def hole_service(socket_path: str, backing: str) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pcihole", "serve-holes", "--socket", socket_path,
-         "--backing", backing],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pcihole",
+            "serve-holes",
+            "--socket",
+            socket_path,
+            "--backing",
+            backing,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env(),
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -231,9 +266,16 @@ def tell(proc: subprocess.Popen[str], word: str) -> None:
 
 
 def run_phase(
-    name: str, processes: int, vms: int, buses: int, socket_path: str, backing: str,
-    service: subprocess.Popen[str], shmem_baseline: int, chunk_kib: int,
-) -> dict[str, Any]:  # fmt: skip
+    name: str,
+    processes: int,
+    vms: int,
+    buses: int,
+    socket_path: str,
+    backing: str,
+    service: subprocess.Popen[str],
+    shmem_baseline: int,
+    chunk_kib: int,
+) -> dict[str, Any]:
     print(f"{name}: {processes} process(es) x {vms} VM(s), {buses} buses", file=sys.stderr)
     huge_free_at_start = meminfo().get("HugePages_Free", 0)
     started = time.perf_counter()
@@ -375,10 +417,12 @@ def main() -> int:
     parser.add_argument("--backing", choices=["memfd", "hugetlb"], default="memfd")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
-    for name, value, low, high in (("--one-process-vms", args.one_process_vms, 0, 256),
-                                   ("--processes", args.processes, 0, 64),
-                                   ("--vms", args.vms, 1, 256),
-                                   ("--buses", args.buses, 1, layout.ECAM_MAX_BUSES)):  # fmt: skip
+    for name, value, low, high in (
+        ("--one-process-vms", args.one_process_vms, 0, 256),
+        ("--processes", args.processes, 0, 64),
+        ("--vms", args.vms, 1, 256),
+        ("--buses", args.buses, 1, layout.ECAM_MAX_BUSES),
+    ):
         if not low <= value <= high:
             parser.error(f"{name} must be {low} to {high}, got {value}")
     if args.json and not os.path.isdir(os.path.dirname(os.path.abspath(args.json))):

@@ -48,19 +48,36 @@ HANG_SECONDS = 300.0
 TOPOLOGIES = {
     "q35-builtins": ([], []),
     "root-ports": (
-        ["00:1c.0=root-port,bus=1,chassis=1", "00:1c.1=root-port,bus=2,chassis=2",
-         "00:1c.2=root-port,bus=3,chassis=3", "01:00.0=virtio-net", "02:00.0=virtio-blk",
-         "03:00.0=nvme"],
-        ["-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x1c.0,multifunction=on",
-         "-device", "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x1c.1",
-         "-device", "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,addr=0x1c.2",
-         "-device", "virtio-net-pci,bus=rp1",
-         "-drive", "if=none,id=d0,file=/dev/null,format=raw,file.locking=off",
-         "-device", "virtio-blk-pci,bus=rp2,drive=d0,bootindex=1",
-         "-drive", "if=none,id=d1,file=/dev/null,format=raw,file.locking=off",
-         "-device", "nvme,bus=rp3,drive=d1,serial=pcihole", "-boot", "strict=on"],
+        [
+            "00:1c.0=root-port,bus=1,chassis=1",
+            "00:1c.1=root-port,bus=2,chassis=2",
+            "00:1c.2=root-port,bus=3,chassis=3",
+            "01:00.0=virtio-net",
+            "02:00.0=virtio-blk",
+            "03:00.0=nvme",
+        ],
+        [
+            "-device",
+            "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x1c.0,multifunction=on",
+            "-device",
+            "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x1c.1",
+            "-device",
+            "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,addr=0x1c.2",
+            "-device",
+            "virtio-net-pci,bus=rp1",
+            "-drive",
+            "if=none,id=d0,file=/dev/null,format=raw,file.locking=off",
+            "-device",
+            "virtio-blk-pci,bus=rp2,drive=d0,bootindex=1",
+            "-drive",
+            "if=none,id=d1,file=/dev/null,format=raw,file.locking=off",
+            "-device",
+            "nvme,bus=rp3,drive=d1,serial=pcihole",
+            "-boot",
+            "strict=on",
+        ],
     ),
-}  # fmt: skip
+}
 DEVICE_GROUPS = {
     "fw_cfg": ("fw_cfg", "fw_cfg-dma"),
     "rtc_cmos": ("cmos",),
@@ -74,9 +91,12 @@ def timed_until_marker(command: Sequence[str]) -> float:
     """Seconds from launching ``command`` to ``MARKER`` on its stdout; then it is ended."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
+    )
     assert process.stdout is not None
     guard = threading.Timer(HANG_SECONDS, process.kill)
     guard.start()
@@ -101,17 +121,29 @@ def qemu_command(args: Sequence[str]) -> list[str]:
 
 
 def pcihole_command(devices: Sequence[str], stats: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "pcihole", "boot", "--until", MARKER.decode(),
-            "--stats", str(stats), "--timeout", str(HANG_SECONDS), *extra,
-            *(f"--device={device}" for device in devices)]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "pcihole",
+        "boot",
+        "--until",
+        MARKER.decode(),
+        "--stats",
+        str(stats),
+        "--timeout",
+        str(HANG_SECONDS),
+        *extra,
+        *(f"--device={device}" for device in devices),
+    ]
 
 
 def summarize_stats(stats: dict[str, Any]) -> dict[str, Any]:
     """Exits by kind and by device group from one ``--stats`` file."""
     config = stats["config_exits"]
     ports, mmio = stats["exits_by_device"]["ports"], stats["exits_by_device"]["mmio"]
-    grouped = {group: sum(ports.get(name, 0) for name in names)
-               for group, names in DEVICE_GROUPS.items()}  # fmt: skip
+    grouped = {
+        group: sum(ports.get(name, 0) for name in names) for group, names in DEVICE_GROUPS.items()
+    }
     named = {name for names in DEVICE_GROUPS.values() for name in names} | {"pci-config"}
     return {
         "in_guest_seconds": stats["seconds"],
@@ -143,11 +175,14 @@ def host_facts() -> dict[str, Any]:
         "kernel": platform.release(),
         "kvm_modules": modules,
         "hardware_virtualization": virt,
-        "ring0_note": None if virt else (
+        "ring0_note": None
+        if virt
+        else (
             "no vmx/svm in /proc/cpuinfo: this KVM emulates guest ring-0 code (SeaBIOS runs "
-            "at ring 0 throughout), in QEMU and pcihole alike"),
+            "at ring 0 throughout), in QEMU and pcihole alike"
+        ),
         "load_average_at_start": os.getloadavg(),
-    }  # fmt: skip
+    }
 
 
 def run_topology(name: str, repeats: int, work: Path) -> dict[str, Any]:
@@ -163,8 +198,9 @@ def run_topology(name: str, repeats: int, work: Path) -> dict[str, Any]:
             stats[strategy].append(json.loads(path.read_text()))
         print(f"{name}: repeat {repeat + 1}/{repeats} done", file=sys.stderr)
     everything = work / f"{name}-all-trapped.json"
-    timed_until_marker(pcihole_command(devices, everything, "--strategy", "trap",
-                                       "--present", "trap"))  # fmt: skip
+    timed_until_marker(
+        pcihole_command(devices, everything, "--strategy", "trap", "--present", "trap")
+    )
     trapped = summarize_stats(json.loads(everything.read_text()))["exits_by_device"]
     total = {"reads": trapped["ecam_reads"], "writes": trapped["ecam_writes"]}
     qemu_median = statistics.median(walls["qemu"])
@@ -192,8 +228,12 @@ def run_topology(name: str, repeats: int, work: Path) -> dict[str, Any]:
 
 
 def _spread(values: list[float]) -> dict[str, Any]:
-    return {"median": round(statistics.median(values), 3), "min": round(min(values), 3),
-            "max": round(max(values), 3), "runs": [round(v, 3) for v in values]}  # fmt: skip
+    return {
+        "median": round(statistics.median(values), 3),
+        "min": round(min(values), 3),
+        "max": round(max(values), 3),
+        "runs": [round(v, 3) for v in values],
+    }
 
 
 def main() -> int:

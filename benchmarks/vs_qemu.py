@@ -80,9 +80,17 @@ def qemu_command(qemu: str, image: Path) -> list[str]:
 def pcihole_command(image: Path, strategy: str, stats: Path) -> list[str]:
     """``python -m pcihole boot`` on ``image`` with ``strategy``, its account in ``stats``."""
     return [
-        sys.executable, "-m", "pcihole", "boot", "--bios", str(image),
-        "--strategy", strategy, "--stats", str(stats),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "pcihole",
+        "boot",
+        "--bios",
+        str(image),
+        "--strategy",
+        strategy,
+        "--stats",
+        str(stats),
+    ]
 
 
 # --- running and timing ------------------------------------------------------------------
@@ -212,9 +220,15 @@ def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for name in names:
         entry: dict[str, Any] = {
             key: median_of(runs, name, key)
-            for key in ("ticks", "tsc_seconds", "pipe_seconds", "host_seconds", "exits",
-                        "config_exits")
-        }  # fmt: skip
+            for key in (
+                "ticks",
+                "tsc_seconds",
+                "pipe_seconds",
+                "host_seconds",
+                "exits",
+                "config_exits",
+            )
+        }
         entry["ticks_all"] = [r["scans"][name]["ticks"] for r in runs]
         entry = {key: value for key, value in entry.items() if value is not None}
         summary["scans"][name] = entry

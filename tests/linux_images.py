@@ -91,18 +91,54 @@ def pvh_elf(
     image[offset : offset + len(body)] = body
     ident = b"\x7fELF" + bytes([2 if is64 else 1, 1, 1]) + bytes(9)
     if is64:
-        struct.pack_into("<16sHHIQQQIHHHHHH", image, 0, ident, 2, 62, 1, 0x100_0000,
-                         ehsize, 0, 0, ehsize, phentsize, count, 0, 0, 0)  # fmt: skip
+        struct.pack_into(
+            "<16sHHIQQQIHHHHHH",
+            image,
+            0,
+            ident,
+            2,
+            62,
+            1,
+            0x100_0000,
+            ehsize,
+            0,
+            0,
+            ehsize,
+            phentsize,
+            count,
+            0,
+            0,
+            0,
+        )
     else:
-        struct.pack_into("<16sHHIIIIIHHHHHH", image, 0, ident, 2, 3, 1, 0x100_0000,
-                         ehsize, 0, 0, ehsize, phentsize, count, 0, 0, 0)  # fmt: skip
+        struct.pack_into(
+            "<16sHHIIIIIHHHHHH",
+            image,
+            0,
+            ident,
+            2,
+            3,
+            1,
+            0x100_0000,
+            ehsize,
+            0,
+            0,
+            ehsize,
+            phentsize,
+            count,
+            0,
+            0,
+            0,
+        )
     for index, (kind, file_offset, paddr, filesz, memsz) in enumerate(headers):
         at = ehsize + index * phentsize
         flags, align = (5, 4) if kind == 4 else (7, 16)
         if is64:
-            struct.pack_into("<IIQQQQQQ", image, at, kind, flags, file_offset, paddr, paddr,
-                             filesz, memsz, align)  # fmt: skip
+            struct.pack_into(
+                "<IIQQQQQQ", image, at, kind, flags, file_offset, paddr, paddr, filesz, memsz, align
+            )
         else:
-            struct.pack_into("<IIIIIIII", image, at, kind, file_offset, paddr, paddr, filesz,
-                             memsz, flags, align)  # fmt: skip
+            struct.pack_into(
+                "<IIIIIIII", image, at, kind, file_offset, paddr, paddr, filesz, memsz, flags, align
+            )
     return bytes(image)

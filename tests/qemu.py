@@ -197,9 +197,12 @@ def qemu_vcpu(qemu: Qemu) -> VcpuIdentity:
         return qemu.command("qom-get", path=path, property=name)
 
     return VcpuIdentity(
-        str(get("vendor")), int(get("phys-bits")), vmx=bool(get("vmx")), sgx=bool(get("sgx")),
+        str(get("vendor")),
+        int(get("phys-bits")),
+        vmx=bool(get("vmx")),
+        sgx=bool(get("sgx")),
         sgx_lc=bool(get("sgxlc")),
-    )  # fmt: skip
+    )
 
 
 FW_CFG_DMA_HIGH, FW_CFG_DMA_LOW = FW_CFG_PORT + 4, FW_CFG_PORT + 8

@@ -66,8 +66,12 @@ def reference_key(args: Sequence[str], marker: str) -> str:
     """QEMU's version line, SeaBIOS's SHA-256, the arguments and the marker, hashed."""
     version = subprocess.run([QEMU, "--version"], capture_output=True, text=True, check=True)
     digest = hashlib.sha256()
-    for part in (version.stdout.splitlines()[0], hashlib.sha256(SEABIOS.read_bytes()).hexdigest(),
-                 *args, marker):  # fmt: skip
+    for part in (
+        version.stdout.splitlines()[0],
+        hashlib.sha256(SEABIOS.read_bytes()).hexdigest(),
+        *args,
+        marker,
+    ):
         digest.update(part.encode() + b"\0")
     return digest.hexdigest()[:32]
 
@@ -89,9 +93,11 @@ class SeabiosReference:
         return self
 
     def __exit__(
-        self, kind: type[BaseException] | None, error: BaseException | None,
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
         trace: TracebackType | None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         if self._qemu is not None:
             self._qemu.close()
             self._qemu = None

@@ -64,9 +64,14 @@ def pcihole_command(*args: str) -> list[str]:
 def run_pcihole(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
     """Run ``python -m pcihole ARGS`` from this checkout; capture its text output."""
     return subprocess.run(  # type: ignore[call-overload, no-any-return]
-        pcihole_command(*args), capture_output=True, text=True, env=CHILD_ENV,
-        cwd=REPO_ROOT, timeout=HANG_SECONDS, **kwargs,
-    )  # fmt: skip
+        pcihole_command(*args),
+        capture_output=True,
+        text=True,
+        env=CHILD_ENV,
+        cwd=REPO_ROOT,
+        timeout=HANG_SECONDS,
+        **kwargs,
+    )
 
 
 def run_firmware(
@@ -143,8 +148,9 @@ class Syncs:
             )
             if not reached or len(self.values) < count:
                 state = "ended" if self._ended else "hung"
-                raise AssertionError(f"guest {state} after {len(self.values)} syncs, "
-                                     f"waiting for {count}")  # fmt: skip
+                raise AssertionError(
+                    f"guest {state} after {len(self.values)} syncs, waiting for {count}"
+                )
 
 
 class Worker(threading.Thread):

@@ -108,9 +108,10 @@ def package_length(body: bytes) -> bytes:
 def name_segment(segment: str) -> bytes:
     """One four-character segment, padded with ``_`` as iasl pads ``_SB`` to ``_SB_``."""
     if not 1 <= len(segment) <= NAME_SEGMENT_SIZE or not (
-        segment.isascii() and (segment[0].isupper() or segment[0] == "_")
+        segment.isascii()
+        and (segment[0].isupper() or segment[0] == "_")
         and all(c.isupper() or c.isdigit() or c == "_" for c in segment)
-    ):  # fmt: skip
+    ):
         raise AmlError(f"{segment!r} is not an AML name segment")
     return segment.ljust(NAME_SEGMENT_SIZE, "_").encode("ascii")
 
@@ -273,8 +274,9 @@ def irq_no_flags(*irqs: int) -> bytes:
     return struct.pack("<BH", IRQ_NO_FLAGS_TAG, sum(1 << irq for irq in set(irqs)))
 
 
-def interrupt(*gsis: int, level: bool = True, active_low: bool = False,
-              shared: bool = True) -> bytes:  # fmt: skip
+def interrupt(
+    *gsis: int, level: bool = True, active_low: bool = False, shared: bool = True
+) -> bytes:
     """``Interrupt (ResourceConsumer, Level|Edge, ActiveHigh|ActiveLow, Shared|Exclusive)
     {gsis}``: the extended interrupt descriptor."""
     if not 1 <= len(gsis) <= 0xFF:
@@ -289,8 +291,9 @@ def memory32_fixed(base: int, length: int, writable: bool = True) -> bytes:
     return struct.pack("<BHBII", MEMORY32_FIXED_TAG, 9, int(writable), base, length)
 
 
-def _address_space(tag: int, width: int, space: Space, type_flags: int,
-                   minimum: int, maximum: int) -> bytes:  # fmt: skip
+def _address_space(
+    tag: int, width: int, space: Space, type_flags: int, minimum: int, maximum: int
+) -> bytes:
     """A producer's fixed window [minimum, maximum], granularity and translation 0."""
     if not 0 <= minimum <= maximum < 1 << (8 * width):
         raise AmlError(f"window {minimum:#x}-{maximum:#x} does not fit {8 * width} bits")

@@ -123,25 +123,32 @@ def q35_acpi_files(config: Q35Acpi) -> dict[str, bytes]:
 
 def fadt(config: Q35Acpi) -> Fadt:
     return Fadt(
-        sci_irq=config.sci_irq, pm_base=config.pm_base,
-        pm1_control_offset=acpi_pm.PM1_CNT, pm_timer_offset=acpi_pm.PM_TMR,
-        gpe0_offset=acpi_pm.GPE0_STS, gpe0_length=acpi_pm.GPE0_LEN,
-        smi_cmd=config.smi_cmd, acpi_enable=acpi_pm.APM_ACPI_ENABLE,
+        sci_irq=config.sci_irq,
+        pm_base=config.pm_base,
+        pm1_control_offset=acpi_pm.PM1_CNT,
+        pm_timer_offset=acpi_pm.PM_TMR,
+        gpe0_offset=acpi_pm.GPE0_STS,
+        gpe0_length=acpi_pm.GPE0_LEN,
+        smi_cmd=config.smi_cmd,
+        acpi_enable=acpi_pm.APM_ACPI_ENABLE,
         acpi_disable=acpi_pm.APM_ACPI_DISABLE,
         reset_port=layout.RESET_CONTROL_PORT,
         reset_value=RESET_VALUE,
         rtc_century=cmos.CENTURY,
-    )  # fmt: skip
+    )
 
 
 def madt(config: Q35Acpi) -> Madt:
     overrides = [(ISA_IRQ0, IRQ0_GSI, 0)]
     overrides += [(irq, irq, ISO_ACTIVE_HIGH_LEVEL) for irq in PCI_ISA_IRQS]
     return Madt(
-        lapic_address=layout.LAPIC_ADDR, ioapic_address=layout.IOAPIC_ADDR, ioapic_id=0,
-        apic_ids=tuple(range(config.cpus)), overrides=tuple(overrides),
+        lapic_address=layout.LAPIC_ADDR,
+        ioapic_address=layout.IOAPIC_ADDR,
+        ioapic_id=0,
+        apic_ids=tuple(range(config.cpus)),
+        overrides=tuple(overrides),
         nmi_lint=LAPIC_NMI_LINT,
-    )  # fmt: skip
+    )
 
 
 # --- DSDT -----------------------------------------------------------------------------------
@@ -182,7 +189,8 @@ def _osc() -> bytes:
     cdw1, cdw3 = aml.name_string("CDW1"), aml.name_string("CDW3")
     capabilities = aml.arg(3)
     return aml.method(
-        "_OSC", 4,
+        "_OSC",
+        4,
         aml.create_dword_field(capabilities, aml.integer(0), "CDW1"),
         aml.if_(
             aml.equal(aml.arg(0), aml.uuid(PCI_HOST_BRIDGE_UUID)),
@@ -190,15 +198,19 @@ def _osc() -> bytes:
             aml.create_dword_field(capabilities, aml.integer(8), "CDW3"),
             aml.store(cdw3, aml.local(0)),
             aml.and_(aml.local(0), aml.integer(OSC_PCIE_FEATURES), aml.local(0)),
-            aml.if_(aml.not_equal(aml.arg(1), aml.integer(1)),
-                    aml.or_(cdw1, aml.integer(OSC_BAD_REVISION), cdw1)),
-            aml.if_(aml.not_equal(cdw3, aml.local(0)),
-                    aml.or_(cdw1, aml.integer(OSC_CAPABILITIES_MASKED), cdw1)),
+            aml.if_(
+                aml.not_equal(aml.arg(1), aml.integer(1)),
+                aml.or_(cdw1, aml.integer(OSC_BAD_REVISION), cdw1),
+            ),
+            aml.if_(
+                aml.not_equal(cdw3, aml.local(0)),
+                aml.or_(cdw1, aml.integer(OSC_CAPABILITIES_MASKED), cdw1),
+            ),
             aml.store(aml.local(0), cdw3),
         ),
         aml.else_(aml.or_(cdw1, aml.integer(OSC_UNRECOGNIZED_UUID), cdw1)),
         aml.return_(capabilities),
-    )  # fmt: skip
+    )
 
 
 def _host_bridge_resources(config: Q35Acpi) -> list[bytes]:
@@ -259,11 +271,22 @@ def _lpc() -> bytes:
     return aml.device(
         "SF8",
         aml.name("_ADR", aml.integer(LPC_ADR)),
-        _isa_device("KBD", "PNP0303", aml.io(keyboard, keyboard, 1, 1),
-                    aml.io(command, command, 1, 1), aml.irq_no_flags(layout.KEYBOARD_IRQ)),
+        _isa_device(
+            "KBD",
+            "PNP0303",
+            aml.io(keyboard, keyboard, 1, 1),
+            aml.io(command, command, 1, 1),
+            aml.irq_no_flags(layout.KEYBOARD_IRQ),
+        ),
         _isa_device("MOU", "PNP0F13", aml.irq_no_flags(layout.MOUSE_IRQ)),
-        _isa_device("RTC", "PNP0B00", aml.io(rtc, rtc, 1, RTC_IO_LENGTH),
-                    aml.irq_no_flags(layout.CMOS_IRQ)),
-        _isa_device("COM1", "PNP0501", aml.io(com1, com1, 0, layout.SERIAL_PORTS),
-                    aml.irq_no_flags(layout.SERIAL_COM1_IRQ), uid=1),
-    )  # fmt: skip
+        _isa_device(
+            "RTC", "PNP0B00", aml.io(rtc, rtc, 1, RTC_IO_LENGTH), aml.irq_no_flags(layout.CMOS_IRQ)
+        ),
+        _isa_device(
+            "COM1",
+            "PNP0501",
+            aml.io(com1, com1, 0, layout.SERIAL_PORTS),
+            aml.irq_no_flags(layout.SERIAL_COM1_IRQ),
+            uid=1,
+        ),
+    )

@@ -52,8 +52,17 @@ class Pointer:
 
 def header(signature: bytes, length: int, revision: int) -> bytes:
     """The 36-byte header with QEMU's OEM fields and a zero checksum (the loader's)."""
-    return HEADER.pack(signature, length, revision, 0, OEM_ID, OEM_TABLE_ID, OEM_REVISION,
-                       CREATOR_ID, CREATOR_REVISION)  # fmt: skip
+    return HEADER.pack(
+        signature,
+        length,
+        revision,
+        0,
+        OEM_ID,
+        OEM_TABLE_ID,
+        OEM_REVISION,
+        CREATOR_ID,
+        CREATOR_REVISION,
+    )
 
 
 def table(signature: bytes, revision: int, body: bytes) -> bytes:
@@ -180,8 +189,11 @@ FADT_SIZE = 244
 FADT_FACS = 36
 FADT_DSDT = 40
 FADT_X_DSDT = 140
-FADT_POINTERS = (Pointer(FADT_FACS, 4, "FACS"), Pointer(FADT_DSDT, 4, "DSDT"),
-                 Pointer(FADT_X_DSDT, 8, "DSDT"))  # fmt: skip
+FADT_POINTERS = (
+    Pointer(FADT_FACS, 4, "FACS"),
+    Pointer(FADT_DSDT, 4, "DSDT"),
+    Pointer(FADT_X_DSDT, 8, "DSDT"),
+)
 """QEMU fills FIRMWARE_CTRL (not X_FIRMWARE_CTRL), DSDT and X_DSDT."""
 INT_MODEL_APIC = 1
 """The byte after the DSDT pointer (ACPI 1.0's INT_MODEL): multiple APIC."""
@@ -233,13 +245,45 @@ class Fadt:
         gpe0 = base + self.gpe0_offset
         body = struct.pack(
             "<IIBBHIBBBB8I8B4H5BHBI",
-            0, 0, INT_MODEL_APIC, 0, self.sci_irq, self.smi_cmd, self.acpi_enable,
-            self.acpi_disable, 0, 0,
-            base, 0, control, 0, 0, timer, gpe0, 0,
-            PM1_EVENT_LENGTH, PM1_CONTROL_LENGTH, 0, PM_TIMER_LENGTH, self.gpe0_length, 0, 0, 0,
-            C_STATE_NONE, C_STATE_NONE, 0, 0,
-            0, 0, 0, 0, self.rtc_century, self.boot_arch, 0, self.flags,
-        )  # fmt: skip
+            0,
+            0,
+            INT_MODEL_APIC,
+            0,
+            self.sci_irq,
+            self.smi_cmd,
+            self.acpi_enable,
+            self.acpi_disable,
+            0,
+            0,
+            base,
+            0,
+            control,
+            0,
+            0,
+            timer,
+            gpe0,
+            0,
+            PM1_EVENT_LENGTH,
+            PM1_CONTROL_LENGTH,
+            0,
+            PM_TIMER_LENGTH,
+            self.gpe0_length,
+            0,
+            0,
+            0,
+            C_STATE_NONE,
+            C_STATE_NONE,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            self.rtc_century,
+            self.boot_arch,
+            0,
+            self.flags,
+        )
         body += _gas(RESET_WIDTH_BITS, self.reset_port)
         body += struct.pack("<BHBQQ", self.reset_value, 0, 0, 0, 0)  # X_FACS 0, X_DSDT
         body += _gas(8 * PM1_EVENT_LENGTH, base) + _gas(0, 0, space=0)

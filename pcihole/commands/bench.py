@@ -44,8 +44,7 @@ def run(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    report = run_bench(max_vms=args.max_vms, repeats=args.repeats, quick=args.quick,
-                       progress=show)  # fmt: skip
+    report = run_bench(max_vms=args.max_vms, repeats=args.repeats, quick=args.quick, progress=show)
     if args.json:
         with open(args.json, "w") as out:
             json.dump(report, out, indent=2)

@@ -107,7 +107,7 @@ def add_parser(commands: Any) -> None:
         metavar="DIR",
         help="after the run, write every ACPI table found from the RSDP to DIR",
     )
-    boot.set_defaults(handler=run)  # fmt: skip
+    boot.set_defaults(handler=run)
 
 
 def _add_linux_options(boot: Any) -> None:
@@ -170,11 +170,21 @@ def run(args: argparse.Namespace) -> int:
         with (
             Kvm() as kvm,
             _ram_named(args.ram_mib),
-            Q35Machine(kvm, image, topology, options, ram_size=args.ram_mib * layout.MiB,
-                       console=console, serial=None if serial is None else _writer(serial),
-                       until=until, config_ports=args.config_ports, linux=linux,
-                       marks=tuple(args.mark), acpi=args.acpi == "on") as machine,
-        ):  # fmt: skip
+            Q35Machine(
+                kvm,
+                image,
+                topology,
+                options,
+                ram_size=args.ram_mib * layout.MiB,
+                console=console,
+                serial=None if serial is None else _writer(serial),
+                until=until,
+                config_ports=args.config_ports,
+                linux=linux,
+                marks=tuple(args.mark),
+                acpi=args.acpi == "on",
+            ) as machine,
+        ):
             machine.notes.extend(notes)
             result = _run_until_stopped(machine, args.timeout)
             _note_guest_faults(machine)

@@ -17,8 +17,11 @@ def add_parser(commands: Any) -> None:
     lspci = commands.add_parser(NAME, help="config space as the guest reads it (lspci -F form)")
     add_device_options(lspci, "default: a q35-like set")
     add_buses(lspci)
-    lspci.add_argument("--vm-view", action="store_true",
-                       help="read it through ECAM from a ring-3 guest in a real VM")  # fmt: skip
+    lspci.add_argument(
+        "--vm-view",
+        action="store_true",
+        help="read it through ECAM from a ring-3 guest in a real VM",
+    )
     lspci.set_defaults(handler=run)
 
 

@@ -45,8 +45,10 @@ def check_socket_path(option: str, path: str) -> None:
     if not os.path.isdir(directory):
         raise BadInput(f"{option}: directory {directory} does not exist")
     if len(os.fsencode(path)) > UNIX_PATH_MAX:
-        raise BadInput(f"{option}: {len(os.fsencode(path))} bytes is too long for a Unix "
-                         f"socket path (at most {UNIX_PATH_MAX})")  # fmt: skip
+        raise BadInput(
+            f"{option}: {len(os.fsencode(path))} bytes is too long for a Unix "
+            f"socket path (at most {UNIX_PATH_MAX})"
+        )
     try:
         mode = os.lstat(path).st_mode
     except FileNotFoundError:
@@ -158,8 +160,9 @@ def add_device_options(parser: argparse.ArgumentParser, default: str) -> None:
 
 def add_buses(parser: argparse.ArgumentParser) -> None:
     buses = int_in_range("--buses", 1, layout.ECAM_MAX_BUSES)
-    parser.add_argument("--buses", type=buses, default=layout.ECAM_MAX_BUSES,
-                        help="ECAM window size in buses")  # fmt: skip
+    parser.add_argument(
+        "--buses", type=buses, default=layout.ECAM_MAX_BUSES, help="ECAM window size in buses"
+    )
 
 
 def device_error(error: PciError) -> BadInput:

@@ -88,8 +88,14 @@ def run(args: argparse.Namespace) -> int:
     options = machine_options(args)
     with Kvm() as kvm:
         try:
-            report = run_scan(kvm, options, vms=args.vms, mode=args.mode, passes=args.passes,
-                              topology=make_topology)  # fmt: skip
+            report = run_scan(
+                kvm,
+                options,
+                vms=args.vms,
+                mode=args.mode,
+                passes=args.passes,
+                topology=make_topology,
+            )
         except HoleSourceError as error:
             if options.backing is None:
                 raise

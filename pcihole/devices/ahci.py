@@ -182,11 +182,21 @@ class Ahci:
             return 0
         port = self.ports[index]
         return {
-            PXCLB: port.clb, PXCLBU: port.clbu, PXFB: port.fb, PXFBU: port.fbu,
-            PXIS: port.irq_stat, PXIE: port.irq_mask, PXCMD: port.cmd, PXTFD: port.tfd,
-            PXSIG: port.sig, PXSSTS: 0, PXSCTL: port.sctl, PXSERR: port.serr,
-            PXSACT: port.sact, PXCI: port.ci,
-        }.get(register, 0)  # fmt: skip
+            PXCLB: port.clb,
+            PXCLBU: port.clbu,
+            PXFB: port.fb,
+            PXFBU: port.fbu,
+            PXIS: port.irq_stat,
+            PXIE: port.irq_mask,
+            PXCMD: port.cmd,
+            PXTFD: port.tfd,
+            PXSIG: port.sig,
+            PXSSTS: 0,
+            PXSCTL: port.sctl,
+            PXSERR: port.serr,
+            PXSACT: port.sact,
+            PXCI: port.ci,
+        }.get(register, 0)
 
     def _write_dword(self, offset: int, value: int) -> None:
         if offset < PORT_BASE:

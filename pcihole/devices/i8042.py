@@ -111,11 +111,13 @@ class I8042:
                 self.status |= STATUS_SYSTEM
             self._queue(REPLIES[command])
         elif command in (0xA7, 0xA8):
-            self._set_ctr(self.ctr | CTR_AUX_DISABLE if command == 0xA7
-                          else self.ctr & ~CTR_AUX_DISABLE)  # fmt: skip
+            self._set_ctr(
+                self.ctr | CTR_AUX_DISABLE if command == 0xA7 else self.ctr & ~CTR_AUX_DISABLE
+            )
         elif command in (0xAD, 0xAE):
-            self._set_ctr(self.ctr | CTR_KBD_DISABLE if command == 0xAD
-                          else self.ctr & ~CTR_KBD_DISABLE)  # fmt: skip
+            self._set_ctr(
+                self.ctr | CTR_KBD_DISABLE if command == 0xAD else self.ctr & ~CTR_KBD_DISABLE
+            )
         elif command in (WRITE_CTR, WRITE_OUTPUT, WRITE_KBD_OUT, WRITE_AUX_OUT, WRITE_AUX):
             self._pending = command
         elif command == 0xFE:

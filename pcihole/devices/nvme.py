@@ -50,8 +50,17 @@ MAX_QUEUE_ENTRIES = 0x800
 
 # Registers.
 CAP, VS, INTMS, INTMC, CC, CSTS, NSSR, AQA, ASQ, ACQ = (
-    0x00, 0x08, 0x0C, 0x10, 0x14, 0x1C, 0x20, 0x24, 0x28, 0x30,
-)  # fmt: skip
+    0x00,
+    0x08,
+    0x0C,
+    0x10,
+    0x14,
+    0x1C,
+    0x20,
+    0x24,
+    0x28,
+    0x30,
+)
 CAP_VALUE = 0x0040_1820_0F01_07FF
 """MQES 0x7ff, CQR, TO 15 (7.5 s), DSTRD 0, CSS NVM + I/O sets + admin-only, MPSMAX 4
 (64 KiB pages), MPSMIN 0: read from a running QEMU 7.2."""
@@ -70,10 +79,16 @@ CQ_ENTRY = 16
 COMMAND = struct.Struct("<BBHI8x8xQQ6I")
 """Opcode, flags, command id, NSID, (CDW2-3, metadata), PRP1, PRP2, CDW10-15."""
 ADMIN = {
-    "delete_sq": 0x00, "create_sq": 0x01, "delete_cq": 0x04, "create_cq": 0x05,
-    "identify": 0x06, "abort": 0x08, "set_features": 0x09, "get_features": 0x0A,
+    "delete_sq": 0x00,
+    "create_sq": 0x01,
+    "delete_cq": 0x04,
+    "create_cq": 0x05,
+    "identify": 0x06,
+    "abort": 0x08,
+    "set_features": 0x09,
+    "get_features": 0x0A,
     "async_event": 0x0C,
-}  # fmt: skip
+}
 FEATURE_NUMBER_OF_QUEUES = 0x07
 ASYNC_EVENT_LIMIT = 4
 """Identify Controller AERL 3: four requests may be outstanding."""
@@ -413,8 +428,9 @@ class Nvme:
             vector = command.cdw11 >> 16
             if vector >= MSIX_VECTORS:
                 return INVALID_VECTOR | DNR
-            self.cqs[qid] = Queue(qid, command.prp1, entries, interrupts=bool(command.cdw11 & 2),
-                                  vector=vector)  # fmt: skip
+            self.cqs[qid] = Queue(
+                qid, command.prp1, entries, interrupts=bool(command.cdw11 & 2), vector=vector
+            )
             return SUCCESS
         cqid = command.cdw11 >> 16
         if cqid == 0 or cqid not in self.cqs:

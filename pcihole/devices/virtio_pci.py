@@ -56,15 +56,27 @@ MAX_CHAIN = 1024
 
 # Common configuration fields: offset -> (name, size).
 COMMON_FIELDS: dict[int, tuple[str, int]] = {
-    0x00: ("device_feature_select", 4), 0x04: ("device_feature", 4),
-    0x08: ("driver_feature_select", 4), 0x0C: ("driver_feature", 4),
-    0x10: ("msix_config", 2), 0x12: ("num_queues", 2), 0x14: ("device_status", 1),
-    0x15: ("config_generation", 1), 0x16: ("queue_select", 2), 0x18: ("queue_size", 2),
-    0x1A: ("queue_msix_vector", 2), 0x1C: ("queue_enable", 2), 0x1E: ("queue_notify_off", 2),
-    0x20: ("queue_desc_lo", 4), 0x24: ("queue_desc_hi", 4), 0x28: ("queue_avail_lo", 4),
-    0x2C: ("queue_avail_hi", 4), 0x30: ("queue_used_lo", 4), 0x34: ("queue_used_hi", 4),
+    0x00: ("device_feature_select", 4),
+    0x04: ("device_feature", 4),
+    0x08: ("driver_feature_select", 4),
+    0x0C: ("driver_feature", 4),
+    0x10: ("msix_config", 2),
+    0x12: ("num_queues", 2),
+    0x14: ("device_status", 1),
+    0x15: ("config_generation", 1),
+    0x16: ("queue_select", 2),
+    0x18: ("queue_size", 2),
+    0x1A: ("queue_msix_vector", 2),
+    0x1C: ("queue_enable", 2),
+    0x1E: ("queue_notify_off", 2),
+    0x20: ("queue_desc_lo", 4),
+    0x24: ("queue_desc_hi", 4),
+    0x28: ("queue_avail_lo", 4),
+    0x2C: ("queue_avail_hi", 4),
+    0x30: ("queue_used_lo", 4),
+    0x34: ("queue_used_hi", 4),
     0x3A: ("queue_reset", 2),
-}  # fmt: skip
+}
 
 
 class BlkRequest(enum.IntEnum):
@@ -231,9 +243,11 @@ class VirtioPci:
         if name[:-3] in split:
             return split[name[:-3]] >> (32 if name.endswith("hi") else 0) & 0xFFFFFFFF
         return {
-            "queue_size": queue.size, "queue_msix_vector": queue.vector,
-            "queue_enable": int(queue.enabled), "queue_reset": 0,
-        }.get(name, 0)  # fmt: skip
+            "queue_size": queue.size,
+            "queue_msix_vector": queue.vector,
+            "queue_enable": int(queue.enabled),
+            "queue_reset": 0,
+        }.get(name, 0)
 
     def _write_common(self, offset: int, value: int) -> None:
         name = COMMON_FIELDS.get(offset, ("", 0))[0]

@@ -112,11 +112,32 @@ def assemble_flat(source: Path, flags: list[str], *, base: int, entry: str) -> b
         obj = Path(work) / "prog.o"
         binary = Path(work) / "prog.bin"
         steps = [
-            ["gcc", "-c", "-x", "assembler-with-cpp", f"-I{source.parent}", *flags,
-             "-o", str(obj), str(source)],
-            ["ld", "-m", "elf_x86_64", "-nostdlib", f"-Ttext={base:#x}", "-e", entry,
-             "--oformat", "binary", "-o", str(binary), str(obj)],
-        ]  # fmt: skip
+            [
+                "gcc",
+                "-c",
+                "-x",
+                "assembler-with-cpp",
+                f"-I{source.parent}",
+                *flags,
+                "-o",
+                str(obj),
+                str(source),
+            ],
+            [
+                "ld",
+                "-m",
+                "elf_x86_64",
+                "-nostdlib",
+                f"-Ttext={base:#x}",
+                "-e",
+                entry,
+                "--oformat",
+                "binary",
+                "-o",
+                str(binary),
+                str(obj),
+            ],
+        ]
         for step in steps:
             result = subprocess.run(step, capture_output=True, text=True, check=False)
             if result.returncode != 0:

@@ -22,10 +22,27 @@ REPORT_SIZE = 4
 """The port decodes one dword."""
 
 EXCEPTION_NAMES = {
-    0: "#DE", 1: "#DB", 2: "NMI", 3: "#BP", 4: "#OF", 5: "#BR", 6: "#UD", 7: "#NM",
-    8: "#DF", 10: "#TS", 11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF",
-    17: "#AC", 18: "#MC", 19: "#XM", 20: "#VE", 21: "#CP",
-}  # fmt: skip
+    0: "#DE",
+    1: "#DB",
+    2: "NMI",
+    3: "#BP",
+    4: "#OF",
+    5: "#BR",
+    6: "#UD",
+    7: "#NM",
+    8: "#DF",
+    10: "#TS",
+    11: "#NP",
+    12: "#SS",
+    13: "#GP",
+    14: "#PF",
+    16: "#MF",
+    17: "#AC",
+    18: "#MC",
+    19: "#XM",
+    20: "#VE",
+    21: "#CP",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +92,15 @@ class ReportPort:
         if command == REPORT_DONE:
             return RunResult(StopReason.DONE, "guest reported done", syncs)
         if command == REPORT_ASSERT:
-            return RunResult(StopReason.ASSERT_FAILED,
-                             f"guest assertion failed at line {rdi} (value {rsi:#x})",
-                             syncs, assert_line=rdi)  # fmt: skip
+            return RunResult(
+                StopReason.ASSERT_FAILED,
+                f"guest assertion failed at line {rdi} (value {rsi:#x})",
+                syncs,
+                assert_line=rdi,
+            )
         if command == REPORT_EXCEPTION:
             exception = GuestException(rdi, rsi, rcx, r8 & 3, self.vcpu.get_sregs().cr2)
-            return RunResult(StopReason.GUEST_EXCEPTION, exception.describe(), syncs,
-                             exception=exception)  # fmt: skip
+            return RunResult(
+                StopReason.GUEST_EXCEPTION, exception.describe(), syncs, exception=exception
+            )
         return RunResult(StopReason.DEVICE_ERROR, f"unknown guest report {command}", syncs)

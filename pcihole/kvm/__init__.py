@@ -6,6 +6,14 @@ from pcihole.kvm.errors import KvmError
 from pcihole.kvm.system import CoalescedWrite, Kvm, Memslot, Translation, Vcpu, Vm
 
 __all__ = [
-    "Cap", "CoalescedWrite", "Kvm", "KvmError", "Memslot", "Translation", "Vcpu", "Vm", "abi",
+    "Cap",
+    "CoalescedWrite",
+    "Kvm",
+    "KvmError",
+    "Memslot",
+    "Translation",
+    "Vcpu",
+    "Vm",
+    "abi",
     "exits",
-]  # fmt: skip
+]

@@ -30,9 +30,13 @@ class KvmError(EnvironmentProblem):
 def open_advice(path: str, errno: int | None) -> str:
     """What to do when ``path`` (/dev/kvm) cannot be opened, for the error's message."""
     if errno == errno_codes.ENOENT:
-        return (f"{path} is missing: load the kvm module (modprobe kvm_intel or kvm_amd) "
-                "and check that virtualization is enabled in the firmware")  # fmt: skip
+        return (
+            f"{path} is missing: load the kvm module (modprobe kvm_intel or kvm_amd) "
+            "and check that virtualization is enabled in the firmware"
+        )
     if errno in (errno_codes.EACCES, errno_codes.EPERM):
-        return (f"no permission on {path}: add the user to the kvm group "
-                "(usermod -aG kvm USER, then log in again)")  # fmt: skip
+        return (
+            f"no permission on {path}: add the user to the kvm group "
+            "(usermod -aG kvm USER, then log in again)"
+        )
     return f"{path} cannot be opened"

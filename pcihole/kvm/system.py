@@ -369,8 +369,11 @@ class Vcpu(_FdObject):
         if size <= 0 and not self.vm.kvm.check_extension(abi.Cap.XSAVE):
             raise KvmError("KVM_GET_XSAVE", detail="no KVM_CAP_XSAVE here")
         image = bytearray(max(size, ctypes.sizeof(abi.kvm_xsave)))
-        request, what = (abi.KVM_GET_XSAVE2, "KVM_GET_XSAVE2") if size > 0 else (
-            abi.KVM_GET_XSAVE, "KVM_GET_XSAVE")  # fmt: skip
+        request, what = (
+            (abi.KVM_GET_XSAVE2, "KVM_GET_XSAVE2")
+            if size > 0
+            else (abi.KVM_GET_XSAVE, "KVM_GET_XSAVE")
+        )
         try:
             fcntl.ioctl(self.fd, request, image, True)
         except OSError as error:
@@ -389,9 +392,11 @@ class Vcpu(_FdObject):
         request = abi.kvm_translation(linear_address=linear)
         _ioctl(self.fd, abi.KVM_TRANSLATE, request, f"KVM_TRANSLATE {linear:#x}")
         return Translation(
-            request.physical_address, bool(request.valid), bool(request.writeable),
+            request.physical_address,
+            bool(request.valid),
+            bool(request.writeable),
             bool(request.usermode),
-        )  # fmt: skip
+        )
 
     def set_cpuid2(self, entries: Sequence[abi.kvm_cpuid_entry2]) -> None:
         """KVM_SET_CPUID2: what CPUID tells the guest. Without it a guest has no long mode
@@ -478,8 +483,11 @@ class Vcpu(_FdObject):
         first, last = _RING_HEAD.unpack_from(page, base)
         entries = self._ring_entries
         if first >= entries or last >= entries:
-            raise KvmError("coalesced MMIO ring", detail=f"first {first} or last {last} is "
-                           f"outside its {entries} entries: the ring is corrupt")  # fmt: skip
+            raise KvmError(
+                "coalesced MMIO ring",
+                detail=f"first {first} or last {last} is "
+                f"outside its {entries} entries: the ring is corrupt",
+            )
         writes: list[CoalescedWrite] = []
         for _ in range(entries):
             if first == last:
@@ -490,8 +498,10 @@ class Vcpu(_FdObject):
             writes.append(CoalescedWrite(address, size, data[:size]))
             first = (first + 1) % entries
         else:
-            raise KvmError("coalesced MMIO ring", detail=f"{entries} entries read without "
-                           f"reaching last {last}: the ring is corrupt")  # fmt: skip
+            raise KvmError(
+                "coalesced MMIO ring",
+                detail=f"{entries} entries read without reaching last {last}: the ring is corrupt",
+            )
         struct.pack_into("<I", page, base, first)
         return writes
 

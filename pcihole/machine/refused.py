@@ -32,8 +32,24 @@ from pcihole.machine.bus import Bus
 _CR0_PE = 1 << 0
 _EFER_LMA = 1 << 10
 _RFLAGS_VM = 1 << 17
-_GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-         "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")  # fmt: skip
+_GPRS = (
+    "rax",
+    "rcx",
+    "rdx",
+    "rbx",
+    "rsp",
+    "rbp",
+    "rsi",
+    "rdi",
+    "r8",
+    "r9",
+    "r10",
+    "r11",
+    "r12",
+    "r13",
+    "r14",
+    "r15",
+)
 """kvm_regs fields in x86 encoding order."""
 _PF_PRESENT, _PF_WRITE, _PF_USER = 1 << 0, 1 << 1, 1 << 2
 
@@ -52,9 +68,16 @@ def cpu_state(regs: abi.kvm_regs, sregs: abi.kvm_sregs) -> CpuState:
         bits, cpl = 32 if sregs.cs.db else 16, sregs.ss.dpl
     bases = tuple(getattr(sregs, name).base for name in ("es", "cs", "ss", "ds", "fs", "gs"))
     return CpuState(
-        [getattr(regs, name) for name in _GPRS], regs.rip, regs.rflags, mode, bits, cpl,
-        bases, sregs.cr0, sregs.cr4,
-    )  # fmt: skip
+        [getattr(regs, name) for name in _GPRS],
+        regs.rip,
+        regs.rflags,
+        mode,
+        bits,
+        cpl,
+        bases,
+        sregs.cr0,
+        sregs.cr4,
+    )
 
 
 class VcpuAccess:

@@ -115,8 +115,10 @@ class RunLoop:
 
     def exit_counts(self) -> dict[str, int]:
         """Exits so far, by kind (``IoOut``, ``MmioRead``, ...)."""
-        return {kind.__name__: count for kind, count in sorted(
-            self.counts.items(), key=lambda item: item[0].__name__)}  # fmt: skip
+        return {
+            kind.__name__: count
+            for kind, count in sorted(self.counts.items(), key=lambda item: item[0].__name__)
+        }
 
     def emulated_instructions(self) -> dict[str, int]:
         """Instructions KVM handed over and the monitor finished, by mnemonic."""
@@ -137,8 +139,9 @@ class RunLoop:
         except Stop as stop:
             result = stop.result
         except Exception as error:  # a device or callback failed: keep it for the caller
-            result = RunResult(StopReason.DEVICE_ERROR, f"{type(error).__name__}: {error}",
-                               error=error)  # fmt: skip
+            result = RunResult(
+                StopReason.DEVICE_ERROR, f"{type(error).__name__}: {error}", error=error
+            )
         try:
             self.drain()
         except Exception as error:
@@ -157,7 +160,11 @@ class RunLoop:
         drain = self.drain
         remaining = -1 if max_exits is None else max_exits
         IoOut, IoIn, MmioRead, MmioWrite = (
-            exits.IoOut, exits.IoIn, exits.MmioRead, exits.MmioWrite)  # fmt: skip
+            exits.IoOut,
+            exits.IoIn,
+            exits.MmioRead,
+            exits.MmioWrite,
+        )
         # No per-exit check of the stop flag: request_stop() sets immediate_exit, so the
         # next (or current) KVM_RUN returns Interrupted and _other() sees the flag.
         while remaining:

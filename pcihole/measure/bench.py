@@ -91,8 +91,13 @@ def measure_point(
         point[key] = statistics.median(values)
         point[key + "_spread"] = [min(values), max(values)]
     last = samples[-1]
-    for key in ("hole_memory_bytes_total", "hole_memory_bytes_per_vm", "exits_per_vm",
-                "memslots_per_vm", "backing"):  # fmt: skip
+    for key in (
+        "hole_memory_bytes_total",
+        "hole_memory_bytes_per_vm",
+        "exits_per_vm",
+        "memslots_per_vm",
+        "backing",
+    ):
         point[key] = last[key]
     point.update(kernel_medians(samples))
     return point
@@ -176,8 +181,9 @@ def run_bench(
 
     started = time.perf_counter()
     with Kvm() as kvm:
-        points, skipped = sweep(kvm, tuple(REGISTRY), counts, BUS_COUNTS, repeats_for,
-                                progress=progress, passes=1)  # fmt: skip
+        points, skipped = sweep(
+            kvm, tuple(REGISTRY), counts, BUS_COUNTS, repeats_for, progress=progress, passes=1
+        )
     close_shared_hole_memory()
     return {
         "benchmark": "pcihole bench",

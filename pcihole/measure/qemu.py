@@ -107,9 +107,16 @@ class Qemu(Closeable):
         if qtest:
             extra += ["-qtest", f"unix:{self._dir.name}/qtest.sock", "-qtest-log", "/dev/null"]
         command = qemu_command(
-            [*extra, *args], machine=machine, paused=paused, memory=memory, bios=bios,
-            debugcon=debugcon, kernel=kernel, initrd=initrd, append=append,
-        )  # fmt: skip
+            [*extra, *args],
+            machine=machine,
+            paused=paused,
+            memory=memory,
+            bios=bios,
+            debugcon=debugcon,
+            kernel=kernel,
+            initrd=initrd,
+            append=append,
+        )
         self._process = subprocess.Popen(
             command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._log
         )

@@ -95,29 +95,38 @@ class Q35Machine(Closeable):
             # 2. Platform devices: PAM shadow, CMOS, UART, i8042, fw_cfg (with a kernel's
             #    items), ACPI PM, APM, resets.
             self.platform = self._platform(shell, linux, config_ports, acpi)
-            # 3. The chipset's registers: PCIEXBAR places the window, PAM the shadow.
-            self.mch = Mch(topology, self.place_window, self.platform.shadow.apply)
-            # 4. The BAR decoder: register blocks follow the BARs the guest programs.
-            assert shell.ram is not None
-            self.bars = BarDecoder(shell, lambda: list(topology), backends(topology, shell.ram))
-            # 5. QEMU's debug ports.
-            self.console = DebugConsole(console, self._stamp, self._console_written)
-            self.debug_exit = DebugExit(shell.request_stop)
-            # 6. The window (placed when firmware enables PCIEXBAR) and CF8/CFC, whose
-            #    0xcf9 byte is reset control; every config write reaches the listeners.
-            listeners: list[ConfigListener] = [self.mch.config_written, self.bars.config_written]
-            if self.platform.lpc is not None:
-                listeners.append(self.platform.lpc.config_written)
-            self.machine = Machine(
-                shell, topology, self.options, self._debug_ports(), window_base=None,
-                listeners=listeners, config_ports=self.platform.config_ports,
-            )  # fmt: skip
+            self._chipset(shell, topology, console)
         except BaseException:
             self._close_platform()
             shell.close()
             raise
         self.window = self.machine.window
         self.legacy = self.machine.legacy
+
+    def _chipset(self, shell: Q35Shell, topology: Topology, console: BinaryIO | None) -> None:
+        """Steps 3 to 6 of the recipe: what sits on the platform devices."""
+        # 3. The chipset's registers: PCIEXBAR places the window, PAM the shadow.
+        self.mch = Mch(topology, self.place_window, self.platform.shadow.apply)
+        # 4. The BAR decoder: register blocks follow the BARs the guest programs.
+        assert shell.ram is not None
+        self.bars = BarDecoder(shell, lambda: list(topology), backends(topology, shell.ram))
+        # 5. QEMU's debug ports.
+        self.console = DebugConsole(console, self._stamp, self._console_written)
+        self.debug_exit = DebugExit(shell.request_stop)
+        # 6. The window (placed when firmware enables PCIEXBAR) and CF8/CFC, whose
+        #    0xcf9 byte is reset control; every config write reaches the listeners.
+        listeners: list[ConfigListener] = [self.mch.config_written, self.bars.config_written]
+        if self.platform.lpc is not None:
+            listeners.append(self.platform.lpc.config_written)
+        self.machine = Machine(
+            shell,
+            topology,
+            self.options,
+            self._debug_ports(),
+            window_base=None,
+            listeners=listeners,
+            config_ports=self.platform.config_ports,
+        )
 
     def _platform(
         self, shell: Q35Shell, linux: LinuxBoot | None, config_ports: str, acpi: bool
@@ -195,8 +204,9 @@ class Q35Machine(Closeable):
         for line in lines[self._lines_marked :]:
             for text in self._marks:
                 if text in line.text and all(mark["mark"] != text for mark in self.marks):
-                    self.marks.append({"mark": text, "line": line.text.rstrip("\r"),
-                                       **self.counters()})  # fmt: skip
+                    self.marks.append(
+                        {"mark": text, "line": line.text.rstrip("\r"), **self.counters()}
+                    )
         self._lines_marked = len(lines)
 
     def counters(self) -> dict[str, Any]:
@@ -237,8 +247,14 @@ class Q35Machine(Closeable):
             return
         try:
             self.window.place(base, buses)
-        except (MachineError, MemoryMapError, MemslotShortage, BusError, HoleSlotError,
-                KvmError) as error:  # fmt: skip
+        except (
+            MachineError,
+            MemoryMapError,
+            MemslotShortage,
+            BusError,
+            HoleSlotError,
+            KvmError,
+        ) as error:
             self.notes.append(f"ECAM window not decoded at {base:#x}: {error}")
             base = None
             self.window.place(None)

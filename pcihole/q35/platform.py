@@ -126,14 +126,16 @@ class Q35Platform:
         ports.add(layout.CMOS_PORT, layout.CMOS_PORTS, self.cmos, "cmos")
         self.uart = Uart16550(self._serial_out, irq=self.irq(layout.SERIAL_COM1_IRQ))
         ports.add(layout.SERIAL_COM1_PORT, layout.SERIAL_PORTS, self.uart, "uart")
-        config = FwCfg.q35(ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom,
-                           acpi=acpi)
+        config = FwCfg.q35(
+            ram=ram_layout, vcpu=vcpu, cpus=cpus, kernel=kernel, boot_rom=boot_rom, acpi=acpi
+        )
         self.fw_cfg = FwCfgDevice(config, ram, on_select=self._fw_cfg_selected)
         ports.add(layout.FW_CFG_PORT, layout.FW_CFG_PORTS, self.fw_cfg.io, "fw_cfg")
         ports.add(layout.FW_CFG_DMA_PORT, layout.FW_CFG_DMA_PORTS, self.fw_cfg.dma, "fw_cfg-dma")
         self.i8042 = I8042(
             lambda: on_stop("the guest reset the machine (i8042); a reset ends the run"),
-            self.irq(layout.KEYBOARD_IRQ), self.irq(layout.MOUSE_IRQ),
+            self.irq(layout.KEYBOARD_IRQ),
+            self.irq(layout.MOUSE_IRQ),
         )
         ports.add(layout.I8042_PORT, layout.I8042_PORTS, self.i8042, "i8042")
         self.port92 = Port92(
@@ -193,15 +195,18 @@ class Q35Platform:
         return {
             "config_ports": {
                 "mode": self.config_ports_mode,
-                "withdrawn": None if withdrawal is None else {
-                    "seconds": round(withdrawal[0], 6), "exits": withdrawal[1],
+                "withdrawn": None
+                if withdrawal is None
+                else {
+                    "seconds": round(withdrawal[0], 6),
+                    "exits": withdrawal[1],
                     "selector": self.withdrawn_by,
                 },
                 "accesses_after_withdrawal": 0 if ports is None else ports.withdrawn_accesses,
             },
             "apm": {"commands": self.apm.commands, "smi_requests": self.acpi_pm.smi_requests},
             "serial_lines": [line.as_json() for line in self.serial_log.lines],
-        }  # fmt: skip
+        }
 
     # --- interrupts ----------------------------------------------------------------------
     def irq(self, number: int) -> IrqLine:

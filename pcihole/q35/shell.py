@@ -90,13 +90,28 @@ class Q35Shell(Closeable):
         readonly = abi.KVM_MEM_READONLY
         return [
             (Region(RegionKind.RAM, 0, layout.LOW_RAM_END, "ram"), self.ram.host_address, 0),
-            (Region(RegionKind.RAM, high, below - high, "ram-high"),
-             self.ram.host_address + high, 0),
-            *([(Region(RegionKind.RAM, start, above, "ram-above-4g"),
-                self.ram.host_address_of(start), 0)] if above else []),
-            (Region(RegionKind.ROM, self.rom.base, image_size, "bios"),
-             self.rom.host_address, readonly),
-        ]  # fmt: skip
+            (
+                Region(RegionKind.RAM, high, below - high, "ram-high"),
+                self.ram.host_address + high,
+                0,
+            ),
+            *(
+                [
+                    (
+                        Region(RegionKind.RAM, start, above, "ram-above-4g"),
+                        self.ram.host_address_of(start),
+                        0,
+                    )
+                ]
+                if above
+                else []
+            ),
+            (
+                Region(RegionKind.ROM, self.rom.base, image_size, "bios"),
+                self.rom.host_address,
+                readonly,
+            ),
+        ]
 
     def on_coalesced(self, callback: Callable[[list[CoalescedWrite]], None] | None) -> None:
         self.loop.on_coalesced = callback

@@ -96,8 +96,13 @@ def test_tables_are_qemus(ours: AcpiTables, qemu: dict[str, AcpiTables]) -> None
 def disassembled(data: bytes, directory: Path, name: str) -> str:
     directory.mkdir(exist_ok=True)
     (directory / f"{name}.dat").write_bytes(data)
-    run = subprocess.run(["iasl", "-d", f"{name}.dat"], cwd=directory, capture_output=True,
-                         text=True, timeout=HANG_SECONDS)  # fmt: skip
+    run = subprocess.run(
+        ["iasl", "-d", f"{name}.dat"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=HANG_SECONDS,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     return (directory / f"{name}.dsl").read_text()
 
@@ -141,8 +146,19 @@ def test_acpi_switch_chooses_whose_tables(needs: None, tmp_path: Path, acpi: str
     """``--acpi off`` is QEMU's ``acpi=off``: SeaBIOS builds its own tables (an SSDT among
     them, no WAET; no HPET table either, as it finds no HPET here); ``on`` serves pcihole's."""
     dump = tmp_path / "acpi"
-    done = run_pcihole("boot", "--acpi", acpi, "--until", MARKER, "--acpi-dump", str(dump),
-                       "--debugcon", str(tmp_path / "log"), "--timeout", str(FIRMWARE_SECONDS))
+    done = run_pcihole(
+        "boot",
+        "--acpi",
+        acpi,
+        "--until",
+        MARKER,
+        "--acpi-dump",
+        str(dump),
+        "--debugcon",
+        str(tmp_path / "log"),
+        "--timeout",
+        str(FIRMWARE_SECONDS),
+    )
     assert done.returncode == 0, done.stderr
     names = {path.stem for path in dump.glob("*.dat")}
     if acpi == "on":

@@ -36,23 +36,37 @@ QEMU_MACHINE = "pc-q35-5.2"
 # Program PMBASE and ACPI_EN through CF8/CFC; clear SMI_EN once read (QEMU would raise an
 # SMI for other commands while APMC_EN is set), then drive 0xb2/0xb3 and read back.
 SETUP: list[Access] = [
-    ("out", CF8, 4, LPC_CF8 | 0x40), ("out", CFC, 4, PMBASE | 1),
-    ("out", CF8, 4, LPC_CF8 | 0x44), ("out", CFC, 1, 0x80),
-]  # fmt: skip
+    ("out", CF8, 4, LPC_CF8 | 0x40),
+    ("out", CFC, 4, PMBASE | 1),
+    ("out", CF8, 4, LPC_CF8 | 0x44),
+    ("out", CFC, 1, 0x80),
+]
 READS: list[Access] = [("in", 0xB2, 1, 0), ("in", 0xB3, 1, 0), ("in", PM1_CNT, 2, 0)]
 SEQUENCE: list[Access] = [
-    ("in", SMI_EN, 4, 0), ("out", SMI_EN, 4, 0),
+    ("in", SMI_EN, 4, 0),
+    ("out", SMI_EN, 4, 0),
     *READS,
-    ("out", 0xB3, 1, 0x5A), *READS,
-    ("out", 0xB2, 1, 0x02), *READS,  # ACPI_ENABLE
-    ("out", 0xB2, 1, 0x02), *READS,
-    ("out", 0xB2, 1, 0x55), *READS,  # neither: only stored
-    ("out", 0xB2, 1, 0x03), *READS,  # ACPI_DISABLE
-    ("out", 0xB2, 1, 0x03), *READS,
-    ("out", 0xB2, 2, 0x0702), *READS, ("in", 0xB2, 2, 0),  # a word: command 2, status 7
-    ("out", PM1_CNT, 2, 0x0000), *READS,  # SCI_EN cleared directly
-    ("out", PM1_CNT, 2, 0x0401), ("out", 0xB2, 1, 0x03), *READS,  # disable keeps SLP_TYP
-]  # fmt: skip
+    ("out", 0xB3, 1, 0x5A),
+    *READS,
+    ("out", 0xB2, 1, 0x02),
+    *READS,  # ACPI_ENABLE
+    ("out", 0xB2, 1, 0x02),
+    *READS,
+    ("out", 0xB2, 1, 0x55),
+    *READS,  # neither: only stored
+    ("out", 0xB2, 1, 0x03),
+    *READS,  # ACPI_DISABLE
+    ("out", 0xB2, 1, 0x03),
+    *READS,
+    ("out", 0xB2, 2, 0x0702),
+    *READS,
+    ("in", 0xB2, 2, 0),  # a word: command 2, status 7
+    ("out", PM1_CNT, 2, 0x0000),
+    *READS,  # SCI_EN cleared directly
+    ("out", PM1_CNT, 2, 0x0401),
+    ("out", 0xB2, 1, 0x03),
+    *READS,  # disable keeps SLP_TYP
+]
 
 
 def run_sequence(
@@ -99,12 +113,18 @@ def test_a_guest_enables_and_disables_acpi_through_smi_cmd(kvm: Kvm) -> None:
     code = (
         config_write(0x40, PMBASE | 1, 4)
         + config_write(0x44, 0x80, 1)
-        + in_al(PM1_CNT) + show_al()
-        + out_dx(0xB2, 0x02, 1) + in_al(PM1_CNT) + show_al()
-        + in_al(0xB2) + show_al()
-        + out_dx(0xB2, 0x03, 1) + in_al(PM1_CNT) + show_al()
+        + in_al(PM1_CNT)
+        + show_al()
+        + out_dx(0xB2, 0x02, 1)
+        + in_al(PM1_CNT)
+        + show_al()
+        + in_al(0xB2)
+        + show_al()
+        + out_dx(0xB2, 0x03, 1)
+        + in_al(PM1_CNT)
+        + show_al()
         + out_dx(DEBUG_EXIT, 0, 1)
-    )  # fmt: skip
+    )
     with Q35Machine(kvm, image(code + HANG)) as machine:
         result = machine.run()
         commands = machine.platform.apm.commands

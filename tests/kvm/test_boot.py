@@ -193,14 +193,24 @@ def test_firmware_moves_the_window_through_ecam(kvm: Kvm) -> None:
         (0xFFFF_FFF0_C0000001, (0xC0000000, 256)),
         (0xFFFF_FFFF_B0000001, (0xF_B0000000, 256)),
     ],
-)  # fmt: skip
+)
 def test_pciexbar_decoding(value: int, expected: tuple[int, int] | None) -> None:
     assert decode_pciexbar(value) == expected
 
 
-PCIEXBAR_VALUES = [0xB0000001, 0xB8000001, 0xB8000003, 0xB4000003, 0xB6000003, 0xB4000005,
-                   0xB2000005, 0xD0000001, 0xF0_B0000001, 0xFFFF_FFF0_C0000001,
-                   0x3_B0000001]  # fmt: skip
+PCIEXBAR_VALUES = [
+    0xB0000001,
+    0xB8000001,
+    0xB8000003,
+    0xB4000003,
+    0xB6000003,
+    0xB4000005,
+    0xB2000005,
+    0xD0000001,
+    0xF0_B0000001,
+    0xFFFF_FFF0_C0000001,
+    0x3_B0000001,
+]
 
 
 def test_pciexbar_decodes_as_a_running_qemu(kvm: Kvm) -> None:
@@ -214,8 +224,11 @@ def test_pciexbar_decodes_as_a_running_qemu(kvm: Kvm) -> None:
     with running_q35([]) as qemu, Q35Machine(kvm, small_image()) as machine:
         for value in PCIEXBAR_VALUES:
             # Candidates: every 32 MiB below 4 GiB from 2 GiB, and what other masks give.
-            candidates = {*range(0x8000_0000, 1 << 32, 32 * MIB), value & ~0x7 & (1 << 36) - 1,
-                          value & 0xF_F000_0000}  # fmt: skip
+            candidates = {
+                *range(0x8000_0000, 1 << 32, 32 * MIB),
+                value & ~0x7 & (1 << 36) - 1,
+                value & 0xF_F000_0000,
+            }
             qemu.cf8_write(HOST_BRIDGE, PCIEXBAR + 4, value >> 32)
             qemu.cf8_write(HOST_BRIDGE, PCIEXBAR, value & 0xFFFF_FFFF)
             theirs = sorted(c for c in candidates if qemu.qemu.readl(c) == HOST_BRIDGE_IDS)
@@ -254,8 +267,19 @@ def test_main_boot_files_status_and_errors(
     bios = tmp_path / "fw.bin"
     bios.write_bytes(small_image(exit_value=3, ring3_passes=1, ring0_buses=0))
     console, stats = tmp_path / "console.txt", tmp_path / "stats.json"
-    status = main(["boot", "--bios", str(bios), "--debugcon", str(console), "--stats", str(stats),
-                   "--timeout", str(FIRMWARE_SECONDS)])  # fmt: skip
+    status = main(
+        [
+            "boot",
+            "--bios",
+            str(bios),
+            "--debugcon",
+            str(console),
+            "--stats",
+            str(stats),
+            "--timeout",
+            str(FIRMWARE_SECONDS),
+        ]
+    )
     assert status == 7
     out = parse_output(console.read_text())
     assert out.scan(3).functions == QEMU_NODEFAULTS
@@ -265,9 +289,22 @@ def test_main_boot_files_status_and_errors(
     assert data["lines"][0]["text"].startswith("fw enumerate")
 
     devices = ["00:1c.0=root-port,bus=1", "01:00.0=nvme"]  # added to the q35 built-ins
-    status = main(["boot", "--bios", str(bios), "--strategy", "fill", "--debugcon", str(console),
-                   "--timeout", str(FIRMWARE_SECONDS), "--buses", "4",
-                   *(f"--device={d}" for d in devices)])  # fmt: skip
+    status = main(
+        [
+            "boot",
+            "--bios",
+            str(bios),
+            "--strategy",
+            "fill",
+            "--debugcon",
+            str(console),
+            "--timeout",
+            str(FIRMWARE_SECONDS),
+            "--buses",
+            "4",
+            *(f"--device={d}" for d in devices),
+        ]
+    )
     assert status == 7
     found = [bdf for bdf, _, _ in parse_output(console.read_text()).scan(3).functions]
     assert found == ["00:00.0", "00:1c.0", "00:1f.0", "00:1f.2", "00:1f.3", "01:00.0"]
@@ -277,8 +314,19 @@ def test_main_boot_files_status_and_errors(
     halting = tmp_path / "halt.bin"
     halting.write_bytes(b"\xf4" * 0x10000)
     capsys.readouterr()
-    status = main(["boot", "--bios", str(halting), "--debugcon", str(console),
-                   "--timeout", "0.5", "--stats", str(stats)])  # fmt: skip
+    status = main(
+        [
+            "boot",
+            "--bios",
+            str(halting),
+            "--debugcon",
+            str(console),
+            "--timeout",
+            "0.5",
+            "--stats",
+            str(stats),
+        ]
+    )
     assert status == TIMEOUT_STATUS
     assert "time limit of 0.5 s reached" in capsys.readouterr().err
     assert json.loads(stats.read_text())["reason"] == "time limit of 0.5 s reached"

@@ -73,8 +73,21 @@ def test_seabios_e820_at_the_ram_bounds_is_qemus(
     kvm: Kvm, needs: None, tmp_path: Path, mib: int, acpi: str
 ) -> None:
     console = tmp_path / "debugcon.txt"
-    status = main(["boot", "--ram-mib", str(mib), "--until", MARKER, "--debugcon", str(console),
-                   "--timeout", str(SEABIOS_GUARD_SECONDS), "--acpi", acpi])  # fmt: skip
+    status = main(
+        [
+            "boot",
+            "--ram-mib",
+            str(mib),
+            "--until",
+            MARKER,
+            "--debugcon",
+            str(console),
+            "--timeout",
+            str(SEABIOS_GUARD_SECONDS),
+            "--acpi",
+            acpi,
+        ]
+    )
     ours = e820_lines(console.read_text(errors="replace"))
     assert status == 0, ours
     assert ABOVE_4G_LINES[mib] in " ".join(ours)

@@ -37,10 +37,20 @@ MOVED = Bdf(3, 0, 0)
 ITERATIONS = 20_000
 MIRRORS = 6
 """The four specs and the q35 built-ins they leave out (00:1f.2, 00:1f.3)."""
-RUNS_AT_BUS_1 = [(0x1000, 0xDF000), (0xE1000, 0x17000), (0xF9000, 0x1000), (0xFC000, 0x4000),
-                 (0x101000, 0x2FF000)]  # fmt: skip
-RUNS_AT_BUS_3 = [(0x1000, 0xDF000), (0xE1000, 0x17000), (0xF9000, 0x1000), (0xFC000, 0x204000),
-                 (0x301000, 0xFF000)]  # fmt: skip
+RUNS_AT_BUS_1 = [
+    (0x1000, 0xDF000),
+    (0xE1000, 0x17000),
+    (0xF9000, 0x1000),
+    (0xFC000, 0x4000),
+    (0x101000, 0x2FF000),
+]
+RUNS_AT_BUS_3 = [
+    (0x1000, 0xDF000),
+    (0xE1000, 0x17000),
+    (0xF9000, 0x1000),
+    (0xFC000, 0x204000),
+    (0x301000, 0xFF000),
+]
 RUNS_HIDDEN = [(0x1000, 0xDF000), (0xE1000, 0x17000), (0xF9000, 0x1000), (0xFC000, 0x304000)]
 
 
@@ -197,10 +207,13 @@ def cf8_renumber_dword(machine: PciMachine, secondary: int, subordinate: int) ->
 
 
 @pytest.mark.parametrize("renumber", [ecam_renumber_dword, cf8_renumber_dword])
-@pytest.mark.parametrize(("strategy", "backing"), [("shared", Backing.MEMFD),
-                                                   ("shared", Backing.THP), ("fill", None)])
+@pytest.mark.parametrize(
+    ("strategy", "backing"), [("shared", Backing.MEMFD), ("shared", Backing.THP), ("fill", None)]
+)
 def test_one_dword_renumbers_at_a_full_memslot_budget(
-    kvm: Kvm, renumber: Callable[[PciMachine, int, int], None], strategy: str,
+    kvm: Kvm,
+    renumber: Callable[[PciMachine, int, int], None],
+    strategy: str,
     backing: Backing | None,
 ) -> None:
     """Every memslot taken: the re-plan frees the moved mirror and the old runs' slots

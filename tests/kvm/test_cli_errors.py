@@ -125,13 +125,31 @@ CASES: dict[str, Case] = {
 
 
 IN_PROCESS = {
-    "scan-buses-hex-257", "scan-buses-negative", "scan-buses-word", "scan-vms-257",
-    "scan-vms-float", "scan-passes-0", "scan-ring-1", "scan-present", "scan-writes",
-    "scan-unknown-option", "device-no-model", "device-unknown-model", "device-bad-key",
-    "device-bad-number", "device-outside-window", "device-no-function-0",
-    "device-unreachable-bus", "demo-vms-huge", "bench-max-vms-65", "bench-repeats-0",
-    "bench-json-is-a-dir", "lspci-buses-257", "serve-socket-too-long", "no-command",
-}  # fmt: skip
+    "scan-buses-hex-257",
+    "scan-buses-negative",
+    "scan-buses-word",
+    "scan-vms-257",
+    "scan-vms-float",
+    "scan-passes-0",
+    "scan-ring-1",
+    "scan-present",
+    "scan-writes",
+    "scan-unknown-option",
+    "device-no-model",
+    "device-unknown-model",
+    "device-bad-key",
+    "device-bad-number",
+    "device-outside-window",
+    "device-no-function-0",
+    "device-unreachable-bus",
+    "demo-vms-huge",
+    "bench-max-vms-65",
+    "bench-repeats-0",
+    "bench-json-is-a-dir",
+    "lspci-buses-257",
+    "serve-socket-too-long",
+    "no-command",
+}
 """Variants of a mistake another case already makes in a process of its own."""
 
 
@@ -148,8 +166,12 @@ def run_in_process(args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
 def run_case(args: tuple[str, ...], cwd: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "pcihole", *args],
-        capture_output=True, text=True, env=CHILD_ENV, timeout=WAIT, cwd=cwd,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=CHILD_ENV,
+        timeout=WAIT,
+        cwd=cwd,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -256,8 +278,16 @@ def test_scan_runs_at_the_largest_window_and_vm_count(args: tuple[str, ...]) -> 
     assert report["vms"] == int(given.get("--vms", "1"))
     found = ["00:00.0", "00:1f.0", "00:1f.2", "00:1f.3"]  # one bus: the root bus only
     if report["buses"] == 256:
-        found = ["00:00.0", "00:1c.0", "00:1c.1", "00:1f.0", "00:1f.2", "00:1f.3", "01:00.0",
-                 "02:00.0"]  # fmt: skip
+        found = [
+            "00:00.0",
+            "00:1c.0",
+            "00:1c.1",
+            "00:1f.0",
+            "00:1f.2",
+            "00:1f.3",
+            "01:00.0",
+            "02:00.0",
+        ]
     assert report["functions_found"] == found
 
 
@@ -301,11 +331,14 @@ BYTE_TO_DEBUGCON = real_mode_image(
     ("image", "says"),
     [
         (JUMP_TO_NO_MEMORY, "the guest stopped: "),
-        (WORD_TO_DEBUGCON, "the guest stopped: device-error: BusAccessError: port bus: "
-                           "access [0x402, 0x404) runs past debugcon"),
+        (
+            WORD_TO_DEBUGCON,
+            "the guest stopped: device-error: BusAccessError: port bus: "
+            "access [0x402, 0x404) runs past debugcon",
+        ),
     ],
     ids=["code-where-no-memory-is", "access-past-a-device"],
-)  # fmt: skip
+)
 def test_a_guest_fault_ends_its_run_with_the_guest_status(
     image: bytes, says: str, tmp_path: Path
 ) -> None:
@@ -313,8 +346,9 @@ def test_a_guest_fault_ends_its_run_with_the_guest_status(
     what; ``--stats`` still tells the story."""
     bios, stats = tmp_path / "bad.bin", tmp_path / "stats.json"
     bios.write_bytes(image)
-    result = run_case(("boot", "--bios", str(bios), "--stats", str(stats), *BOOT_GUARD),
-                      str(tmp_path))  # fmt: skip
+    result = run_case(
+        ("boot", "--bios", str(bios), "--stats", str(stats), *BOOT_GUARD), str(tmp_path)
+    )
     line = one_line(result, 70, "pcihole boot: ")
     assert says in line
     assert json.loads(stats.read_text())["status"] == 70
@@ -329,9 +363,13 @@ def test_a_kernel_refusal_is_the_hosts_problem(tmp_path: Path) -> None:
 
     result = subprocess.run(
         [sys.executable, "-m", "pcihole", "scan", "--buses", "4", "--vms", "16"],
-        capture_output=True, text=True, env=CHILD_ENV, timeout=WAIT, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=CHILD_ENV,
+        timeout=WAIT,
+        cwd=tmp_path,
         preexec_fn=few_fds,
-    )  # fmt: skip
+    )
     line = one_line(result, ENVIRONMENT_STATUS, "pcihole scan: error: ")
     assert "Too many open files (errno 24)" in line
 

@@ -37,15 +37,25 @@ def ring_at(vcpu: Vcpu) -> int:
 def plant(vcpu: Vcpu, first: int, last: int, entries: dict[int, tuple[int, bytes]]) -> None:
     base = ring_at(vcpu)
     for index, (address, data) in entries.items():
-        ENTRY.pack_into(vcpu.run_page, base + HEAD.size + index * ENTRY.size,
-                        address, len(data), 0, data.ljust(8, b"\0"))  # fmt: skip
+        ENTRY.pack_into(
+            vcpu.run_page,
+            base + HEAD.size + index * ENTRY.size,
+            address,
+            len(data),
+            0,
+            data.ljust(8, b"\0"),
+        )
     HEAD.pack_into(vcpu.run_page, base, first, last)
 
 
 def test_a_wrapped_ring_drains_in_order_and_empties(vcpu: Vcpu) -> None:
     assert vcpu.ring_capacity == ENTRIES - 1
-    planted = {ENTRIES - 2: (0xB000_0000, b"\x01"), ENTRIES - 1: (0xB000_1000, b"\x02\x03"),
-               0: (0xB000_2000, b"\x04\x05\x06\x07"), 1: (0xB000_3000, b"\x08" * 8)}  # fmt: skip
+    planted = {
+        ENTRIES - 2: (0xB000_0000, b"\x01"),
+        ENTRIES - 1: (0xB000_1000, b"\x02\x03"),
+        0: (0xB000_2000, b"\x04\x05\x06\x07"),
+        1: (0xB000_3000, b"\x08" * 8),
+    }
     plant(vcpu, ENTRIES - 2, 2, planted)
     assert vcpu.drain_coalesced() == [
         CoalescedWrite(0xB000_0000, 1, b"\x01"),
@@ -61,8 +71,9 @@ def test_a_wrapped_ring_drains_in_order_and_empties(vcpu: Vcpu) -> None:
     assert [w.address - 0xC000_0000 for w in drained] == [*range(5, ENTRIES), *range(4)]
 
 
-@pytest.mark.parametrize(("first", "last"), [(0, ENTRIES), (ENTRIES, 0), (0, 0xFFFF_FFFF),
-                                             (0xFFFF_FFFF, 3)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("first", "last"), [(0, ENTRIES), (ENTRIES, 0), (0, 0xFFFF_FFFF), (0xFFFF_FFFF, 3)]
+)
 def test_indices_outside_the_ring_are_a_clear_error(vcpu: Vcpu, first: int, last: int) -> None:
     plant(vcpu, first, last, {})
     with pytest.raises(KvmError, match="ring is corrupt"):

@@ -53,9 +53,11 @@ def guest_code() -> bytes:
         + out_dx(layout.FW_CFG_PORT, SETUP_DATA, 2)  # what linuxboot does first
         + probe()
         + config_write(0x40, 0x681, 4)  # LPC PMBASE: dropped once withdrawn
-        + out_dx(0xCF9, 0x02, 1) + b"\xec" + show_al()  # in al, dx (dx = 0xcf9)
+        + out_dx(0xCF9, 0x02, 1)
+        + b"\xec"
+        + show_al()  # in al, dx (dx = 0xcf9)
         + out_dx(0xF4, 0, 1)
-    )  # fmt: skip
+    )
 
 
 @pytest.mark.parametrize(
@@ -91,14 +93,24 @@ def test_seabios_posts_with_config_ports_firmware(tmp_path: Path) -> None:
         pytest.skip(f"no SeaBIOS at {SEABIOS} (package seabios)")
     stats_file = tmp_path / "stats.json"
     command = pcihole_command(
-        "boot", "--config-ports", "firmware", "--until", "No bootable device.",
-        "--stats", str(stats_file), "--debugcon", str(tmp_path / "debugcon"),
-    )  # fmt: skip
-    done = subprocess.run(command, cwd=REPO_ROOT, env=CHILD_ENV, timeout=HANG_SECONDS,
-                          capture_output=True, text=True)  # fmt: skip
+        "boot",
+        "--config-ports",
+        "firmware",
+        "--until",
+        "No bootable device.",
+        "--stats",
+        str(stats_file),
+        "--debugcon",
+        str(tmp_path / "debugcon"),
+    )
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=CHILD_ENV, timeout=HANG_SECONDS, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     stats = json.loads(stats_file.read_text())
     assert stats["config_ports"] == {
-        "mode": "firmware", "withdrawn": None, "accesses_after_withdrawal": 0,
-    }  # fmt: skip
+        "mode": "firmware",
+        "withdrawn": None,
+        "accesses_after_withdrawal": 0,
+    }
     assert stats["config_exits"]["legacy_ports"] > 0  # SeaBIOS did use CF8/CFC

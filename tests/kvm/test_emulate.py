@@ -37,8 +37,16 @@ def _host_has(flag: str) -> bool:
 
 
 # Executions of each in emulate.S's main path (clac/stac only with SMAP).
-EXPECTED = {"popcnt": 6, "stmxcsr": 3, "ldmxcsr": 2, "fwait": 1, "int3": 1,
-            "stac": 1, "clac": 1, "cmpxchg16b": 2}  # fmt: skip
+EXPECTED = {
+    "popcnt": 6,
+    "stmxcsr": 3,
+    "ldmxcsr": 2,
+    "fwait": 1,
+    "int3": 1,
+    "stac": 1,
+    "clac": 1,
+    "cmpxchg16b": 2,
+}
 
 
 def test_each_refused_instruction_gives_its_architectural_result(kvm: Kvm) -> None:

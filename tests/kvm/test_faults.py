@@ -228,8 +228,12 @@ def test_hot_plug_refused_part_way_leaves_the_machine_as_it_was(
     function = MODELS["virtio-blk"].build(Bdf.parse("00:03.0"))  # splits the first run
     tracker.reset()
     with PciMachine(kvm, Topology.default(BUSES), options, "scan", SCAN_PARAMS) as machine:
-        state = (dict(machine.guest.vm.memslots), set(machine.guest.vm.coalesced_zones),
-                 set(machine.window.mirrors), machine.guest.slots.used)  # fmt: skip
+        state = (
+            dict(machine.guest.vm.memslots),
+            set(machine.guest.vm.coalesced_zones),
+            set(machine.window.mirrors),
+            machine.guest.slots.used,
+        )
         # The plug makes two hole slots and a mirror page, and two zones.
         if what == "memslot":
             tracker.reset(fail_at=fail_at)
@@ -238,8 +242,12 @@ def test_hot_plug_refused_part_way_leaves_the_machine_as_it_was(
         with pytest.raises(Exception, match="simulated"):
             machine.hot_plug(function)
         assert function.bdf not in machine.topology
-        assert (dict(machine.guest.vm.memslots), set(machine.guest.vm.coalesced_zones),
-                set(machine.window.mirrors), machine.guest.slots.used) == state  # fmt: skip
+        assert (
+            dict(machine.guest.vm.memslots),
+            set(machine.guest.vm.coalesced_zones),
+            set(machine.window.mirrors),
+            machine.guest.slots.used,
+        ) == state
         tracker.reset()
         scan_ok(machine)
 
@@ -397,8 +405,11 @@ def settle(condition: Callable[[], bool], seconds: float = HANG_SECONDS) -> bool
 def hole_service(path: str, backing: str = "memfd") -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "pcihole", "serve-holes", "--socket", path, "--backing", backing],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CHILD_ENV,
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
@@ -430,8 +441,11 @@ def start_killable(
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc = subprocess.Popen(
         [sys.executable, "-c", KILLED_MONITOR, str(buses), backing, socket_path],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CHILD_ENV,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -467,10 +481,24 @@ def test_monitor_killed_mid_scan_leaves_nothing_and_the_service_serves_on(sock_d
         with connect(path) as again:
             assert os.fstat(again.fd or -1).st_ino == service_inode
         scan = subprocess.run(
-            [sys.executable, "-m", "pcihole", "scan", "--buses", "4", "--backing", "memfd",
-             "--socket", path, "--json"],
-            capture_output=True, text=True, env=CHILD_ENV, timeout=WAIT,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pcihole",
+                "scan",
+                "--buses",
+                "4",
+                "--backing",
+                "memfd",
+                "--socket",
+                path,
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            env=CHILD_ENV,
+            timeout=WAIT,
+        )
         assert scan.returncode == 0, scan.stderr
         assert "from the hole service" in json.loads(scan.stdout)["backing_detail"]
 
@@ -529,9 +557,12 @@ class Client:
     def __init__(self, path: str, passes: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-c", CLIENT, path, str(BUSES), str(passes)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
             env=CHILD_ENV,
-        )  # fmt: skip
+        )
         self.hello = self.read()
 
     def read(self) -> dict[str, Any]:
@@ -568,8 +599,11 @@ def test_service_restarted_while_clients_run(sock_dir: str) -> None:
     functions = len(expected_functions())
     first_service = subprocess.Popen(
         [sys.executable, "-m", "pcihole", "serve-holes", "--socket", path, "--backing", "memfd"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CHILD_ENV,
+    )
     clients: list[Client] = []
     try:
         assert first_service.stdout is not None
@@ -659,8 +693,12 @@ def test_scan_refuses_a_bad_memfd_from_a_fake_service_and_says_so(sock_dir: str,
             with conn:
                 request = conn.recv(len(REQUEST))
                 fd = make_fd()
-                header = {"protocol": 1, "size": source_mod.DEFAULT_MEMFD_CHUNK,
-                          "backing": "memfd", "seals": int(REQUIRED_SEALS)}  # fmt: skip
+                header = {
+                    "protocol": 1,
+                    "size": source_mod.DEFAULT_MEMFD_CHUNK,
+                    "backing": "memfd",
+                    "seals": int(REQUIRED_SEALS),
+                }
                 socket.send_fds(conn, [json.dumps(header).encode() + b"\n"], [fd])
                 os.close(fd)
                 served.append(request)
@@ -669,10 +707,12 @@ def test_scan_refuses_a_bad_memfd_from_a_fake_service_and_says_so(sock_dir: str,
     thread.start()
     try:
         scan = subprocess.run(
-            [sys.executable, "-m", "pcihole", "scan", "--buses", "4", "--socket", path,
-             "--json"],
-            capture_output=True, text=True, env=CHILD_ENV, timeout=WAIT,
-        )  # fmt: skip
+            [sys.executable, "-m", "pcihole", "scan", "--buses", "4", "--socket", path, "--json"],
+            capture_output=True,
+            text=True,
+            env=CHILD_ENV,
+            timeout=WAIT,
+        )
     finally:
         listener.close()
         join(thread, "the fake service")

@@ -156,9 +156,12 @@ def test_kernel_refusal_names_the_operation_and_errno(kvm: Kvm) -> None:
 
 @pytest.mark.parametrize(
     ("start", "size", "message"),
-    [(0x1000, 0, "size must be positive"), (0x1001, 0x1000, "not aligned"),
-     (0x1000, 0x1800, "not aligned")],
-)  # fmt: skip
+    [
+        (0x1000, 0, "size must be positive"),
+        (0x1001, 0x1000, "not aligned"),
+        (0x1000, 0x1800, "not aligned"),
+    ],
+)
 def test_bad_regions_are_refused(start: int, size: int, message: str) -> None:
     with pytest.raises(MemoryMapError, match=message):
         Region(RegionKind.RAM, start, size, "bad")
@@ -178,8 +181,14 @@ def test_info_json_reports_what_kvm_offers(kvm: Kvm) -> None:
     facts = json.loads(out.stdout)
     assert facts["api_version"] == 12
     assert facts["max_memslots"] == kvm.check_extension(abi.Cap.NR_MEMSLOTS)
-    for name in ("NR_MEMSLOTS", "READONLY_MEM", "COALESCED_MMIO", "USER_MEMORY2",
-                 "GUEST_MEMFD", "PRE_FAULT_MEMORY"):  # fmt: skip
+    for name in (
+        "NR_MEMSLOTS",
+        "READONLY_MEM",
+        "COALESCED_MMIO",
+        "USER_MEMORY2",
+        "GUEST_MEMFD",
+        "PRE_FAULT_MEMORY",
+    ):
         assert facts["capabilities"][name] == kvm.check_extension(abi.Cap[name])
     assert facts["max_map_count"] == int(Path("/proc/sys/vm/max_map_count").read_text())
     assert {"thp_anonymous", "thp_shmem", "hugetlb_free"} <= facts["huge_pages"].keys()

@@ -59,10 +59,14 @@ def scan_params(buses: int = BUSES, passes: int = 1, mode: int = 2) -> list[int]
 def expected_records(topology: Topology) -> list[tuple[int, int, int, int]]:
     """What scan.S must record for ``topology``: bdf bits, IDs, class dword, header dword."""
     return [
-        (f.bdf.bus << 8 | f.bdf.devfn, f.config.read(0, 4), f.config.read(8, 4),
-         f.config.read(12, 4))
+        (
+            f.bdf.bus << 8 | f.bdf.devfn,
+            f.config.read(0, 4),
+            f.config.read(8, 4),
+            f.config.read(12, 4),
+        )
         for f in topology
-    ]  # fmt: skip
+    ]
 
 
 def read_records(machine: PciMachine, count: int, offset: int) -> list[tuple[int, int, int, int]]:
@@ -76,9 +80,13 @@ class Healthy:
     def __init__(self, kvm: Kvm, options: MachineOptions | None = None) -> None:
         options = options or MachineOptions(buses=BUSES)
         self.machine = PciMachine(
-            kvm, Topology.default(options.buses), options, "scan", scan_params(options.buses),
+            kvm,
+            Topology.default(options.buses),
+            options,
+            "scan",
+            scan_params(options.buses),
             name="healthy",
-        )  # fmt: skip
+        )
         self.expected = expected_records(Topology.default(options.buses))
 
     def check(self, result: RunResult) -> None:
@@ -296,8 +304,15 @@ def test_random_accesses_read_what_a_plain_model_says(
     monitor once, in order; the machine's models end as the plain model does."""
     topology = Topology.default(buses)
     favoured = topology.present_offsets()
-    params = [RANDOM, layout.ECAM_BASE, layout.ecam_size(buses), ops, seed, len(favoured),
-              *favoured]  # fmt: skip
+    params = [
+        RANDOM,
+        layout.ECAM_BASE,
+        layout.ecam_size(buses),
+        ops,
+        seed,
+        len(favoured),
+        *favoured,
+    ]
     options = MachineOptions(buses=buses, strategy=strategy, present=present)
     healthy = Healthy(kvm)
     try:
@@ -467,8 +482,14 @@ def test_all_ones_everywhere_leaves_identity_and_sizes_every_bar(kvm: Kvm, addre
     params = [HAMMER, layout.ECAM_BASE, layout.ecam_size(BUSES), bdf.ecam_offset, ones]
     healthy = Healthy(kvm)
     try:
-        with PciMachine(kvm, Topology.default(BUSES), MachineOptions(buses=BUSES), "hostile",
-                        params, name="hostile") as machine:  # fmt: skip
+        with PciMachine(
+            kvm,
+            Topology.default(BUSES),
+            MachineOptions(buses=BUSES),
+            "hostile",
+            params,
+            name="hostile",
+        ) as machine:
             runs = run_side_by_side(machine, healthy)
             assert runs.hostile.reason is StopReason.DONE, runs.hostile.detail
             writes = 4096 + 2048 + 1024 + 512
@@ -479,8 +500,13 @@ def test_all_ones_everywhere_leaves_identity_and_sizes_every_bar(kvm: Kvm, addre
             config = function.config
             fresh = Topology.default(BUSES).get(bdf)
             assert fresh is not None
-            for register, size in ((VENDOR_ID, 2), (DEVICE_ID, 2), (REVISION_ID, 1),
-                                   (CLASS_CODE, 3), (HEADER_TYPE, 1)):  # fmt: skip
+            for register, size in (
+                (VENDOR_ID, 2),
+                (DEVICE_ID, 2),
+                (REVISION_ID, 1),
+                (CLASS_CODE, 3),
+                (HEADER_TYPE, 1),
+            ):
                 for byte in range(size):
                     assert config.read(register + byte, 1) == fresh.config.read(register + byte, 1)
             if bdf != Bdf(0, 0, 0):  # the host bridge has none
@@ -609,16 +635,25 @@ as code may loop)."""
     ("name", "params", "ring", "strategy", "reasons"),
     [
         ("triple-fault", [4], 0, "shared", {StopReason.SHUTDOWN}),
-        ("execute-hole-shared", [6, layout.ECAM_BASE + HOLE_PAGE], 3, "shared",
-         {StopReason.GUEST_EXCEPTION}),
-        ("execute-hole-trap", [6, layout.ECAM_BASE + HOLE_PAGE], 3, "trap",
-         {StopReason.KVM_ERROR}),
-        ("execute-config-page", [6, layout.ECAM_BASE], 3, "shared",
-         set(StopReason) - {StopReason.DONE}),
+        (
+            "execute-hole-shared",
+            [6, layout.ECAM_BASE + HOLE_PAGE],
+            3,
+            "shared",
+            {StopReason.GUEST_EXCEPTION},
+        ),
+        ("execute-hole-trap", [6, layout.ECAM_BASE + HOLE_PAGE], 3, "trap", {StopReason.KVM_ERROR}),
+        (
+            "execute-config-page",
+            [6, layout.ECAM_BASE],
+            3,
+            "shared",
+            set(StopReason) - {StopReason.DONE},
+        ),
         ("loop-forever", [3], 3, "shared", {StopReason.INTERRUPTED}),
         ("exception-ring0", [1], 0, "shared", {StopReason.GUEST_EXCEPTION}),
     ],
-)  # fmt: skip
+)
 def test_a_failing_guest_is_reported_and_its_neighbour_finishes(
     kvm: Kvm, name: str, params: list[int], ring: int, strategy: str, reasons: set[StopReason]
 ) -> None:
@@ -629,8 +664,9 @@ def test_a_failing_guest_is_reported_and_its_neighbour_finishes(
     options = MachineOptions(buses=BUSES, strategy=strategy, ring=ring)
     healthy = Healthy(kvm, MachineOptions(buses=BUSES, strategy=strategy))
     try:
-        with PciMachine(kvm, Topology.default(BUSES), options, "fault", params,
-                        name=name) as machine:  # fmt: skip
+        with PciMachine(
+            kvm, Topology.default(BUSES), options, "fault", params, name=name
+        ) as machine:
             runs = run_side_by_side(machine, healthy, stop_when_healthy_done=name in MAY_NEVER_END)
         result = runs.hostile
         assert result.reason in reasons, f"{name}: {result.reason}: {result.detail}"
@@ -660,11 +696,25 @@ def test_load_small_every_vm_finds_everything_and_one_chunk_serves_all(tmp_path:
     at most the chunk."""
     out = tmp_path / "load.json"
     run = subprocess.run(
-        [sys.executable, str(LOAD), "--one-process-vms", "2", "--processes", "2", "--vms", "2",
-         "--buses", "16", "--json", str(out)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(LOAD),
+            "--one-process-vms",
+            "2",
+            "--processes",
+            "2",
+            "--vms",
+            "2",
+            "--buses",
+            "16",
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "PYTHONPATH": str(LOAD.parents[1])},
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stderr
     report = json.loads(out.read_text())
     assert report["ok"] is True

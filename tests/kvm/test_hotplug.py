@@ -63,9 +63,12 @@ def make_function(place: str, cycle: int) -> Function:
 
 
 BASE_RUNS = [
-    (0x1000, 0xDF000), (0xE2000, 0x16000), (0xF9000, 0x1000), (0xFC000, 0x4000),
+    (0x1000, 0xDF000),
+    (0xE2000, 0x16000),
+    (0xF9000, 0x1000),
+    (0xFC000, 0x4000),
     (0x101000, 0x2FF000),
-]  # fmt: skip
+]
 """Hole runs of BASE and the q35 built-ins in a 4-bus window (offset, size): around
 00:00.0, 00:1c.0-1, 00:1f.0, 00:1f.2-3 and 01:00.0."""
 PLUGGED_RUNS = {
@@ -78,8 +81,9 @@ def expected_runs(machine: PciMachine) -> list[Run]:
     """The runs the window must have now: BASE's, or with the place's function plugged."""
     window = machine.window
     assert window.base is not None
-    plugged = [place for place, (address, _) in PLACES.items()
-               if Bdf.parse(address) in machine.topology]  # fmt: skip
+    plugged = [
+        place for place, (address, _) in PLACES.items() if Bdf.parse(address) in machine.topology
+    ]
     table = PLUGGED_RUNS[plugged[0]] if plugged else BASE_RUNS
     assert len(plugged) <= 1
     return [Run(window.base + offset, size) for offset, size in table]

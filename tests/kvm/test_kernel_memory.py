@@ -63,8 +63,12 @@ def test_scan_reports_kernel_memory_per_vm_by_field(kvm: Kvm, strategy: str) -> 
     assert "kernel_memory_bytes_during_setup" not in report
     assert kernel["fields"] == FIELDS
     assert kernel["per_vm_bytes"] == {**PER_VM, "total": 114_688}
-    assert kernel["peak_rise_bytes"] == {"VmallocUsed": 294_912, "SecPageTables": 36_864,
-                                         "PageTables": 12_288, "total": 344_064}  # fmt: skip
+    assert kernel["peak_rise_bytes"] == {
+        "VmallocUsed": 294_912,
+        "SecPageTables": 36_864,
+        "PageTables": 12_288,
+        "total": 344_064,
+    }
     assert report["kernel_memory_bytes_per_vm"] == 114_688
     assert report["kernel_memory_bytes_total"] == 344_064
     assert kernel["samples"] >= 1
@@ -108,8 +112,11 @@ def test_fill_costs_the_kernel_something_per_vm(kvm: Kvm) -> None:
     assert any(vms == open_before + VMS for vms, _ in later), "no sample while all VMs existed"
     peak = max(0, *(value - baseline for _, value in later))
     kernel = report["kernel_memory"]
-    assert kernel["peak_rise_bytes"] == {**dict.fromkeys(FIELDS, 0), "VmallocUsed": peak,
-                                         "total": peak}  # fmt: skip
+    assert kernel["peak_rise_bytes"] == {
+        **dict.fromkeys(FIELDS, 0),
+        "VmallocUsed": peak,
+        "total": peak,
+    }
     assert report["kernel_memory_bytes_per_vm"] == peak // VMS
     assert kernel["samples"] == len(later)
     slots = report["memslots_per_vm"]

@@ -59,12 +59,28 @@ def boot_linux(tmp_path: Path, *extra: str) -> tuple[str, dict[str, Any]]:
     output and the stats; fails the test unless the run ended there with status 0."""
     stats_path, serial_path = tmp_path / "stats.json", tmp_path / "serial.txt"
     command = pcihole_command(
-        "boot", "--linux", "--until", PCI_PHASE_END, "--stats", str(stats_path),
-        "--serial", str(serial_path), "--timeout", str(BOOT_SECONDS),
-        *(f"--mark={mark}" for mark in MARKS), *(f"--device={d}" for d in DEVICES), *extra,
-    )  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=CHILD_ENV,
-                          cwd=REPO_ROOT, timeout=BOOT_SECONDS + 60)  # fmt: skip
+        "boot",
+        "--linux",
+        "--until",
+        PCI_PHASE_END,
+        "--stats",
+        str(stats_path),
+        "--serial",
+        str(serial_path),
+        "--timeout",
+        str(BOOT_SECONDS),
+        *(f"--mark={mark}" for mark in MARKS),
+        *(f"--device={d}" for d in DEVICES),
+        *extra,
+    )
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=CHILD_ENV,
+        cwd=REPO_ROOT,
+        timeout=BOOT_SECONDS + 60,
+    )
     serial = serial_path.read_text(errors="replace")
     assert done.returncode == 0, f"{done.stderr}\n--- serial tail:\n{serial[-3000:]}"
     assert f"the serial port printed {PCI_PHASE_END!r}" in done.stderr
@@ -108,10 +124,18 @@ def ecam_reservation_missing(tmp_path: Path) -> str | None:
     """Why Linux would refuse MMCONFIG without CF8 on this build, or None: the DSDT
     SeaBIOS installs (read back after a ~4 s SeaBIOS boot) has no ECAM reservation."""
     tables = tmp_path / "acpi"
-    command = pcihole_command("boot", "--until", "No bootable device.", "--acpi-dump",
-                              str(tables), "--debugcon", str(tmp_path / "debugcon"))  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, env=CHILD_ENV,
-                          cwd=REPO_ROOT, timeout=HANG_SECONDS)  # fmt: skip
+    command = pcihole_command(
+        "boot",
+        "--until",
+        "No bootable device.",
+        "--acpi-dump",
+        str(tables),
+        "--debugcon",
+        str(tmp_path / "debugcon"),
+    )
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=CHILD_ENV, cwd=REPO_ROOT, timeout=HANG_SECONDS
+    )
     assert done.returncode == 0, done.stderr
     dsdt = tables / "DSDT.dat"
     if dsdt.is_file() and ECAM_RESERVATION in dsdt.read_bytes():

@@ -96,10 +96,15 @@ def test_items_as_qemu(kind: str, tmp_path: Path) -> None:
     initrd = tmp_path / "initrd"
     initrd.write_bytes(bytes(range(251)) * 40)
     append = "console=ttyS0 vga=0x317 quiet"
-    ours = load_linux(kernel.read_bytes(), cmdline=append.encode(), initrd=initrd.read_bytes(),
-                      below_4g=RAM_MIB * MiB)  # fmt: skip
-    with Qemu(paused=True, qtest=True, memory=f"{RAM_MIB}M", kernel=kernel, initrd=initrd,
-              append=append) as qemu:  # fmt: skip
+    ours = load_linux(
+        kernel.read_bytes(),
+        cmdline=append.encode(),
+        initrd=initrd.read_bytes(),
+        below_4g=RAM_MIB * MiB,
+    )
+    with Qemu(
+        paused=True, qtest=True, memory=f"{RAM_MIB}M", kernel=kernel, initrd=initrd, append=append
+    ) as qemu:
         for item in Item:
             data = ours.items.get(item, b"")
             theirs = qemu_item(qemu, item, len(data) if data else 4)
@@ -159,15 +164,28 @@ def test_pvh_rom_hands_over_as_the_pvh_abi_says(tmp_path: Path) -> None:
     initrd = tmp_path / "initrd"
     initrd.write_bytes(b"an initrd of forty bytes, no more, no le")
     console, stats = tmp_path / "console", tmp_path / "stats.json"
-    result = run_pcihole("boot", "--kernel", str(kernel), "--initrd", str(initrd),
-                         "--append", "console=ttyS0 pvh=yes", "--debugcon", str(console),
-                         "--stats", str(stats), "--timeout", str(HANG_SECONDS))  # fmt: skip
+    result = run_pcihole(
+        "boot",
+        "--kernel",
+        str(kernel),
+        "--initrd",
+        str(initrd),
+        "--append",
+        "console=ttyS0 pvh=yes",
+        "--debugcon",
+        str(console),
+        "--stats",
+        str(stats),
+        "--timeout",
+        str(HANG_SECONDS),
+    )
     text = console.read_text(errors="replace")
     assert result.returncode == 33, (result.stderr, text[-2000:])
     _host_words_added(text, result.stderr, json.loads(stats.read_text())["notes"])
     lines = {line.split("=")[0]: line for line in text.splitlines() if line.startswith("pvh ")}
-    assert lines["pvh magic"] == ("pvh magic=336ec578 version=00000001 cs=00000008 "
-                                  "ds=00000010 ss=00000010")  # fmt: skip
+    assert lines["pvh magic"] == (
+        "pvh magic=336ec578 version=00000001 cs=00000008 ds=00000010 ss=00000010"
+    )
     assert lines["pvh cr0.pe.pg"] == "pvh cr0.pe.pg=00000001 if=00000000"
     assert lines["pvh modules"] == f"pvh modules=00000001 initrd={initrd.read_text()}"
     assert lines["pvh rsdp"] == "pvh rsdp=RSD PTR "
@@ -205,10 +223,23 @@ def test_pvh_linux_reaches_its_first_serial_line(tmp_path: Path) -> None:
         pytest.skip("/dev/kvm is absent or not usable")
     kernel = cached("vmlinux")
     serial = tmp_path / "serial"
-    result = run_pcihole("boot", "--ram-mib", "512", "--kernel", str(kernel), "--append",
-                         "console=ttyS0 earlyprintk=serial,ttyS0,115200 noxsave nokaslr",
-                         "--serial", str(serial), "--debugcon", str(tmp_path / "debugcon"),
-                         "--until", "Linux version", "--timeout", str(HANG_SECONDS))  # fmt: skip
+    result = run_pcihole(
+        "boot",
+        "--ram-mib",
+        "512",
+        "--kernel",
+        str(kernel),
+        "--append",
+        "console=ttyS0 earlyprintk=serial,ttyS0,115200 noxsave nokaslr",
+        "--serial",
+        str(serial),
+        "--debugcon",
+        str(tmp_path / "debugcon"),
+        "--until",
+        "Linux version",
+        "--timeout",
+        str(HANG_SECONDS),
+    )
     assert result.returncode == 0, (result.stderr, serial.read_bytes()[-2000:])
     assert "the serial port printed 'Linux version'" in result.stderr
     assert b"Linux version" in serial.read_bytes()

@@ -99,10 +99,14 @@ def test_a_signal_ends_the_run_with_stats(tmp_path: Path, signum: signal.Signals
     # Prints "R" and a newline (the console hands on whole lines), then loops.
     bios.write_bytes(image(out_dx(0x402, 0x52, 1) + out_dx(0x402, 0x0A, 1) + HANG))
     process = subprocess.Popen(
-        pcihole_command("boot", "--bios", str(bios), "--stats", str(stats),
-                        "--timeout", str(FIRMWARE_SECONDS)),  # a lost signal: ends, fails
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CHILD_ENV, cwd=REPO_ROOT,
-    )  # fmt: skip
+        pcihole_command(
+            "boot", "--bios", str(bios), "--stats", str(stats), "--timeout", str(FIRMWARE_SECONDS)
+        ),  # a lost signal: ends, fails
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=CHILD_ENV,
+        cwd=REPO_ROOT,
+    )
     assert process.stdout is not None
     try:
         assert os.read(process.stdout.fileno(), 1) == b"R"  # the guest is running
@@ -129,10 +133,10 @@ def test_fw_cfg_dma_from_a_guest_as_seabios_drives_it(kvm: Kvm) -> None:
     low_half = [int.from_bytes(address.to_bytes(4, "big"), "little") for address in (0x1000, 0x600)]
     code = (
         b"".join(out_dx(0x518, value, 4) for value in low_half)
-        + bytes.fromhex("31c0" "8ed8" "ba0204")  # ds = 0; dx = debug console
-        + bytes.fromhex("a00020ee" "a00420ee" "a00310ee" "a00306ee")  # the bytes, the controls
+        + bytes.fromhex("31c08ed8ba0204")  # ds = 0; dx = debug console
+        + bytes.fromhex("a00020eea00420eea00310eea00306ee")  # the bytes, the controls
         + out_dx(0xF4, 0x2A, 1)  # debug-exit
-    )  # fmt: skip
+    )
     with Q35Machine(kvm, image(code + HANG)) as machine:
         ram = machine.guest.ram
         assert ram is not None

@@ -56,17 +56,34 @@ def test_shared_slots_are_one_per_run_with_a_window(kvm: Kvm) -> None:
 def test_ring0_scan_finds_the_same(kvm: Kvm) -> None:
     options = MachineOptions(buses=2, strategy="shared", ring=0)
     report = run_scan(kvm, options, vms=1, mode="recursive").as_json()
-    assert report["functions_found"] == ["00:00.0", "00:1c.0", "00:1f.0", "00:1f.2", "00:1f.3",
-                                         "01:00.0"]  # fmt: skip
+    assert report["functions_found"] == [
+        "00:00.0",
+        "00:1c.0",
+        "00:1f.0",
+        "00:1f.2",
+        "00:1f.3",
+        "01:00.0",
+    ]
 
 
 def test_cli_json_and_bad_input() -> None:
     out = run_pcihole("scan", "--buses", "4", "--vms", "2", "--json")
     assert out.returncode == 0, out.stderr
     data = json.loads(out.stdout)
-    for key in ("strategy", "backing", "vms", "buses", "probes_per_vm", "functions_found",
-                "exits_per_vm", "memslots_per_vm", "hole_memory_bytes_total",
-                "hole_memory_bytes_per_vm", "setup_seconds", "scan_seconds"):  # fmt: skip
+    for key in (
+        "strategy",
+        "backing",
+        "vms",
+        "buses",
+        "probes_per_vm",
+        "functions_found",
+        "exits_per_vm",
+        "memslots_per_vm",
+        "hole_memory_bytes_total",
+        "hole_memory_bytes_per_vm",
+        "setup_seconds",
+        "scan_seconds",
+    ):
         assert key in data
     assert data["vms"] == 2
     bad = run_pcihole("scan", "--buses", "0")
@@ -101,16 +118,24 @@ def test_processes_running_vms_share_one_copy(kvm: Kvm, tmp_path: object) -> Non
     socket_path = os.path.join(str(tmp_path), "holes.sock")
     service = subprocess.Popen(
         pcihole_command("serve-holes", "--socket", socket_path, "--backing", "memfd"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
-    )  # fmt: skip
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CHILD_ENV,
+    )
     try:
         assert service.stdout is not None
         assert "serving" in service.stdout.readline()
         sharers = [
-            subprocess.Popen([sys.executable, "-c", SHARER, socket_path], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env=CHILD_ENV)
+            subprocess.Popen(
+                [sys.executable, "-c", SHARER, socket_path],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+                env=CHILD_ENV,
+            )
             for _ in range(3)
-        ]  # fmt: skip
+        ]
         details = [p.stdout.readline() for p in sharers if p.stdout]
         assert all("from the hole service" in d for d in details), details
         for p in sharers:

@@ -31,27 +31,39 @@ from tests.seabios_ref import (
 from tests.support import FIRMWARE_SECONDS, HANG_SECONDS, run_firmware, run_pcihole
 
 ROOT_PORTS_QEMU = [
-    "-device", "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x1c.0,multifunction=on",
-    "-device", "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x1c.1",
-    "-device", "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,addr=0x1c.2",
-    "-device", "virtio-net-pci,bus=rp1",
-    "-drive", "if=none,id=d0,file=/dev/null,format=raw,file.locking=off",
-    "-device", "virtio-blk-pci,bus=rp2,drive=d0,bootindex=1",
-    "-drive", "if=none,id=d1,file=/dev/null,format=raw,file.locking=off",
-    "-device", "nvme,bus=rp3,drive=d1,serial=pcihole",
+    "-device",
+    "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x1c.0,multifunction=on",
+    "-device",
+    "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x1c.1",
+    "-device",
+    "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,addr=0x1c.2",
+    "-device",
+    "virtio-net-pci,bus=rp1",
+    "-drive",
+    "if=none,id=d0,file=/dev/null,format=raw,file.locking=off",
+    "-device",
+    "virtio-blk-pci,bus=rp2,drive=d0,bootindex=1",
+    "-drive",
+    "if=none,id=d1,file=/dev/null,format=raw,file.locking=off",
+    "-device",
+    "nvme,bus=rp3,drive=d1,serial=pcihole",
     # virtio-net's option ROM (iPXE) would boot from the network: boot the disk only.
-    "-boot", "strict=on",
-]  # fmt: skip
+    "-boot",
+    "strict=on",
+]
 
 
 def _root_ports(order: tuple[int, int, int]) -> list[str]:
     """Three root ports leading to buses ``order`` and a device behind each, as QEMU's."""
     first, second, third = order
     return [
-        f"00:1c.0=root-port,bus={first},chassis=1", f"00:1c.1=root-port,bus={second},chassis=2",
-        f"00:1c.2=root-port,bus={third},chassis=3", f"{first:02x}:00.0=virtio-net",
-        f"{second:02x}:00.0=virtio-blk", f"{third:02x}:00.0=nvme",
-    ]  # fmt: skip
+        f"00:1c.0=root-port,bus={first},chassis=1",
+        f"00:1c.1=root-port,bus={second},chassis=2",
+        f"00:1c.2=root-port,bus={third},chassis=3",
+        f"{first:02x}:00.0=virtio-net",
+        f"{second:02x}:00.0=virtio-blk",
+        f"{third:02x}:00.0=nvme",
+    ]
 
 
 TOPOLOGIES = {
@@ -99,9 +111,19 @@ def test_acpi_tables_disassemble_and_mcfg_names_the_window(seabios: bytes, tmp_p
     if reason is not None:
         pytest.skip(reason)
     dump, stats = tmp_path / "acpi", tmp_path / "stats.json"
-    done = run_pcihole("boot", "--until", MARKER, "--debugcon", str(tmp_path / "log"),
-                       "--acpi-dump", str(dump), "--stats", str(stats),
-                       "--timeout", str(FIRMWARE_SECONDS))  # fmt: skip
+    done = run_pcihole(
+        "boot",
+        "--until",
+        MARKER,
+        "--debugcon",
+        str(tmp_path / "log"),
+        "--acpi-dump",
+        str(dump),
+        "--stats",
+        str(stats),
+        "--timeout",
+        str(FIRMWARE_SECONDS),
+    )
     assert done.returncode == 0, done.stderr
     tables = sorted(path.name for path in dump.glob("*.dat"))
     for needed in ("APIC.dat", "DSDT.dat", "FACP.dat", "MCFG.dat", "RSDT.dat"):

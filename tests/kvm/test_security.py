@@ -58,9 +58,9 @@ def hole_memory_of(machine: PciMachine) -> HoleMemory:
 
 
 @pytest.mark.parametrize(
-    ("strategy", "present", "buses"), [("shared", "mirror", 16), ("fill", "mirror", 4),
-                                       ("trap", "trap", 4)]
-)  # fmt: skip
+    ("strategy", "present", "buses"),
+    [("shared", "mirror", 16), ("fill", "mirror", 4), ("trap", "trap", 4)],
+)
 def test_guest_writes_into_every_hole_change_nothing(
     kvm: Kvm, strategy: str, present: str, buses: int
 ) -> None:
@@ -193,9 +193,11 @@ def sock_dir() -> Iterator[str]:
 def served(path: str, source: AllOnesSource, **kwargs: object) -> Iterator[None]:
     stop, ready = threading.Event(), threading.Event()
     thread = threading.Thread(
-        target=serve, args=(path, source), daemon=True,
+        target=serve,
+        args=(path, source),
+        daemon=True,
         kwargs={"stop_event": stop, "on_ready": ready.set, **kwargs},
-    )  # fmt: skip
+    )
     thread.start()
     assert ready.wait(WAIT)
     try:
@@ -216,9 +218,12 @@ def test_a_process_holding_the_served_memfd_cannot_change_it(
     path = os.path.join(sock_dir, "holes.sock")
     with AllOnesSource.create(backing) as source, served(path, source):
         attacker = subprocess.run(
-            [sys.executable, "-c", ATTACKER, path], capture_output=True, text=True,
-            env=CHILD_ENV, timeout=WAIT,
-        )  # fmt: skip
+            [sys.executable, "-c", ATTACKER, path],
+            capture_output=True,
+            text=True,
+            env=CHILD_ENV,
+            timeout=WAIT,
+        )
         assert attacker.returncode == 0, attacker.stderr
         outcome = json.loads(attacker.stdout)
         assert len(outcome) == 12
@@ -232,8 +237,9 @@ def test_a_process_holding_the_served_memfd_cannot_change_it(
         assert outcome["mprotect to writable"] == "EACCES"
         assert outcome["ftruncate shrink"] == "EPERM"
         # hugetlbfs looks for a huge page to grow into before it looks at the seals
-        assert outcome["ftruncate grow"] in ({"EPERM", "ENOMEM"} if backing is Backing.HUGETLB
-                                             else {"EPERM"})  # fmt: skip
+        assert outcome["ftruncate grow"] in (
+            {"EPERM", "ENOMEM"} if backing is Backing.HUGETLB else {"EPERM"}
+        )
         # a private copy may be written, but never reaches the file ("EPERM" stands for
         # that here); a private hugetlb mapping needs a page of its own, and none is free
         assert outcome["private copy written"] in (
@@ -276,16 +282,29 @@ def try_as_nobody(path: str, groups: list[int]) -> str:
             code = 5
         os._exit(code)
     _, status = os.waitpid(pid, 0)
-    return {0: "served", 13: "EACCES", 3: "bad reply"}.get(os.waitstatus_to_exitcode(status),
-                                                          "failed")  # fmt: skip
+    return {0: "served", 13: "EACCES", 3: "bad reply"}.get(
+        os.waitstatus_to_exitcode(status), "failed"
+    )
 
 
 def serve_holes(path: str, *extra: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pcihole", "serve-holes", "--socket", path, "--backing", "memfd",
-         *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pcihole",
+            "serve-holes",
+            "--socket",
+            path,
+            "--backing",
+            "memfd",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=CHILD_ENV,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("serving"), proc.communicate()[1]
@@ -338,16 +357,22 @@ def test_writes_to_one_function_reach_no_other(kvm: Kvm) -> None:
     options = MachineOptions(buses=BUSES, backing=Backing.MEMFD)
     targets = [(Bdf.parse(address), pattern) for address, pattern in HAMMERED.items()]
     machines = [
-        PciMachine(kvm, Topology.default(BUSES), options, "hostile",
-                   [HAMMER, layout.ECAM_BASE, layout.ecam_size(BUSES), bdf.ecam_offset, pattern],
-                   name=str(bdf))
+        PciMachine(
+            kvm,
+            Topology.default(BUSES),
+            options,
+            "hostile",
+            [HAMMER, layout.ECAM_BASE, layout.ecam_size(BUSES), bdf.ecam_offset, pattern],
+            name=str(bdf),
+        )
         for bdf, pattern in targets
-    ]  # fmt: skip
+    ]
     try:
         before = [snapshots(m.topology) for m in machines]
         results = run_all([m.guest for m in machines])
-        for machine, result, (hammered, pattern), old in zip(machines, results, targets, before,
-                                                              strict=True):  # fmt: skip
+        for machine, result, (hammered, pattern), old in zip(
+            machines, results, targets, before, strict=True
+        ):
             assert result.reason is StopReason.DONE, result.detail
             after = snapshots(machine.topology)
             assert {b: s for b, s in after.items() if b != hammered} == {

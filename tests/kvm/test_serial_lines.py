@@ -26,11 +26,19 @@ def test_serial_lines_in_stats(tmp_path: Path) -> None:
     bios, stats_file, serial = tmp_path / "fw.bin", tmp_path / "stats.json", tmp_path / "serial"
     bios.write_bytes(image(code + HANG))
     command = pcihole_command(
-        "boot", "--bios", str(bios), "--stats", str(stats_file), "--serial", str(serial),
-        "--debugcon", str(tmp_path / "debugcon"),
-    )  # fmt: skip
-    done = subprocess.run(command, cwd=REPO_ROOT, env=CHILD_ENV, timeout=HANG_SECONDS,
-                          capture_output=True, text=True)  # fmt: skip
+        "boot",
+        "--bios",
+        str(bios),
+        "--stats",
+        str(stats_file),
+        "--serial",
+        str(serial),
+        "--debugcon",
+        str(tmp_path / "debugcon"),
+    )
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=CHILD_ENV, timeout=HANG_SECONDS, capture_output=True, text=True
+    )
     assert done.returncode == 1, done.stderr  # debug-exit 0: status 1, as QEMU's
     assert serial.read_bytes() == b"first line\r\nsecond\nno newline"
     stats = json.loads(stats_file.read_text())
@@ -57,21 +65,41 @@ def test_marks_record_the_counters_at_the_first_line_holding_each_text(tmp_path:
     bios, stats_file = tmp_path / "fw.bin", tmp_path / "stats.json"
     bios.write_bytes(image(code + HANG))
     command = pcihole_command(
-        "boot", "--bios", str(bios), "--stats", str(stats_file), "--mark", "alpha",
-        "--mark", "beta", "--mark", "never printed", "--mark", "gamma",
-        "--debugcon", str(tmp_path / "debugcon"),
-    )  # fmt: skip
-    done = subprocess.run(command, cwd=REPO_ROOT, env=CHILD_ENV, timeout=HANG_SECONDS,
-                          capture_output=True, text=True)  # fmt: skip
+        "boot",
+        "--bios",
+        str(bios),
+        "--stats",
+        str(stats_file),
+        "--mark",
+        "alpha",
+        "--mark",
+        "beta",
+        "--mark",
+        "never printed",
+        "--mark",
+        "gamma",
+        "--debugcon",
+        str(tmp_path / "debugcon"),
+    )
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=CHILD_ENV, timeout=HANG_SECONDS, capture_output=True, text=True
+    )
     assert done.returncode == 1, done.stderr
     stats = json.loads(stats_file.read_text())
     marks = stats["marks"]
     assert [(mark["mark"], mark["line"]) for mark in marks] == [
-        ("alpha", "alpha one"), ("beta", "beta"), ("gamma", "gamma, no newline")]  # fmt: skip
+        ("alpha", "alpha one"),
+        ("beta", "beta"),
+        ("gamma", "gamma, no newline"),
+    ]
     alpha, beta, _ = marks
     # between the two marks: "x\n" on the debug console and "beta\n", one OUT exit a byte
     assert beta["exit_counts"]["IoOut"] - alpha["exit_counts"]["IoOut"] == 2 + 5
     assert 0 < alpha["seconds"] <= beta["seconds"] <= marks[2]["seconds"] <= stats["seconds"]
     assert set(alpha["config_exits"]) >= {"hole_reads", "legacy_ports"}
-    assert set(stats["hole_memory"]) == {"per_vm_bytes", "per_vm_resident_bytes",
-                                         "shared_bytes", "kernel_bytes"}  # fmt: skip
+    assert set(stats["hole_memory"]) == {
+        "per_vm_bytes",
+        "per_vm_resident_bytes",
+        "shared_bytes",
+        "kernel_bytes",
+    }

@@ -72,8 +72,10 @@ def test_write_only_maps_the_pci_side_read_only(shadow: ShadowMemory) -> None:
     """Mode 2: reads come from the PCI side without an exit, writes exit (to RAM)."""
     pci, readonly = shadow.pci.host_address, abi.KVM_MEM_READONLY
     shadow.apply([0x20] + [0] * 6)  # 0xf0000-0xfffff write-only, the rest PCI
-    assert _slots(shadow) == [(0xC0000, 0x30000, pci, readonly),
-                              (0xF0000, 0x10000, pci + 0x30000, readonly)]  # fmt: skip
+    assert _slots(shadow) == [
+        (0xC0000, 0x30000, pci, readonly),
+        (0xF0000, 0x10000, pci + 0x30000, readonly),
+    ]
     shadow.apply([0, 0x02, 0, 0, 0, 0, 0x20])  # 0xc0000 and 0xec000 (16 KiB each)
     assert _slots(shadow) == [
         (0xC0000, 0x4000, pci, readonly),
@@ -84,26 +86,53 @@ def test_write_only_maps_the_pci_side_read_only(shadow: ShadowMemory) -> None:
     shadow.write(0xEC000 - mch.SHADOW_BASE, 2, 0xBEEF)
     assert shadow.ram.read(0xEC000, 2) == b"\xef\xbe"  # RAM took it
     assert shadow.pci.read(0xEC000, 2) == IMAGE[0xC000:0xC002]  # the ROM side did not
-    assert shadow.read(0xEC000 - mch.SHADOW_BASE, 2) == int.from_bytes(IMAGE[0xC000:0xC002],
-                                                                        "little")  # fmt: skip
+    assert shadow.read(0xEC000 - mch.SHADOW_BASE, 2) == int.from_bytes(
+        IMAGE[0xC000:0xC002], "little"
+    )
 
 
 # Real mode from the reset vector (CS base 0xffff0000): program PAM through CF8/CFC as
 # SeaBIOS does (byte writes), then write and read a byte in each write-only segment.
 PAM_PROGRAM = bytes.fromhex(
-    "66b890000080" "baf80c" "66ef"  # CF8 = 00:00.0 offset 0x90 (PAM0..PAM3)
-    "bafc0c" "b020" "ee"  # PAM0 = 0x20: 0xf0000-0xfffff write-only
-    "bafd0c" "b002" "ee"  # PAM1 = 0x02: 0xc0000-0xc3fff write-only
-    "b800f0" "8ed8"  # ds = 0xf000
-    "c606000077" "a00000" "ba0204" "ee"  # [0xf0000] = 0x77; console <- [0xf0000]
-    "b800c0" "8ed8"  # ds = 0xc000
-    "c606100066" "a01000" "ba0204" "ee"  # [0xc0010] = 0x66; console <- [0xc0010]
-    "bafc0c" "b030" "ee"  # PAM0 = 0x30: read-write RAM
-    "bafd0c" "b003" "ee"  # PAM1 = 0x03
-    "a01000" "ba0204" "ee"  # console <- [0xc0010]
-    "b800f0" "8ed8" "a00000" "ba0204" "ee"  # console <- [0xf0000]
-    "baf400" "ee" "f4"  # debug-exit with al; hlt
-)  # fmt: skip
+    "66b890000080"
+    "baf80c"
+    "66ef"  # CF8 = 00:00.0 offset 0x90 (PAM0..PAM3)
+    "bafc0c"
+    "b020"
+    "ee"  # PAM0 = 0x20: 0xf0000-0xfffff write-only
+    "bafd0c"
+    "b002"
+    "ee"  # PAM1 = 0x02: 0xc0000-0xc3fff write-only
+    "b800f0"
+    "8ed8"  # ds = 0xf000
+    "c606000077"
+    "a00000"
+    "ba0204"
+    "ee"  # [0xf0000] = 0x77; console <- [0xf0000]
+    "b800c0"
+    "8ed8"  # ds = 0xc000
+    "c606100066"
+    "a01000"
+    "ba0204"
+    "ee"  # [0xc0010] = 0x66; console <- [0xc0010]
+    "bafc0c"
+    "b030"
+    "ee"  # PAM0 = 0x30: read-write RAM
+    "bafd0c"
+    "b003"
+    "ee"  # PAM1 = 0x03
+    "a01000"
+    "ba0204"
+    "ee"  # console <- [0xc0010]
+    "b800f0"
+    "8ed8"
+    "a00000"
+    "ba0204"
+    "ee"  # console <- [0xf0000]
+    "baf400"
+    "ee"
+    "f4"  # debug-exit with al; hlt
+)
 ROM_MARK = 0xA5
 """The image's first byte: what 0xf0000 holds on the PCI side (the isa-bios alias)."""
 
@@ -146,6 +175,9 @@ def test_every_pam_register_written_through_cf8_reaches_the_memslots(kvm: Kvm) -
         ports.write(4, 4, 0x33_33_33_33)  # PAM4-PAM6 and 0x97 at once
         values[4:] = [0x33] * 3
         assert shadow.runs == mch.runs(values)
-        slotted = sorted(m.guest_address for m in machine.guest.vm.memslots.values()
-                         if mch.SHADOW_BASE <= m.guest_address < mch.SHADOW_END)  # fmt: skip
+        slotted = sorted(
+            m.guest_address
+            for m in machine.guest.vm.memslots.values()
+            if mch.SHADOW_BASE <= m.guest_address < mch.SHADOW_END
+        )
         assert slotted == [run.start for run in mch.runs(values)]

@@ -32,16 +32,28 @@ def test_package_length_counts_itself_in_the_fewest_bytes(size: int) -> None:
     encoded = aml.package_length(bytes(size))
     length, taken = decoded_package_length(encoded)
     assert length == len(encoded) == size + taken
-    assert taken == 1 if size + 1 <= 0x3F else taken == min(n for n in (2, 3, 4)
-                                                            if size + n < 1 << (4 + 8 * (n - 1)))
+    assert (
+        taken == 1
+        if size + 1 <= 0x3F
+        else taken == min(n for n in (2, 3, 4) if size + n < 1 << (4 + 8 * (n - 1)))
+    )
 
 
 @pytest.mark.parametrize(
     ("value", "encoded"),
-    [(0, "00"), (1, "01"), (2, "0a02"), (0xFF, "0aff"), (0x100, "0b0001"),
-     (0xFFFF, "0bffff"), (0x10000, "0c00000100"), (0xFFFFFFFF, "0cffffffff"),
-     (1 << 32, "0e0000000001000000"), ((1 << 64) - 1, "ff")],
-)  # fmt: skip
+    [
+        (0, "00"),
+        (1, "01"),
+        (2, "0a02"),
+        (0xFF, "0aff"),
+        (0x100, "0b0001"),
+        (0xFFFF, "0bffff"),
+        (0x10000, "0c00000100"),
+        (0xFFFFFFFF, "0cffffffff"),
+        (1 << 32, "0e0000000001000000"),
+        ((1 << 64) - 1, "ff"),
+    ],
+)
 def test_integers_take_the_shortest_encoding(value: int, encoded: str) -> None:
     assert aml.integer(value).hex() == encoded
 
@@ -66,25 +78,33 @@ def test_eisa_ids_and_names() -> None:
 def sample_dsdt() -> bytes:
     """One of every construct the encoder offers (revision 2: 64-bit integers)."""
     resources = aml.resource_template(
-        aml.word_bus_number(0, 0x3F), aml.io(0xCF8, 0xCF8, 1, 8), aml.word_io(0xD00, 0xFFFF),
+        aml.word_bus_number(0, 0x3F),
+        aml.io(0xCF8, 0xCF8, 1, 8),
+        aml.word_io(0xD00, 0xFFFF),
         aml.dword_memory(0xA0000, 0xBFFFF, aml.Cache.CACHEABLE),
         aml.qword_memory(1 << 32, (9 << 32) - 1, aml.Cache.PREFETCHABLE),
-        aml.memory32_fixed(0xFED00000, 0x400, writable=False), aml.irq_no_flags(4, 8),
-        aml.interrupt(16, 17), aml.interrupt(5, level=False, active_low=True, shared=False),
-    )  # fmt: skip
+        aml.memory32_fixed(0xFED00000, 0x400, writable=False),
+        aml.irq_no_flags(4, 8),
+        aml.interrupt(16, 17),
+        aml.interrupt(5, level=False, active_low=True, shared=False),
+    )
     osc = aml.method(
-        "_OSC", 4,
+        "_OSC",
+        4,
         aml.create_dword_field(aml.arg(3), aml.integer(0), "CDW1"),
-        aml.if_(aml.equal(aml.arg(0), aml.uuid("33db4d5b-1ff7-401c-9657-7441c03dd766")),
-                aml.create_dword_field(aml.arg(3), aml.integer(8), "CDW3"),
-                aml.and_(aml.name_string("CDW3"), aml.integer(0x1F), aml.local(0)),
-                aml.if_(aml.not_equal(aml.arg(1), aml.integer(1)),
-                        aml.or_(aml.name_string("CDW1"), aml.integer(8),
-                                aml.name_string("CDW1"))),
-                aml.store(aml.local(0), aml.name_string("CDW3"))),
+        aml.if_(
+            aml.equal(aml.arg(0), aml.uuid("33db4d5b-1ff7-401c-9657-7441c03dd766")),
+            aml.create_dword_field(aml.arg(3), aml.integer(8), "CDW3"),
+            aml.and_(aml.name_string("CDW3"), aml.integer(0x1F), aml.local(0)),
+            aml.if_(
+                aml.not_equal(aml.arg(1), aml.integer(1)),
+                aml.or_(aml.name_string("CDW1"), aml.integer(8), aml.name_string("CDW1")),
+            ),
+            aml.store(aml.local(0), aml.name_string("CDW3")),
+        ),
         aml.else_(aml.or_(aml.name_string("CDW1"), aml.integer(4), aml.name_string("CDW1"))),
         aml.return_(aml.arg(3)),
-    )  # fmt: skip
+    )
     body = aml.scope(
         "_SB",
         aml.device(
@@ -112,8 +132,13 @@ def sealed(data: bytes) -> bytes:
 
 def disassemble(directory: Path, name: str, data: bytes) -> str:
     (directory / f"{name}.dat").write_bytes(data)
-    run = subprocess.run(["iasl", "-d", f"{name}.dat"], cwd=directory, capture_output=True,
-                         text=True, timeout=HANG_SECONDS)  # fmt: skip
+    run = subprocess.run(
+        ["iasl", "-d", f"{name}.dat"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=HANG_SECONDS,
+    )
     said = run.stdout + run.stderr
     assert run.returncode == 0 and "Error" not in said and "Warning" not in said, said
     return (directory / f"{name}.dsl").read_text()
@@ -156,8 +181,13 @@ def test_iasl_reads_every_construct(iasl: None, tmp_path: Path) -> None:
 def test_iasl_compiles_the_disassembly_back_to_the_same_bytes(iasl: None, tmp_path: Path) -> None:
     ours = sample_dsdt()
     disassemble(tmp_path, "DSDT", ours)
-    run = subprocess.run(["iasl", "-p", "again", "DSDT.dsl"], cwd=tmp_path, capture_output=True,
-                         text=True, timeout=HANG_SECONDS)  # fmt: skip
+    run = subprocess.run(
+        ["iasl", "-p", "again", "DSDT.dsl"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=HANG_SECONDS,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     theirs = (tmp_path / "again.aml").read_bytes()
     # iasl writes its own compiler ID and version and checksum: compare from the OEM fields

@@ -31,8 +31,11 @@ class Memory:
     """The BIOS data area, the BIOS area and high memory, as the loader and reader see them."""
 
     def __init__(self) -> None:
-        self.regions = {0: bytearray(0x1000), layout.BIOS_AREA_START: bytearray(0x20000),
-                        HIGH_ADDRESS: bytearray(0x20000)}  # fmt: skip
+        self.regions = {
+            0: bytearray(0x1000),
+            layout.BIOS_AREA_START: bytearray(0x20000),
+            HIGH_ADDRESS: bytearray(0x20000),
+        }
 
     def _find(self, address: int, length: int) -> tuple[bytearray, int]:
         for base, data in self.regions.items():
@@ -88,8 +91,10 @@ def small_machine(buses: int = 256, ram: int = 128 << 20) -> Q35Acpi:
 def test_files_have_qemus_names_and_sizes() -> None:
     files = q35_acpi_files(small_machine())
     assert {name: len(data) for name, data in files.items()} == {
-        RSDP_FILE: 20, TABLES_FILE: 128 << 10, LOADER_FILE: 4096,
-    }  # fmt: skip
+        RSDP_FILE: 20,
+        TABLES_FILE: 128 << 10,
+        LOADER_FILE: 4096,
+    }
 
 
 def test_loader_places_and_links_every_table() -> None:
@@ -108,8 +113,13 @@ def test_every_table_disassembles(tmp_path: Path) -> None:
         pytest.skip(reason)
     loaded(small_machine()).write_tables(tmp_path)
     for path in sorted(tmp_path.glob("*.dat")):
-        run = subprocess.run(["iasl", "-d", path.name], cwd=tmp_path, capture_output=True,
-                             text=True, timeout=HANG_SECONDS)  # fmt: skip
+        run = subprocess.run(
+            ["iasl", "-d", path.name],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=HANG_SECONDS,
+        )
         said = run.stdout + run.stderr
         assert run.returncode == 0 and "Error" not in said and "Warning" not in said, said
     mcfg = (tmp_path / "MCFG.dsl").read_text()
@@ -145,15 +155,16 @@ def test_mcfg_and_windows_follow_the_machine() -> None:
     base, segment, first, last = struct.unpack_from("<QHBB", tables["MCFG"], 44)
     assert (base, segment, first, last) == (layout.ECAM_BASE, 0, 0, 0x3F)
     dsdt = tables["DSDT"]
-    ecam = struct.pack("<IIIII", 0, layout.ECAM_BASE, layout.ECAM_BASE + (64 << 20) - 1, 0,
-                       64 << 20)  # fmt: skip
+    ecam = struct.pack(
+        "<IIIII", 0, layout.ECAM_BASE, layout.ECAM_BASE + (64 << 20) - 1, 0, 64 << 20
+    )
     assert ecam in dsdt
-    below = struct.pack("<IIIII", 0, 2 * GiB, layout.ECAM_BASE - 1, 0,
-                        layout.ECAM_BASE - 2 * GiB)  # fmt: skip
+    below = struct.pack("<IIIII", 0, 2 * GiB, layout.ECAM_BASE - 1, 0, layout.ECAM_BASE - 2 * GiB)
     assert below in dsdt
     after_ecam = layout.ECAM_BASE + (64 << 20)
-    above = struct.pack("<IIIII", 0, after_ecam, layout.IOAPIC_ADDR - 1, 0,
-                        layout.IOAPIC_ADDR - after_ecam)  # fmt: skip
+    above = struct.pack(
+        "<IIIII", 0, after_ecam, layout.IOAPIC_ADDR - 1, 0, layout.IOAPIC_ADDR - after_ecam
+    )
     assert above in dsdt
     hole64 = struct.pack("<QQQQQ", 0, 5 * GiB, 37 * GiB - 1, 0, 32 * GiB)
     assert hole64 in dsdt

@@ -24,9 +24,17 @@ def test_the_probe_reads_leaf_1_ecx_and_leaf_7_ebx() -> None:
 def test_leaks_on_a_kvm_pvm_host() -> None:
     leaks = CpuidLeaks.from_answers({ECX1: PVM_ECX1_ALL_CLEARED, EBX7: SMAP_FSGSBASE_AVX2}, 0xD)
     assert leaks.leaked == (
-        "xsave", "smap", "fsgsbase", "ssse3", "sse4_1", "sse4_2", "avx", "avx2", "pclmulqdq",
+        "xsave",
+        "smap",
+        "fsgsbase",
+        "ssse3",
+        "sse4_1",
+        "sse4_2",
+        "avx",
+        "avx2",
+        "pclmulqdq",
         "aes",
-    )  # fmt: skip
+    )
     line, notes = linux_command_line("console=ttyS0 nokaslr", leaks)
     assert line == (
         "console=ttyS0 nokaslr noxsave "

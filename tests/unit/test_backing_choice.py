@@ -19,15 +19,21 @@ def test_the_note_counts_slots_and_their_kernel_bytes() -> None:
 def test_a_default_thp_chunk_says_why_and_a_window_says_nothing() -> None:
     close_shared_hole_memory()
     try:
-        chosen = make_strategy("shared", window_size=WINDOW, readonly_memory=True,
-                               free_memslots=10_000)  # fmt: skip
+        chosen = make_strategy(
+            "shared", window_size=WINDOW, readonly_memory=True, free_memslots=10_000
+        )
         assert isinstance(chosen, SharedStrategy)
         if chosen.memory.backing is Backing.THP:
             assert chosen.note == thp_choice_note(128)
         else:  # a huge page was free (or THP absent): a window, one slot per run
             assert chosen.memory.window is not None and chosen.note == ""
-        forced = make_strategy("shared", window_size=WINDOW, readonly_memory=True,
-                               backing=Backing.THP, free_memslots=10_000)  # fmt: skip
+        forced = make_strategy(
+            "shared",
+            window_size=WINDOW,
+            readonly_memory=True,
+            backing=Backing.THP,
+            free_memslots=10_000,
+        )
         assert forced.note == ""  # asked for: nothing to explain
     finally:
         close_shared_hole_memory()

@@ -28,9 +28,7 @@ routing.function_at(topology.functions[0].bdf)  # line 14: wrong space
 
 def test_mixing_the_two_is_a_type_error() -> None:
     out, _, status = mypy.api.run(["--strict", "--no-incremental", "-c", PROGRAM])
-    lines = sorted(
-        int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line
-    )
+    lines = sorted(int(line.split(":")[1]) for line in out.splitlines() if ": error:" in line)
     assert status == 1 and lines == [12, 13, 14], out
 
 

@@ -69,9 +69,15 @@ def test_seabios_q35_lpc_setup() -> None:
         written(rec, config, 0x68 + i, 1, irq)
     written(rec, config, 0x40, 4, 0x600 | 0x1)
     assert rec.take() == [
-        ("pirqA", 10), ("pirqE", 10), ("pirqB", 10), ("pirqF", 10),
-        ("pirqC", 11), ("pirqG", 11), ("pirqD", 11), ("pirqH", 11),
-    ]  # fmt: skip
+        ("pirqA", 10),
+        ("pirqE", 10),
+        ("pirqB", 10),
+        ("pirqF", 10),
+        ("pirqC", 11),
+        ("pirqG", 11),
+        ("pirqD", 11),
+        ("pirqH", 11),
+    ]
     assert rec.decoder.pm_base is None  # PMBASE alone decodes nothing: ACPI_EN is off
     written(rec, config, 0x44, 1, 0x80)
     assert rec.take() == [("pm", 0x600)]

@@ -26,10 +26,17 @@ def test_thirteen_segments_cover_the_range_in_order() -> None:
 @pytest.mark.parametrize(
     ("register", "shift", "address"),
     [
-        (0, 4, 0xF0000), (0, 4, 0xFFFFF), (1, 0, 0xC0000), (1, 4, 0xC4000),
-        (2, 0, 0xC8000), (3, 4, 0xD4000), (5, 0, 0xE0000), (6, 4, 0xEC000), (6, 4, 0xEFFFF),
+        (0, 4, 0xF0000),
+        (0, 4, 0xFFFFF),
+        (1, 0, 0xC0000),
+        (1, 4, 0xC4000),
+        (2, 0, 0xC8000),
+        (3, 4, 0xD4000),
+        (5, 0, 0xE0000),
+        (6, 4, 0xEC000),
+        (6, 4, 0xEFFFF),
     ],
-)  # fmt: skip
+)
 def test_each_field_governs_its_segment(register: int, shift: int, address: int) -> None:
     for mode in PamMode:
         registers = [0] * 7
@@ -58,7 +65,11 @@ def test_seabios_writable_then_readonly() -> None:
 
 def test_modes_say_where_reads_and_writes_go() -> None:
     assert [(m.reads_ram, m.writes_ram) for m in PamMode] == [
-        (False, False), (True, False), (False, True), (True, True)]  # fmt: skip
+        (False, False),
+        (True, False),
+        (False, True),
+        (True, True),
+    ]
 
 
 def test_which_writes_reach_pam() -> None:

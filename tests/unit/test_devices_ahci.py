@@ -19,8 +19,15 @@ RAM = 0x200000
 CLB = 0x100000
 FB = 0x101000
 PXIS, PXIE, PXCMD, PXTFD, PXSIG, PXSSTS, PXSCTL, PXCI = (
-    0x10, 0x14, 0x18, 0x20, 0x24, 0x28, 0x2C, 0x38,
-)  # fmt: skip
+    0x10,
+    0x14,
+    0x18,
+    0x20,
+    0x24,
+    0x28,
+    0x2C,
+    0x38,
+)
 
 
 def port(n: int, register: int) -> int:
@@ -112,12 +119,18 @@ def test_comreset_and_a_second_fis_receive_start_as_qemu() -> None:
     ahci.write(port(0, PXSCTL), 4, 1)
     ahci.write(port(0, PXSCTL), 4, 0)
     assert [ahci.read(port(0, r), 4) for r in (PXCMD, PXIS, PXTFD, PXSIG)] == [
-        0x6, 0, 0x7F, 0xFFFFFFFF
-    ]  # fmt: skip
+        0x6,
+        0,
+        0x7F,
+        0xFFFFFFFF,
+    ]
     ahci.write(port(0, PXCMD), 4, 0x16)
     assert [ahci.read(port(0, r), 4) for r in (PXCMD, PXIS, PXTFD, PXSIG)] == [
-        0x4016, 1, 0x50, 0xFFFF0101
-    ]  # fmt: skip
+        0x4016,
+        1,
+        0x50,
+        0xFFFF0101,
+    ]
 
 
 def test_issued_commands_stay_outstanding() -> None:

@@ -203,9 +203,7 @@ def test_dma_select_skip_then_read_and_ports_continue() -> None:
 def test_on_select_hears_every_guest_selection_with_file_names() -> None:
     heard: list[tuple[int, str | None]] = []
     memory = FakeMemory()
-    device = FwCfgDevice(
-        q35(128 * MiB), memory, on_select=lambda *a: heard.append(a)
-    )
+    device = FwCfgDevice(q35(128 * MiB), memory, on_select=lambda *a: heard.append(a))
     assert heard == []  # the reset's own choice is nobody's
     files = {entry.name: entry.select for entry in q35(128 * MiB).directory()}
     read_port(device, Selector.ID, 4)
@@ -311,6 +309,7 @@ def test_dma_reaches_arch_local_items() -> None:
     assert dma(device, memory, select(Selector.IRQ0_OVERRIDE & 0x7FFF) | DmaControl.READ, 4) == 0
     assert memory.at(BUFFER, 4) == bytes(4)
 
+
 def test_each_transfer_starts_from_a_cleared_address_register() -> None:
     """The register is cleared after every transfer (QEMU sets dma_addr to 0): firmware
     that writes only the low half (SeaBIOS) reaches the descriptor it names each time."""
@@ -382,9 +381,15 @@ QEMU reports (``qemu_vcpu``), so each case holds on any host."""
 
 @pytest.mark.parametrize(
     ("memory", "cpus", "cpu"),
-    [("128M", 1, "host-vendor"), ("3G", 2, "host-vendor"), ("128M", 1, "intel"),
-     ("3G", 1, "amd"), ("128M", 1, "amd-39-bits"), ("128M", 1, "vmx-if-the-host-has-it")],
-)  # fmt: skip
+    [
+        ("128M", 1, "host-vendor"),
+        ("3G", 2, "host-vendor"),
+        ("128M", 1, "intel"),
+        ("3G", 1, "amd"),
+        ("128M", 1, "amd-39-bits"),
+        ("128M", 1, "vmx-if-the-host-has-it"),
+    ],
+)
 def test_same_items_as_qemu(memory: str, cpus: int, cpu: str) -> None:
     """Every item pcihole serves reads as under QEMU; its files are QEMU's minus those
     ``QEMU_FILES_LEFT_OUT`` names, the ACPI ones of QEMU's sizes (their contents are

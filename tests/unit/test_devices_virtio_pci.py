@@ -43,9 +43,23 @@ def test_blk_device_configuration_equals_qemus_empty_disk() -> None:
     blk, _, _ = device()
     dwords = [blk.read(0x2000 + offset, 4) for offset in range(0, 0x40, 4)]
     assert dwords == [
-        0, 0, 0, 0xFE, 0x3F100002, 0x200, 0, 0, 0x10001, 0x3FFFFF, 1, 1, 0x3FFFFF, 1,
-        0xFFFFFFFF, 0xFFFFFFFF,
-    ]  # fmt: skip
+        0,
+        0,
+        0,
+        0xFE,
+        0x3F100002,
+        0x200,
+        0,
+        0,
+        0x10001,
+        0x3FFFFF,
+        1,
+        1,
+        0x3FFFFF,
+        1,
+        0xFFFFFFFF,
+        0xFFFFFFFF,
+    ]
     assert blk.read(0x2038, 1) == 0xFF
     assert blk.read(0x1000, 1) == 0  # ISR
 
@@ -60,8 +74,10 @@ def test_net_values_equal_qemus() -> None:
         sizes.append((net.read(0x18, 2), net.read(0x1E, 2)))
     assert sizes == [(256, 0), (256, 1), (64, 2), (0, 3)]
     assert [net.read(0x2000 + offset, 4) for offset in (0, 4, 8)] == [
-        0x12005452, 0x15634, 0xFFFFFFFF
-    ]  # fmt: skip
+        0x12005452,
+        0x15634,
+        0xFFFFFFFF,
+    ]
     net.write(0x16, 2, 0)
     legacy = [net.legacy.read(offset, 4) for offset in range(0, 0x20, 4)]
     assert legacy == [0x79BF8064, 0, 0, 0x100, 0xFFFFFFFF, 0x12005452, 0x15634, 0xFFFFFFFF]
@@ -152,9 +168,13 @@ def test_seabios_sees_an_empty_disk_that_cannot_be_read() -> None:
     blk, memory, levels = device()
     found = seabios_init_virtio_blk(blk)
     assert found == {
-        "seg_max": 0xFE, "sectors": 0, "blksize": 512, "cylinders": 2,
-        "queue_size": 128, "notify_off": 0,
-    }  # fmt: skip
+        "seg_max": 0xFE,
+        "sectors": 0,
+        "blksize": 512,
+        "cylinders": 2,
+        "queue_size": 128,
+        "notify_off": 0,
+    }
     assert blk.read(0x14, 1) == 0xF
     status, length = read_sector(memory, lambda: blk.write(0x3000, 2, 0))
     assert (status, length) == (1, 513)  # IOERR: sector 0 is past the end

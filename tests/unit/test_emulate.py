@@ -58,8 +58,17 @@ class Access:
 
 
 def state(mode: Mode = Mode.LONG, bits: int = 64, **gprs: int) -> CpuState:
-    names = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             *(f"r{i}" for i in range(8, 16))]  # fmt: skip
+    names = [
+        "rax",
+        "rcx",
+        "rdx",
+        "rbx",
+        "rsp",
+        "rbp",
+        "rsi",
+        "rdi",
+        *(f"r{i}" for i in range(8, 16)),
+    ]
     return CpuState([gprs.get(n, 0) for n in names], 0x1000, 0x2, mode, bits)
 
 
@@ -88,7 +97,11 @@ def test_register_popcnt_as_linux_uses_it() -> None:
 def test_operand_sizes_and_rex(code: str, bits: int, size: int, reg: int, register: int) -> None:
     insn = decode(h(code), bits)
     assert (insn.operand_size, insn.reg, insn.register, insn.length) == (
-        size, reg, register, len(h(code)))  # fmt: skip
+        size,
+        reg,
+        register,
+        len(h(code)),
+    )
 
 
 @pytest.mark.parametrize(
@@ -130,11 +143,17 @@ def test_memory_operands(code: str, bits: int, memory: MemoryOperand) -> None:
 
 @pytest.mark.parametrize(
     ("code", "bits", "mnemonic", "length"),
-    [("cc", 64, "int3", 1), ("9b", 32, "fwait", 1), ("0f01ca", 64, "clac", 3),
-     ("0f01cb", 64, "stac", 3), ("0fae5c2404", 64, "stmxcsr", 5),
-     ("480fc70f", 64, "cmpxchg16b", 4), ("f0480fc70f", 64, "cmpxchg16b", 5),
-     ("66480fc70f", 64, "cmpxchg16b", 5)],
-)  # fmt: skip
+    [
+        ("cc", 64, "int3", 1),
+        ("9b", 32, "fwait", 1),
+        ("0f01ca", 64, "clac", 3),
+        ("0f01cb", 64, "stac", 3),
+        ("0fae5c2404", 64, "stmxcsr", 5),
+        ("480fc70f", 64, "cmpxchg16b", 4),
+        ("f0480fc70f", 64, "cmpxchg16b", 5),
+        ("66480fc70f", 64, "cmpxchg16b", 5),
+    ],
+)
 def test_the_other_instructions(code: str, bits: int, mnemonic: str, length: int) -> None:
     insn = decode(h(code) + h("90909090"), bits)
     assert (insn.mnemonic, insn.length) == (mnemonic, length)
@@ -338,8 +357,15 @@ def test_cmpxchg16b_alignment_is_the_linear_address_s() -> None:
 def _run_page(ndata: int, flags: int, window: bytes) -> bytearray:
     page = bytearray(4096)
     struct.pack_into("<I", page, abi.RUN_EXIT_REASON_OFFSET, abi.ExitReason.INTERNAL_ERROR)
-    struct.pack_into("<IIQB", page, abi.RUN_EXIT_OFFSET, abi.KVM_INTERNAL_ERROR_EMULATION,
-                     ndata, flags, len(window))  # fmt: skip
+    struct.pack_into(
+        "<IIQB",
+        page,
+        abi.RUN_EXIT_OFFSET,
+        abi.KVM_INTERNAL_ERROR_EMULATION,
+        ndata,
+        flags,
+        len(window),
+    )
     page[abi.RUN_EXIT_OFFSET + 17 : abi.RUN_EXIT_OFFSET + 17 + len(window)] = window
     return page
 

@@ -68,10 +68,22 @@ def test_a_kernel_that_finds_no_frame_leaves_the_pool_alone(fake_pool: FakePool)
 
 def test_reserve_hugepage_with_another_backing_is_bad_input() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "pcihole", "serve-holes", "--socket", "/tmp/ph-none.sock",
-         "--backing", "memfd", "--reserve-hugepage"],
-        capture_output=True, text=True, env=CHILD_ENV, timeout=60,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "pcihole",
+            "serve-holes",
+            "--socket",
+            "/tmp/ph-none.sock",
+            "--backing",
+            "memfd",
+            "--reserve-hugepage",
+        ],
+        capture_output=True,
+        text=True,
+        env=CHILD_ENV,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     assert "--reserve-hugepage" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -96,10 +108,20 @@ def test_service_reserves_serves_hugetlb_and_gives_the_page_back(stop_signal: in
     with tempfile.TemporaryDirectory(prefix="ph-", dir="/tmp") as d:
         path = os.path.join(d, "holes.sock")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pcihole", "serve-holes", "--socket", path,
-             "--reserve-hugepage"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=CHILD_ENV,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pcihole",
+                "serve-holes",
+                "--socket",
+                path,
+                "--reserve-hugepage",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=CHILD_ENV,
+        )
         try:
             assert proc.stdout is not None
             first = proc.stdout.readline()

@@ -19,8 +19,12 @@ needs_tools = pytest.mark.skipif(
 
 
 def cpio(archive: Path, *args: str) -> str:
-    done = subprocess.run(["cpio", "--quiet", "-i", *args], input=archive.read_bytes(),
-                          capture_output=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        ["cpio", "--quiet", "-i", *args],
+        input=archive.read_bytes(),
+        capture_output=True,
+        check=True,
+    )
     return done.stdout.decode(errors="replace")
 
 
@@ -29,8 +33,10 @@ def test_cpio_lists_init_busybox_its_applets_and_the_console(tmp_path: Path) -> 
     output = tmp_path / INITRAMFS_NAME
     assert build(output) is True
     assert output.read_bytes().startswith(b"070701")  # newc, not compressed
-    listing = {line.split()[-1] if "->" not in line else line.split()[-3]: line.split()[0]
-               for line in cpio(output, "-tv").splitlines()}  # fmt: skip
+    listing = {
+        line.split()[-1] if "->" not in line else line.split()[-3]: line.split()[0]
+        for line in cpio(output, "-tv").splitlines()
+    }
     assert listing["init"] == "-rwxr-xr-x"
     assert listing["bin/busybox"] == "-rwxr-xr-x"
     assert listing["dev/console"] == "crw-------"

@@ -76,10 +76,12 @@ def kernel_lines(functions: tuple[Function, ...]) -> list[str]:
     lines = []
     for function in functions:
         config, bdf = function.config, function.bdf
-        lines.append(f"[  1.0] pci 0000:{bdf}: [{config.read(VENDOR_ID, 2):04x}:"
-                     f"{config.read(DEVICE_ID, 2):04x}] type "
-                     f"{config.read(HEADER_TYPE, 1) & 0x7F:02x} class "
-                     f"0x{config.read(REVISION_ID, 4) >> 8:06x}")  # fmt: skip
+        lines.append(
+            f"[  1.0] pci 0000:{bdf}: [{config.read(VENDOR_ID, 2):04x}:"
+            f"{config.read(DEVICE_ID, 2):04x}] type "
+            f"{config.read(HEADER_TYPE, 1) & 0x7F:02x} class "
+            f"0x{config.read(REVISION_ID, 4) >> 8:06x}"
+        )
     for function in functions:
         if function.bridge_buses is not None:
             config = function.config
@@ -98,10 +100,12 @@ def test_root_ports_and_the_devices_behind_them() -> None:
 
 
 def test_a_bus_range_and_the_later_bridge_line_win() -> None:
-    lines = ["pci 0000:00:1c.0: [1b36:000c] type 01 class 0x060400",
-             "pci 0000:00:1c.0: PCI bridge to [bus 01]",
-             "pci 0000:00:1c.0:   bridge window [mem 0xfe800000-0xfe9fffff]",
-             "pci 0000:00:1c.0: PCI bridge to [bus 01-03]"]  # fmt: skip
+    lines = [
+        "pci 0000:00:1c.0: [1b36:000c] type 01 class 0x060400",
+        "pci 0000:00:1c.0: PCI bridge to [bus 01]",
+        "pci 0000:00:1c.0:   bridge window [mem 0xfe800000-0xfe9fffff]",
+        "pci 0000:00:1c.0: PCI bridge to [bus 01-03]",
+    ]
     bridge = parse_kernel_log(lines).functions[GuestBdf(Bdf(0, 0x1C, 0))]
     assert bridge.bridge_buses == (1, 3)
 
@@ -112,8 +116,9 @@ def test_differences_are_reported() -> None:
     missing = [line for line in lines if "02:00.0" not in line]
     wrong_bus = [line.replace("[bus 02]", "[bus 03]") for line in lines]
     assert compare(parse_kernel_log(missing), functions) == ["02:00.0: the guest does not see nvme"]
-    assert any("bridge buses (3, 3)" in text for text in compare(parse_kernel_log(wrong_bus),
-                                                                  functions))  # fmt: skip
+    assert any(
+        "bridge buses (3, 3)" in text for text in compare(parse_kernel_log(wrong_bus), functions)
+    )
 
 
 def test_a_log_without_functions_is_an_error() -> None:

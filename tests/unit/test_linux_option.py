@@ -22,8 +22,14 @@ def cache_with_kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def namespace(**given: object) -> argparse.Namespace:
-    fields = {"linux": True, "kernel": None, "initrd": None, "bios": None, "append": None,
-              "serial": None}  # fmt: skip
+    fields = {
+        "linux": True,
+        "kernel": None,
+        "initrd": None,
+        "bios": None,
+        "append": None,
+        "serial": None,
+    }
     return argparse.Namespace(**{**fields, **given})
 
 

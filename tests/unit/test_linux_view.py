@@ -32,8 +32,9 @@ CONFIG_SIZE = 4096
 
 def busybox_od(data: bytes) -> list[str]:
     assert BUSYBOX is not None
-    done = subprocess.run([BUSYBOX, "od", "-A", "x", "-t", "x1"], input=data,
-                          capture_output=True, check=True)  # fmt: skip
+    done = subprocess.run(
+        [BUSYBOX, "od", "-A", "x", "-t", "x1"], input=data, capture_output=True, check=True
+    )
     return done.stdout.decode().splitlines()
 
 
@@ -49,8 +50,10 @@ def console_text(functions: dict[GuestBdf, Function], kernel_noise: bool = False
     lines = ["pcihole-init: started", BEGIN, "devices"]
     for bdf, function in sorted(functions.items()):
         ids = function.config.read(0, 4)
-        lines.append(f"{bdf.bus << 8 | bdf.devfn:04x}\t{ids >> 16 | (ids & 0xFFFF) << 16:08x}"
-                     f"\t0\t               0\t               0")  # fmt: skip
+        lines.append(
+            f"{bdf.bus << 8 | bdf.devfn:04x}\t{ids >> 16 | (ids & 0xFFFF) << 16:08x}"
+            f"\t0\t               0\t               0"
+        )
     if kernel_noise:
         lines.append("[  312.004211] random: crng init done")
     for bdf, function in sorted(functions.items()):

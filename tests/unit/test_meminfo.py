@@ -141,6 +141,8 @@ def test_vmallocinfo_areas_by_key_and_caller() -> None:
     assert areas["0x0000000055fe57c5-0x00000000ffc639ea"] == ("memslot_rmap_alloc", 8192)
     assert areas["0x00000000e5a54b46-0x0000000013926eed"] == ("irq_init_percpu_irqstack", 0)
     assert len(areas) == 4
-    assert bytes_by_caller(areas) == {"memslot_rmap_alloc": 12288,
-                                      "kvm_page_track_create_memslot": 4096,
-                                      "irq_init_percpu_irqstack": 0}  # fmt: skip
+    assert bytes_by_caller(areas) == {
+        "memslot_rmap_alloc": 12288,
+        "kvm_page_track_create_memslot": 4096,
+        "irq_init_percpu_irqstack": 0,
+    }

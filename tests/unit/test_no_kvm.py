@@ -33,8 +33,12 @@ def _hidden_kvm(argv: list[str]) -> subprocess.CompletedProcess[str]:
 def namespaces() -> None:
     if shutil.which("unshare") is None:
         pytest.skip("needs unshare(1) from util-linux")
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs none /dev"],
-                           capture_output=True, text=True, check=False)  # fmt: skip
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs none /dev"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if probe.returncode != 0:
         pytest.skip(f"cannot make a private mount namespace here: {probe.stderr.strip()}")
 

@@ -353,10 +353,11 @@ def test_ecam_device_answers_any_access_as_its_bytes_would(
                     function.config.write((offset + i) & 0xFFF, 1, data[i])
         else:
             expected = bytes(
-                0xFF if (f := model.get((offset + i) >> 12)) is None
+                0xFF
+                if (f := model.get((offset + i) >> 12)) is None
                 else f.config.read((offset + i) & 0xFFF, 1)
                 for i in range(size)
-            )  # fmt: skip
+            )
             assert device.read(offset, size) == int.from_bytes(expected, "little")
     assert recorded == expected_holes
     for page, function in model.items():
@@ -366,14 +367,40 @@ def test_ecam_device_answers_any_access_as_its_bytes_would(
 # -- --device text ------------------------------------------------------------------------------
 
 spec_parts = st.sampled_from(
-    ["00:02.0", "00:1c.0", "01:00.0", "ff:1f.7", "00:20.0", "0000:00:03.0", "1:2.3", "00:00.8",
-     "zz", "", " ", "=", ",", "bus=", "bus=1", "bus=0x100", "subordinate=2", "nvme",
-     "root-port", "virtio-net", "host-bridge", "x=1", "bus=-1", "\x00", "é"]
-)  # fmt: skip
+    [
+        "00:02.0",
+        "00:1c.0",
+        "01:00.0",
+        "ff:1f.7",
+        "00:20.0",
+        "0000:00:03.0",
+        "1:2.3",
+        "00:00.8",
+        "zz",
+        "",
+        " ",
+        "=",
+        ",",
+        "bus=",
+        "bus=1",
+        "bus=0x100",
+        "subordinate=2",
+        "nvme",
+        "root-port",
+        "virtio-net",
+        "host-bridge",
+        "x=1",
+        "bus=-1",
+        "\x00",
+        "é",
+    ]
+)
 
 
-@given(st.lists(st.lists(spec_parts, max_size=4).map("".join) | st.text(max_size=20),
-                max_size=4), st.integers(-1, 257))  # fmt: skip
+@given(
+    st.lists(st.lists(spec_parts, max_size=4).map("".join) | st.text(max_size=20), max_size=4),
+    st.integers(-1, 257),
+)
 def test_device_text_is_accepted_or_refused_with_a_pci_error(specs: list[str], buses: int) -> None:
     """Whatever the ``--device`` texts and bus count, building a topology either works
     (and the result is valid) or raises the PCI package's own error, never anything else

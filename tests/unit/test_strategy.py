@@ -74,16 +74,16 @@ def test_a_small_slot_budget_passes_thp_over_for_a_window() -> None:
     close_shared_hole_memory()
     try:
         best = shared_hole_memory(None)
-        tight = make_strategy("shared", window_size=SIZE, readonly_memory=True,
-                              free_memslots=64)  # fmt: skip
+        tight = make_strategy("shared", window_size=SIZE, readonly_memory=True, free_memslots=64)
         assert isinstance(tight, SharedStrategy)
         if best.window is None:  # THP is the best here: a slot per 2 MiB would not fit
             assert tight.memory.backing is Backing.MEMFD and tight.memory.window is not None
             assert "128 memslots, 64 free" in tight.note
         else:  # the best backing already plans one slot per run
             assert tight.memory is best and tight.note == ""
-        roomy = make_strategy("shared", window_size=SIZE, readonly_memory=True,
-                              free_memslots=10_000)  # fmt: skip
+        roomy = make_strategy(
+            "shared", window_size=SIZE, readonly_memory=True, free_memslots=10_000
+        )
         assert isinstance(roomy, SharedStrategy) and roomy.memory is best
     finally:
         close_shared_hole_memory()

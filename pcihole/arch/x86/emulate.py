@@ -249,16 +249,25 @@ def _memory16(
         base, size = None, 2  # disp16 alone
     default = SS if base == RBP else DS
     memory = MemoryOperand(
-        default if segment is None else segment, base, index, 1,
-        _displacement(code, position, size), 16,
-    )  # fmt: skip
+        default if segment is None else segment,
+        base,
+        index,
+        1,
+        _displacement(code, position, size),
+        16,
+    )
     return memory, position + size
 
 
 def _memory32(
-    code: bytes, position: int, mod: int, rm: int, prefixes: _Prefixes, address_size: int,
+    code: bytes,
+    position: int,
+    mod: int,
+    rm: int,
+    prefixes: _Prefixes,
+    address_size: int,
     code_bits: int,
-) -> tuple[MemoryOperand, int]:  # fmt: skip
+) -> tuple[MemoryOperand, int]:
     rex = prefixes.rex
     base: int | None = rm | (rex & 1) << 3
     index: int | None = None
@@ -280,9 +289,14 @@ def _memory32(
     size = 4 if mod == 2 or (mod == 0 and base is None) else mod
     default = SS if base in (RSP, RBP) else DS
     memory = MemoryOperand(
-        default if prefixes.segment is None else prefixes.segment, base, index, scale,
-        _displacement(code, position, size), address_size, rip_relative and code_bits == 64,
-    )  # fmt: skip
+        default if prefixes.segment is None else prefixes.segment,
+        base,
+        index,
+        scale,
+        _displacement(code, position, size),
+        address_size,
+        rip_relative and code_bits == 64,
+    )
     return memory, position + size
 
 

@@ -161,12 +161,18 @@ def _places(protocol: int, loadflags: int, cmdline: bytes) -> _Places:
     """Where QEMU puts setup, command line and kernel, by protocol (x86_load_linux)."""
     if protocol < 0x200 or not loadflags & LOADED_HIGH:
         rounded = (len(cmdline) + 16) & ~15
-        return _Places(layout.LINUX_LOW_SETUP_ADDR, layout.LINUX_LOW_CMDLINE_END - rounded,
-                       layout.LINUX_LOW_KERNEL_ADDR)  # fmt: skip
+        return _Places(
+            layout.LINUX_LOW_SETUP_ADDR,
+            layout.LINUX_LOW_CMDLINE_END - rounded,
+            layout.LINUX_LOW_KERNEL_ADDR,
+        )
     if protocol < 0x202:
         rounded = (len(cmdline) + 16) & ~15
-        return _Places(layout.LINUX_LOW_SETUP_ADDR, layout.LINUX_LOW_CMDLINE_END - rounded,
-                       layout.LINUX_KERNEL_ADDR)  # fmt: skip
+        return _Places(
+            layout.LINUX_LOW_SETUP_ADDR,
+            layout.LINUX_LOW_CMDLINE_END - rounded,
+            layout.LINUX_KERNEL_ADDR,
+        )
     return _Places(layout.LINUX_SETUP_ADDR, layout.LINUX_CMDLINE_ADDR, layout.LINUX_KERNEL_ADDR)
 
 
@@ -216,15 +222,18 @@ def _load_bzimage(kernel: bytes, cmdline: bytes, initrd: bytes | None, below_4g:
     sectors = kernel[Offset.SETUP_SECTS] or 4
     setup_size = (sectors + 1) * SECTOR
     if setup_size > len(kernel):
-        raise KernelError(f"invalid kernel header: {setup_size} bytes of setup, "
-                          f"{len(kernel)} in the file")  # fmt: skip
+        raise KernelError(
+            f"invalid kernel header: {setup_size} bytes of setup, {len(kernel)} in the file"
+        )
     places = _places(protocol, kernel[Offset.LOADFLAGS], cmdline)
     setup = bytearray(kernel[:setup_size])
     data = kernel[setup_size:]
     end = places.kernel + len(data)
     if end > below_4g - layout.Q35_ACPI_DATA_SIZE:
-        raise KernelError(f"the kernel ({len(data)} bytes at {places.kernel:#x}) does not fit "
-                          f"in {below_4g >> 20} MiB of RAM")  # fmt: skip
+        raise KernelError(
+            f"the kernel ({len(data)} bytes at {places.kernel:#x}) does not fit "
+            f"in {below_4g >> 20} MiB of RAM"
+        )
     items = {
         Item.CMDLINE_ADDR: _le32(places.cmdline),
         Item.CMDLINE_SIZE: _le32(len(cmdline) + 1),
@@ -253,8 +262,13 @@ def _patch_header(setup: bytearray, protocol: int, places: _Places, cmdline: byt
     if protocol >= 0x202:
         struct.pack_into("<I", setup, Offset.CMD_LINE_PTR, places.cmdline)
     else:
-        struct.pack_into("<HH", setup, Offset.OLD_CMD_LINE_MAGIC, OLD_CMDLINE_MAGIC,
-                         places.cmdline - places.setup)  # fmt: skip
+        struct.pack_into(
+            "<HH",
+            setup,
+            Offset.OLD_CMD_LINE_MAGIC,
+            OLD_CMDLINE_MAGIC,
+            places.cmdline - places.setup,
+        )
     mode = video_mode(cmdline)
     if mode is not None:
         struct.pack_into("<H", setup, Offset.VID_MODE, mode)
@@ -270,13 +284,17 @@ def _place_initrd(initrd: bytes, limit: int, kernel_end: int) -> int:
     """QEMU's rule (refused when size >= initrd_max), then page-aligned below the limit;
     also refused where it would land on the loaded kernel."""
     if len(initrd) >= limit:
-        raise KernelError(f"--initrd: {len(initrd)} bytes do not fit in RAM (the initrd "
-                          f"must end below {limit:#x})")  # fmt: skip
+        raise KernelError(
+            f"--initrd: {len(initrd)} bytes do not fit in RAM (the initrd "
+            f"must end below {limit:#x})"
+        )
     address = (limit - len(initrd)) & ~0xFFF
     if address < kernel_end:
-        raise KernelError(f"--initrd: {len(initrd)} bytes do not fit in RAM beside the kernel "
-                          f"(it ends at {kernel_end:#x}, the initrd would start at "
-                          f"{address:#x})")  # fmt: skip
+        raise KernelError(
+            f"--initrd: {len(initrd)} bytes do not fit in RAM beside the kernel "
+            f"(it ends at {kernel_end:#x}, the initrd would start at "
+            f"{address:#x})"
+        )
     return address
 
 
@@ -307,12 +325,15 @@ def _programs(elf: bytes) -> list[_Program]:
     if machine not in (EM_386, EM_X86_64):
         raise KernelError(f"not an x86 kernel: ELF machine {machine}")
     if is64:
-        flags, phoff, phentsize, phnum = _u32(elf, 48), *struct.unpack_from("<Q", elf, 32), \
-            _u16(elf, 54), _u16(elf, 56)  # fmt: skip
+        flags, phoff, phentsize, phnum = (
+            _u32(elf, 48),
+            *struct.unpack_from("<Q", elf, 32),
+            _u16(elf, 54),
+            _u16(elf, 56),
+        )
         layout_ = "<IIQQQQQQ"
     else:
-        flags, phoff, phentsize, phnum = _u32(elf, 36), _u32(elf, 28), _u16(elf, 42), \
-            _u16(elf, 44)  # fmt: skip
+        flags, phoff, phentsize, phnum = _u32(elf, 36), _u32(elf, 28), _u16(elf, 42), _u16(elf, 44)
         layout_ = "<IIIIIIII"
     if flags & ELF_UNSUPPORTED_FLAGS:
         raise KernelError(f"ELF flags {flags:#x} are not supported for a PVH boot (as QEMU)")
@@ -353,21 +374,26 @@ def pvh_entry(elf: bytes) -> int | None:
 def _load_pvh(kernel: bytes, cmdline: bytes, initrd: bytes | None, below_4g: int) -> LinuxLoad:
     entry = pvh_entry(kernel)
     if entry is None:
-        raise KernelError("not a Linux kernel for a PVH boot: an ELF file without the Xen "
-                          "PVH note (XEN_ELFNOTE_PHYS32_ENTRY)")  # fmt: skip
+        raise KernelError(
+            "not a Linux kernel for a PVH boot: an ELF file without the Xen "
+            "PVH note (XEN_ELFNOTE_PHYS32_ENTRY)"
+        )
     if not 0 < entry < 1 << 32:
         raise KernelError(f"the PVH entry point {entry:#x} is not a 32-bit address")
     if len(cmdline) >= layout.PVH_CMDLINE_MAX:
-        raise KernelError(f"--append: {len(cmdline)} bytes of command line, room for "
-                          f"{layout.PVH_CMDLINE_MAX - 1}")  # fmt: skip
+        raise KernelError(
+            f"--append: {len(cmdline)} bytes of command line, room for {layout.PVH_CMDLINE_MAX - 1}"
+        )
     loads = [p for p in _programs(kernel) if p.type == PT_LOAD and p.memsz]
     if not loads:
         raise KernelError("an ELF file with nothing to load")
     low = min(p.paddr for p in loads)
     high = max(p.paddr + p.memsz for p in loads)
     if low < layout.HIGH_RAM_START or high > below_4g - layout.Q35_ACPI_DATA_SIZE:
-        raise KernelError(f"the kernel ({low:#x}-{high:#x}) does not fit in "
-                          f"{below_4g >> 20} MiB of RAM above 1 MiB")  # fmt: skip
+        raise KernelError(
+            f"the kernel ({low:#x}-{high:#x}) does not fit in "
+            f"{below_4g >> 20} MiB of RAM above 1 MiB"
+        )
     segments = tuple(
         Segment(p.paddr, kernel[p.offset : p.offset + p.filesz] + bytes(p.memsz - p.filesz))
         for p in loads

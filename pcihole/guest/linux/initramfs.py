@@ -37,12 +37,26 @@ def _pad(data: bytes) -> bytes:
     return data + b"\0" * (-len(data) % 4)
 
 
-def newc_entry(inode: int, name: str, mode: int, data: bytes = b"",
-               rdev: tuple[int, int] = (0, 0)) -> bytes:  # fmt: skip
+def newc_entry(
+    inode: int, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0)
+) -> bytes:
     """One cpio newc member: header, NUL-ended name and data, each padded to 4 bytes."""
     encoded = name.encode() + b"\0"
-    fields = (inode, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data),
-              0, 0, rdev[0], rdev[1], len(encoded), 0)  # fmt: skip
+    fields = (
+        inode,
+        mode,
+        0,
+        0,
+        2 if stat.S_ISDIR(mode) else 1,
+        0,
+        len(data),
+        0,
+        0,
+        rdev[0],
+        rdev[1],
+        len(encoded),
+        0,
+    )
     header = NEWC_MAGIC + b"".join(b"%08x" % value for value in fields)
     return _pad(header + encoded) + _pad(data)
 

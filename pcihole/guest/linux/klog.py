@@ -55,8 +55,12 @@ def parse_kernel_log(lines: Iterable[str]) -> GuestPciView:
     for line in lines:
         if (match := _FUNCTION.search(line)) is not None:
             bdf = GuestBdf(Bdf.parse(match["bdf"]))
-            ids[bdf] = (int(match["vendor"], 16), int(match["device"], 16),
-                        int(match["cls"], 16), int(match["type"], 16))  # fmt: skip
+            ids[bdf] = (
+                int(match["vendor"], 16),
+                int(match["device"], 16),
+                int(match["cls"], 16),
+                int(match["type"], 16),
+            )
         elif (match := _BRIDGE.search(line)) is not None:
             secondary = int(match["secondary"], 16)
             subordinate = int(match["subordinate"] or match["secondary"], 16)

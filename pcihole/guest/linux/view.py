@@ -148,12 +148,18 @@ def compare(view: GuestPciView, functions: Iterable[Function]) -> list[str]:
     vendor, device and class, and every bridge with the same secondary and subordinate
     bus. Empty when they agree."""
     expected = route(functions).functions
-    differences = [f"{bdf}: pcihole has no function there, the guest sees one"
-                   for bdf in sorted(set(view.functions) - set(expected))]  # fmt: skip
-    differences += [f"{bdf}: the guest does not see {expected[bdf].model}"
-                    for bdf in sorted(set(expected) - set(view.functions))]  # fmt: skip
-    differences += [f"{bdf}: in /proc/bus/pci/devices but no config printed"
-                    for bdf in sorted(set(view.devices) - set(view.functions))]  # fmt: skip
+    differences = [
+        f"{bdf}: pcihole has no function there, the guest sees one"
+        for bdf in sorted(set(view.functions) - set(expected))
+    ]
+    differences += [
+        f"{bdf}: the guest does not see {expected[bdf].model}"
+        for bdf in sorted(set(expected) - set(view.functions))
+    ]
+    differences += [
+        f"{bdf}: in /proc/bus/pci/devices but no config printed"
+        for bdf in sorted(set(view.devices) - set(view.functions))
+    ]
     for bdf in sorted(set(expected) & set(view.functions)):
         built, seen = expected[bdf].config, view.functions[bdf]
         want = (built.read(VENDOR_ID, 2), built.read(DEVICE_ID, 2), built.read(8, 4) >> 8)
@@ -165,8 +171,9 @@ def compare(view: GuestPciView, functions: Iterable[Function]) -> list[str]:
         if expected[bdf].bridge_buses is not None:
             buses = (built.read(SECONDARY_BUS, 1), built.read(SUBORDINATE_BUS, 1))
             if seen.bridge_buses != buses:
-                differences.append(f"{bdf}: guest's bridge buses {seen.bridge_buses}, "
-                                   f"pcihole's registers {buses}")  # fmt: skip
+                differences.append(
+                    f"{bdf}: guest's bridge buses {seen.bridge_buses}, pcihole's registers {buses}"
+                )
     return differences
 
 
@@ -174,5 +181,13 @@ def _ids(ids: tuple[int, int, int]) -> str:
     return f"[{ids[0]:04x}:{ids[1]:04x}] class {ids[2]:06x}"
 
 
-__all__ = ["BEGIN", "END", "GuestFunction", "GuestPciView", "GuestViewError", "compare",
-           "parse_od", "parse_view"]  # fmt: skip
+__all__ = [
+    "BEGIN",
+    "END",
+    "GuestFunction",
+    "GuestPciView",
+    "GuestViewError",
+    "compare",
+    "parse_od",
+    "parse_view",
+]

@@ -49,8 +49,6 @@ class ServiceStats:
                 self.refused += 1
 
 
-
-
 def serve(
     socket_path: str,
     source: AllOnesSource,
