@@ -9,7 +9,7 @@ kernel cache.
 
 With ``--config-ports firmware`` Linux finds no type 1 mechanism and must configure PCI
 through ECAM alone, which it does only when ACPI reserves the ECAM window in a motherboard
-device (QEMU's ``DRAC``): that variant runs only where the machine's DSDT has it.
+device (QEMU's ``DRAC``, in pcihole's tables too).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from pcihole.guest.linux.view import compare
 from pcihole.pci.bdf import Bdf
 from pcihole.pci.topology import Topology
 from tests.conftest import kvm_missing_reason
-from tests.support import CHILD_ENV, HANG_SECONDS, REPO_ROOT, pcihole_command
+from tests.support import CHILD_ENV, REPO_ROOT, pcihole_command
 
 DEVICES = ROOT_PORT_DEVICES
 FIRMWARE_BRIDGE_BUSES = {Bdf(0, 0x1C, 0): (1, 1), Bdf(0, 0x1C, 1): (2, 2)}
@@ -36,9 +36,6 @@ MARKS = ("Linux version", "PCI: MMCONFIG", "pci 0000:00:00.0", PCI_PHASE_END)
 BOOT_SECONDS = 1200.0
 """Where the boot gives up: the end of the PCI phase took ~250-300 s here (2026-12-05),
 with another guest busy on the other core; the margin is for a slower, busier host."""
-ECAM_RESERVATION = b"DRAC"
-"""QEMU's q35 DSDT device (PNP0C01) reserving the ECAM window; Linux uses MMCONFIG
-without type 1 only when ACPI reserves it."""
 
 
 def missing_reason() -> str | None:
@@ -120,38 +117,8 @@ def test_linux_sees_the_topology_pcihole_built(tmp_path: Path) -> None:
     assert "PCI: Using configuration type 1 for base access" in serial
 
 
-def ecam_reservation_missing(tmp_path: Path) -> str | None:
-    """Why Linux would refuse MMCONFIG without CF8 on this build, or None: the DSDT
-    SeaBIOS installs (read back after a ~4 s SeaBIOS boot) has no ECAM reservation."""
-    tables = tmp_path / "acpi"
-    command = pcihole_command(
-        "boot",
-        "--until",
-        "No bootable device.",
-        "--acpi-dump",
-        str(tables),
-        "--debugcon",
-        str(tmp_path / "debugcon"),
-    )
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=CHILD_ENV, cwd=REPO_ROOT, timeout=HANG_SECONDS
-    )
-    assert done.returncode == 0, done.stderr
-    dsdt = tables / "DSDT.dat"
-    if dsdt.is_file() and ECAM_RESERVATION in dsdt.read_bytes():
-        return None
-    return (
-        "the machine's DSDT reserves no ECAM window (no DRAC motherboard device; "
-        "pcihole's own ACPI tables, branch acpi, are not in this build): Linux refuses "
-        "MMCONFIG when CF8 is withdrawn"
-    )
-
-
 @needs_linux
 def test_linux_configures_pci_through_ecam_alone_with_no_hole_exit(tmp_path: Path) -> None:
-    reason = ecam_reservation_missing(tmp_path)
-    if reason is not None:
-        pytest.skip(reason)
     serial, stats = boot_linux(tmp_path, "--config-ports", "firmware")
     check_view(serial)
     check_account(serial, stats)
