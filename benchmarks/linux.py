@@ -7,9 +7,9 @@ Linux configures PCI through ECAM alone), each run to the end of Linux's PCI pha
 beside them; trap with ``firmware`` also on the default q35 machine; one more run, shared
 with ``firmware``, as far as the kernel gets (to power-off, or to the reset after init dies
 where guest user space cannot make system calls: see the README). Every run's PCI view,
-read from the kernel's log, is compared with the machine pcihole built. Times are wall seconds from the monitor's launch to the
-first serial line holding each milestone (``--stats`` times every serial line). The PCI
-phase's exits are the difference of the counters ``--mark`` records at ``PCI: MMCONFIG for``
+read from the kernel's log, is compared with the machine pcihole built. Times are wall
+seconds from the monitor's launch to the first serial line holding each milestone
+(``--stats`` times every serial line). The PCI phase's exits are the difference of the counters ``--mark`` records at ``PCI: MMCONFIG for``
 and at ``PCI: CLS``; trap's hole reads are the ECAM reads of holes that phase made.
 
 QEMU cannot boot this kernel on hosts whose KVM emulates guest ring 0 (it stops at the
