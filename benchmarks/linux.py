@@ -9,8 +9,9 @@ with ``firmware``, as far as the kernel gets (to power-off, or to the reset afte
 where guest user space cannot make system calls: see the README). Every run's PCI view,
 read from the kernel's log, is compared with the machine pcihole built. Times are wall
 seconds from the monitor's launch to the first serial line holding each milestone
-(``--stats`` times every serial line). The PCI phase's exits are the difference of the counters ``--mark`` records at ``PCI: MMCONFIG for``
-and at ``PCI: CLS``; trap's hole reads are the ECAM reads of holes that phase made.
+(``--stats`` times every serial line). The PCI phase's exits are the difference of the
+counters ``--mark`` records at ``PCI: MMCONFIG for`` and at ``PCI: CLS``; trap's hole reads
+are the ECAM reads of holes that phase made.
 
 QEMU cannot boot this kernel on hosts whose KVM emulates guest ring 0 (it stops at the
 ``int3`` self-test): it runs the bzImage as ``-kernel`` to where it stops, and pcihole runs
