@@ -24,7 +24,8 @@ from pcihole.commands.options import add_machine_options, int_in_range, machine_
 from pcihole.devices.fw_cfg import BootRom
 from pcihole.errors import ENVIRONMENT_STATUS, BadInput, EnvironmentProblem, GuestFault
 from pcihole.guest.firmware import build_option_rom
-from pcihole.guest.linux.klog import init_fault_note
+from pcihole.guest.linux.klog import init_fault_note, read_guest_view
+from pcihole.guest.linux.view import compare
 from pcihole.kvm import Kvm
 from pcihole.machine.runloop import StopReason
 from pcihole.memory.ram import RamAllocationError
@@ -188,8 +189,10 @@ def run(args: argparse.Namespace) -> int:
             machine.notes.extend(notes)
             result = _run_until_stopped(machine, args.timeout)
             _note_guest_faults(machine)
+            seen = _guest_view(machine) if linux is not None else None
             if args.stats:
-                _write(args.stats, json.dumps(machine.stats(result), indent=2) + "\n")
+                stats = {**machine.stats(result), "guest_pci_view": seen}
+                _write(args.stats, json.dumps(stats, indent=2) + "\n")
             if args.acpi_dump:
                 _dump_acpi(machine, args.acpi_dump)
     failure = result.run.error
@@ -208,6 +211,24 @@ def _note_guest_faults(machine: Q35Machine) -> None:
     if note is not None:
         machine.notes.append(note)
         print(f"pcihole boot: note: {note}", file=sys.stderr)
+
+
+def _guest_view(machine: Q35Machine) -> dict[str, Any] | None:
+    """The PCI view a kernel's console shows (its init's report, else its log) against
+    the machine: one line on stderr, the functions and differences for ``--stats``."""
+    found = read_guest_view([line.text for line in machine.platform.serial_log.lines])
+    if found is None:
+        return None
+    source, view = found
+    differences = compare(view, machine.topology.functions)
+    verdict = "as pcihole built them" if not differences else "; ".join(differences)
+    seen = f"the guest sees {len(view.functions)} PCI functions ({source})"
+    print(f"pcihole boot: {seen}: {verdict}", file=sys.stderr)
+    functions = {
+        str(bdf): {"ids": "{:04x}:{:04x} class {:06x}".format(*f.ids), "buses": f.bridge_buses}
+        for bdf, f in sorted(view.functions.items())
+    }
+    return {"source": source, "functions": functions, "differences": differences}
 
 
 @contextlib.contextmanager

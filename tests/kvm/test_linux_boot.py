@@ -81,7 +81,14 @@ def boot_linux(tmp_path: Path, *extra: str) -> tuple[str, dict[str, Any]]:
     serial = serial_path.read_text(errors="replace")
     assert done.returncode == 0, f"{done.stderr}\n--- serial tail:\n{serial[-3000:]}"
     assert f"the serial port printed {PCI_PHASE_END!r}" in done.stderr
-    return serial, json.loads(stats_path.read_text())
+    stats = json.loads(stats_path.read_text())
+    seen = stats["guest_pci_view"]  # pcihole's own comparison, judged by check_view too
+    assert seen["source"] == "its kernel log" and seen["differences"] == []
+    count = len(Topology.build(DEVICES, 256).functions)
+    assert f"the guest sees {count} PCI functions (its kernel log): as pcihole built them" in (
+        done.stderr
+    )
+    return serial, stats
 
 
 def check_view(serial: str) -> None:

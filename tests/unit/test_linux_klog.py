@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pcihole.guest.linux import ROOT_PORT_DEVICES
-from pcihole.guest.linux.klog import init_fault_note, parse_kernel_log
+from pcihole.guest.linux.klog import init_fault_note, parse_kernel_log, read_guest_view
 from pcihole.guest.linux.view import GuestViewError, compare
 from pcihole.pci.bdf import Bdf, GuestBdf
 from pcihole.pci.config import (
@@ -131,3 +131,28 @@ def test_init_killed_after_it_ran_gets_a_note_naming_system_calls() -> None:
     assert note is not None and "system calls" in note
     assert init_fault_note(RUN_A.splitlines()) is None
     assert init_fault_note(INIT_DIED.splitlines()[1:]) is None  # init never ran
+
+
+def test_the_guest_view_comes_from_the_kernel_log_when_init_printed_none() -> None:
+    found = read_guest_view([*RUN_A.splitlines(), *INIT_DIED.splitlines()])
+    assert found is not None
+    source, view = found
+    assert source == "its kernel log"
+    assert compare(view, Topology.qemu_nodefaults().functions) == []
+
+
+def test_init_s_report_wins_over_the_kernel_log() -> None:
+    """Init's view carries every config byte; the log's is the kernel's summary. A report
+    naming one function only is taken as it is, not mixed with the log's four."""
+    report = ["pcihole-pci-view: begin", "devices", "0000\t808629c0\t0", "config 0000:00:00.0"]
+    report += ["000000 86 80 c0 29", "000004", "pcihole-pci-view: end"]
+    found = read_guest_view([*RUN_A.splitlines(), *report])
+    assert found is not None
+    source, view = found
+    assert source == "its init"
+    assert list(view.functions) == [Bdf(0, 0, 0)]
+
+
+def test_a_console_without_a_view_has_none() -> None:
+    assert read_guest_view(INIT_DIED.splitlines()) is None
+    assert read_guest_view([]) is None

@@ -19,9 +19,9 @@ debugging, BARs, quirks) are skipped; a bridge's later line overrides an earlier
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from pcihole.guest.linux.view import GuestFunction, GuestPciView, GuestViewError
+from pcihole.guest.linux.view import GuestFunction, GuestPciView, GuestViewError, parse_view
 from pcihole.pci.bdf import Bdf, GuestBdf
 from pcihole.pci.config import (
     CLASS_CODE,
@@ -103,4 +103,24 @@ def init_fault_note(lines: Iterable[str]) -> str | None:
     return None
 
 
-__all__ = ["INIT_KILLED", "PCI_PHASE_END", "RUN_INIT", "init_fault_note", "parse_kernel_log"]
+def read_guest_view(lines: Sequence[str]) -> tuple[str, GuestPciView] | None:
+    """The guest's PCI view from its console ``lines`` and where it came from: its init's
+    report when init printed one, else the kernel's log; None when neither holds one."""
+    try:
+        return "its init", parse_view("\n".join(lines))
+    except GuestViewError:
+        pass
+    try:
+        return "its kernel log", parse_kernel_log(lines)
+    except GuestViewError:
+        return None
+
+
+__all__ = [
+    "INIT_KILLED",
+    "PCI_PHASE_END",
+    "RUN_INIT",
+    "init_fault_note",
+    "parse_kernel_log",
+    "read_guest_view",
+]
