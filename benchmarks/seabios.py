@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pcihole.measure.qemu import QEMU, SEABIOS
+from pcihole.measure.qemu import QEMU, ROOT_PORTS_QEMU, SEABIOS
 from pcihole.measure.qemu import qemu_command as reference_command
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,26 +56,7 @@ TOPOLOGIES = {
             "02:00.0=virtio-blk",
             "03:00.0=nvme",
         ],
-        [
-            "-device",
-            "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x1c.0,multifunction=on",
-            "-device",
-            "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x1c.1",
-            "-device",
-            "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,addr=0x1c.2",
-            "-device",
-            "virtio-net-pci,bus=rp1",
-            "-drive",
-            "if=none,id=d0,file=/dev/null,format=raw,file.locking=off",
-            "-device",
-            "virtio-blk-pci,bus=rp2,drive=d0,bootindex=1",
-            "-drive",
-            "if=none,id=d1,file=/dev/null,format=raw,file.locking=off",
-            "-device",
-            "nvme,bus=rp3,drive=d1,serial=pcihole",
-            "-boot",
-            "strict=on",
-        ],
+        list(ROOT_PORTS_QEMU),
     ),
 }
 DEVICE_GROUPS = {

@@ -38,6 +38,29 @@ SEABIOS = Path("/usr/share/seabios/bios.bin")
 """Debian's SeaBIOS (package ``seabios``), what ``-machine q35`` runs by default."""
 CONNECT_TIMEOUT = 60.0
 """A hang guard for QEMU connecting its sockets, never a speed check."""
+ROOT_PORTS_QEMU = (
+    "-device",
+    "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x1c.0,multifunction=on",
+    "-device",
+    "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x1c.1",
+    "-device",
+    "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,addr=0x1c.2",
+    "-device",
+    "virtio-net-pci,bus=rp1",
+    "-drive",
+    "if=none,id=d0,file=/dev/null,format=raw,file.locking=off",
+    "-device",
+    "virtio-blk-pci,bus=rp2,drive=d0,bootindex=1",
+    "-drive",
+    "if=none,id=d1,file=/dev/null,format=raw,file.locking=off",
+    "-device",
+    "nvme,bus=rp3,drive=d1,serial=pcihole",
+    # virtio-net's option ROM (iPXE) would boot from the network: boot the disk only.
+    "-boot",
+    "strict=on",
+)
+"""QEMU's arguments for three root ports (00:1c.0-2) with virtio-net, virtio-blk and
+NVMe behind them: the machine the SeaBIOS test and benchmark compare with pcihole's."""
 _SUFFIX = {1: "b", 2: "w", 4: "l"}
 _HMP_SIZE = {1: "/b", 2: "/h", 4: "/w"}
 

@@ -17,6 +17,7 @@ import pytest
 
 from pcihole import layout
 from pcihole.kvm import Kvm
+from pcihole.measure.qemu import ROOT_PORTS_QEMU
 from pcihole.pci.topology import Topology
 from pcihole.q35 import BootResult, Q35Machine
 from tests.seabios_ref import (
@@ -29,28 +30,6 @@ from tests.seabios_ref import (
     seabios_missing_reason,
 )
 from tests.support import FIRMWARE_SECONDS, HANG_SECONDS, run_firmware, run_pcihole
-
-ROOT_PORTS_QEMU = [
-    "-device",
-    "pcie-root-port,id=rp1,bus=pcie.0,chassis=1,addr=0x1c.0,multifunction=on",
-    "-device",
-    "pcie-root-port,id=rp2,bus=pcie.0,chassis=2,addr=0x1c.1",
-    "-device",
-    "pcie-root-port,id=rp3,bus=pcie.0,chassis=3,addr=0x1c.2",
-    "-device",
-    "virtio-net-pci,bus=rp1",
-    "-drive",
-    "if=none,id=d0,file=/dev/null,format=raw,file.locking=off",
-    "-device",
-    "virtio-blk-pci,bus=rp2,drive=d0,bootindex=1",
-    "-drive",
-    "if=none,id=d1,file=/dev/null,format=raw,file.locking=off",
-    "-device",
-    "nvme,bus=rp3,drive=d1,serial=pcihole",
-    # virtio-net's option ROM (iPXE) would boot from the network: boot the disk only.
-    "-boot",
-    "strict=on",
-]
 
 
 def _root_ports(order: tuple[int, int, int]) -> list[str]:
